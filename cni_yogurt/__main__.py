@@ -1,0 +1,3 @@
+from cni_yogurt.entry import main
+
+raise SystemExit(main())

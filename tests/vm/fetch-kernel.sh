@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Fetch a netkit-capable kernel (Debian trixie's linux-image-6.12.*-amd64,
+# CONFIG_NETKIT=y) and virtme-ng into a cache, because the host kernel has no
+# netkit. Idempotent: a finished cache is reused without touching the network.
+# Prints the vmlinuz path on stdout (also symlinked as $KERNEL_DIR/vmlinuz);
+# progress goes to stderr.
+#
+# Env: YOGURT_VM_CACHE       cache root            (default <repo>/.cache/vm)
+#      YOGURT_VM_KERNEL_DIR  extracted kernel .deb (default $YOGURT_VM_CACHE/kernel)
+#      YOGURT_VM_VENV        virtme-ng venv        (default $YOGURT_VM_CACHE/venv)
+#      YOGURT_VM_SUITE       Debian suite          (default trixie)
+#      YOGURT_VM_KERNEL_PKG  exact image package   (default: what linux-image-amd64 depends on)
+#      YOGURT_VM_HEADERS     headers dir for bcc   (default newest /usr/src/linux-headers-*-amd64)
+#      YOGURT_VM_VNG_VERSION virtme-ng version     (default 1.42)
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+CACHE=${YOGURT_VM_CACHE:-$REPO/.cache/vm}
+KDIR=${YOGURT_VM_KERNEL_DIR:-$CACHE/kernel}
+VENV=${YOGURT_VM_VENV:-$CACHE/venv}
+SUITE=${YOGURT_VM_SUITE:-trixie}
+VNG_VERSION=${YOGURT_VM_VNG_VERSION:-1.42}
+log() { echo "fetch-kernel: $*" >&2; }
+
+# --- host packages (only the missing ones, so a prepared machine needs no apt) ---
+pkgs=()
+command -v depmod >/dev/null || pkgs+=(kmod)                       # vng runs depmod
+command -v qemu-system-x86_64 >/dev/null || pkgs+=(qemu-system-x86)
+command -v busybox >/dev/null || pkgs+=(busybox-static)            # vng's initramfs (9p is a module)
+python3 -c 'import ensurepip' 2>/dev/null || pkgs+=(python3-venv)
+compgen -G '/usr/src/linux-headers-*-amd64' >/dev/null || pkgs+=(linux-headers-amd64)  # bcc in guest
+# bookworm's keyring only knows trixie's signing keys from 2023.3+deb12u2 on.
+[ -e /usr/share/keyrings/debian-archive-trixie-automatic.gpg ] || pkgs+=(debian-archive-keyring)
+if ((${#pkgs[@]})); then
+    log "installing ${pkgs[*]}"
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >&2
+fi
+
+# --- virtme-ng in its own venv (keeps the system and project venvs untouched) ---
+if [ ! -x "$VENV/bin/vng" ]; then
+    log "installing virtme-ng $VNG_VERSION into $VENV"
+    rm -rf "$VENV"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check "virtme-ng==$VNG_VERSION" >&2
+fi
+
+# --- kernel ---
+if [ ! -f "$KDIR/.complete" ]; then
+    # Reuse the mirror apt is configured with (deb822 or one-line format) for the
+    # host's own suite, so no registry host is hard-coded here.
+    . /etc/os-release
+    host_suite=${VERSION_CODENAME:?no VERSION_CODENAME in /etc/os-release}
+    mirror=$(
+        shopt -s nullglob
+        for f in /etc/apt/sources.list.d/*.sources; do   # deb822: URIs + Suites in one stanza
+            awk -v s="$host_suite" 'BEGIN{RS=""} {u="";ok=0
+                for(i=1;i<=NF;i++){ if($i=="URIs:")u=$(i+1)
+                    if($i==s && $0 ~ /Suites:/)ok=1 }
+                if(ok && u!="") print u}' "$f"
+        done
+        cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null |
+            sed -E 's/\[[^]]*\]//' |
+            awk -v s="$host_suite" '$1=="deb" && $3==s {print $2}'
+    )
+    mirror=$(head -n1 <<<"$mirror")
+    [ -n "$mirror" ] || { log "no apt source for suite $host_suite found in /etc/apt"; exit 1; }
+    log "using mirror $mirror, suite $SUITE"
+
+    # Private apt config/state so the system's apt lists and caches stay untouched.
+    A="$CACHE/apt"
+    mkdir -p "$A/lists/partial" "$A/archives/partial" "$A/cache" "$A/debs"
+    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror $SUITE main" >"$A/sources.list"
+    apt_opts=(-o "Dir::Etc::SourceList=$A/sources.list" -o Dir::Etc::SourceParts=/dev/null
+        -o "Dir::State::Lists=$A/lists" -o "Dir::Cache=$A/cache"
+        -o "Dir::Cache::archives=$A/archives" -o APT::Sandbox::User=root)
+    apt-get "${apt_opts[@]}" update -qq >&2
+    pkg=${YOGURT_VM_KERNEL_PKG:-$(apt-cache "${apt_opts[@]}" depends linux-image-amd64 |
+        awk '$1=="Depends:" && $2 ~ /^linux-image-[0-9]/ {print $2; exit}')}
+    [ -n "$pkg" ] || { log "cannot resolve linux-image-amd64 in $SUITE"; exit 1; }
+    log "downloading $pkg"
+    rm -f "$A/debs/"*.deb
+    (cd "$A/debs" && apt-get "${apt_opts[@]}" download -qq "$pkg" >&2)
+
+    # Extract next to the final place and swap in, so an interrupted run never
+    # leaves a half-extracted kernel that looks complete.
+    rm -rf "$KDIR.tmp"
+    dpkg -x "$A/debs/"*.deb "$KDIR.tmp"
+    rm -rf "$KDIR" && mv "$KDIR.tmp" "$KDIR"
+    rm -f "$A/debs/"*.deb            # 100+ MB, not needed once extracted
+    touch "$KDIR/.complete"
+fi
+
+vmlinuz=$(ls "$KDIR"/boot/vmlinuz-* | head -n1)
+rel=${vmlinuz##*/vmlinuz-}
+moddir="$KDIR/usr/lib/modules/$rel"
+
+# vng finds the modules next to the image ($KDIR/usr/lib/modules/<rel>) and
+# links them to /lib/modules/<rel> in the guest, so the host's /lib/modules is
+# left alone. bcc wants build/ and source/ there: point them at the host's
+# Debian 6.1 headers (fine for UAPI-only programs).
+headers=${YOGURT_VM_HEADERS:-$(ls -d /usr/src/linux-headers-*-amd64 | sort -V | tail -n1)}
+common=$(readlink -f "/lib/modules/${headers##*/linux-headers-}/source" 2>/dev/null || true)
+[ -d "$common" ] || common=${headers%-amd64}-common
+ln -sfn "$headers" "$moddir/build"
+ln -sfn "$common" "$moddir/source"
+# The .deb ships no modules.dep; build it once (vng would otherwise redo it).
+[ -s "$moddir/modules.dep" ] || depmod -a -b "$KDIR/usr" "$rel"
+
+ln -sfn "boot/vmlinuz-$rel" "$KDIR/vmlinuz"
+log "kernel $rel ready"
+echo "$vmlinuz"

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Usage: tests/vm/run.sh COMMAND [ARGS...]
+# Boot the netkit-capable kernel from fetch-kernel.sh with virtme-ng (the
+# guest sees the host's files read-only) and run COMMAND as root in the repo
+# dir inside it. Streams the command's output and exits with its exit code.
+#
+# Env: YOGURT_VM_CPUS (2), YOGURT_VM_MEMORY (2G), YOGURT_VM_TIMEOUT (seconds, 2700),
+#      YOGURT_VM_KVM (auto|0|1), YOGURT_VM_ENV (extra var names to pass in),
+#      YOGURT_VM_VNG_ARGS (extra vng args), YOGURT_VM_RESULT_DIR (kept; default:
+#      a temp dir, removed on success), plus fetch-kernel.sh's YOGURT_VM_* vars.
+# Passed into the guest: PATH, CI, VIRTUAL_ENV, PYTHONPATH, PYTEST_ADDOPTS,
+# every YOGURT_* var and the names in YOGURT_VM_ENV.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+[ $# -gt 0 ] || { echo "usage: $0 COMMAND [ARGS...]" >&2; exit 2; }
+log() { echo "vm: $*" >&2; }
+
+vmlinuz=$("$HERE/fetch-kernel.sh")
+VENV=${YOGURT_VM_VENV:-${YOGURT_VM_CACHE:-$REPO/.cache/vm}/venv}
+export PATH="$VENV/bin:$PATH"   # vng calls virtme-run from the same venv via PATH
+
+# The result dir is the guest's only writable window to the host.
+if [ -n "${YOGURT_VM_RESULT_DIR:-}" ]; then
+    RES=$YOGURT_VM_RESULT_DIR; rm -rf "$RES"; mkdir -p "$RES"; keep=1
+else
+    RES=$(mktemp -d /tmp/yogurt-vm.XXXXXX); keep=0
+fi
+RES=$(cd "$RES" && pwd)
+: >"$RES/log"
+
+# Env and command go through files: the kernel cmdline cannot carry them safely.
+{
+    printf 'export YOGURT_VM_REPO=%q\n' "$REPO"
+    for n in PATH CI VIRTUAL_ENV PYTHONPATH PYTEST_ADDOPTS ${YOGURT_VM_ENV:-} $(compgen -e | grep '^YOGURT_' || true); do
+        [ -n "${!n+x}" ] && printf 'export %s=%q\n' "$n" "${!n}"
+    done
+} >"$RES/env.sh"
+{ printf 'exec'; printf ' %q' "$@"; echo; } >"$RES/cmd.sh"
+
+# KVM only when it can work: here /dev/kvm exists but the CPU lacks vmx/svm.
+kvm=${YOGURT_VM_KVM:-auto}
+if [ "$kvm" = auto ]; then
+    kvm=0
+    [ -w /dev/kvm ] && grep -qwE 'vmx|svm' /proc/cpuinfo && kvm=1
+fi
+vng_args=(-r "$vmlinuz" --cpus "${YOGURT_VM_CPUS:-2}" --memory "${YOGURT_VM_MEMORY:-2G}"
+    --rwdir="$RES" --exec "$(printf '%q ' "$HERE/guest.sh" "$RES")")
+[ "$kvm" = 1 ] || vng_args+=(--disable-kvm)
+# shellcheck disable=SC2206  # word splitting of extra args is intended
+vng_args+=(${YOGURT_VM_VNG_ARGS:-})
+
+log "booting ${vmlinuz##*/vmlinuz-} ($([ "$kvm" = 1 ] && echo kvm || echo emulated)), results in $RES"
+start=$SECONDS
+# timeout signals vng's whole process group, qemu included.
+timeout -k 15 "${YOGURT_VM_TIMEOUT:-2700}" vng "${vng_args[@]}" </dev/null >"$RES/vng.log" 2>&1 &
+vpid=$!
+trap 'kill "$vpid" 2>/dev/null || true' INT TERM
+# Stream the guest's output live; --pid makes tail do a last read once vng exits.
+tail -n +1 -f --pid="$vpid" "$RES/log"
+wait "$vpid" && vrc=0 || vrc=$?
+
+if [ ! -s "$RES/rc" ]; then
+    log "no exit code from the guest after $((SECONDS - start))s (vng exit $vrc$([ "$vrc" = 124 ] && echo ', timed out')); vng output:"
+    tail -n 50 "$RES/vng.log" >&2
+    exit 125
+fi
+rc=$(cat "$RES/rc")
+log "guest command exited $rc; guest booted in $(cut -d' ' -f1 "$RES/uptime" 2>/dev/null)s, total $((SECONDS - start))s"
+[ "$rc" != 0 ] || [ "$keep" = 1 ] || rm -rf "$RES"
+exit "$rc"
