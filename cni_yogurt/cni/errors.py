@@ -23,6 +23,7 @@ class Code(IntEnum):
     DATAPATH = 102
     CHECK_FAILED = 103
     IPAM_FAILED = 104
+    ALREADY_ATTACHED = 105
     # Like the reference plugins' skel: an unexpected failure.
     INTERNAL = 999
 

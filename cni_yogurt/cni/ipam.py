@@ -12,6 +12,7 @@ import os
 import subprocess
 from collections.abc import Mapping
 
+from cni_yogurt.cni import version as versions
 from cni_yogurt.cni.env import CniEnv
 from cni_yogurt.cni.errors import CNIError, Code
 from cni_yogurt.cni.netconf import NetConf
@@ -30,15 +31,11 @@ def find_plugin(name: str, search_path: tuple[str, ...]) -> str:
     )
 
 
-def exec_delegate(
-    plugin: str, command: str, environ: Mapping[str, str], stdin: bytes
-) -> bytes:
+def exec_delegate(plugin: str, command: str, environ: Mapping[str, str], stdin: bytes) -> bytes:
     env = dict(environ)
     env["CNI_COMMAND"] = command
     try:
-        proc = subprocess.run(
-            [plugin], input=stdin, stdout=subprocess.PIPE, env=env, check=False, timeout=60
-        )
+        proc = subprocess.run([plugin], input=stdin, stdout=subprocess.PIPE, env=env, check=False, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise CNIError(Code.IPAM_FAILED, f"cannot run IPAM plugin {plugin}", str(exc)) from exc
     if proc.returncode != 0:
@@ -58,7 +55,14 @@ def _delegate_error(plugin: str, command: str, stdout: bytes, returncode: int) -
 
 
 class IPAM:
-    """The IPAM delegate of one invocation."""
+    """The IPAM delegate of one invocation.
+
+    Delegates may speak an older spec than the config (Debian 12's host-local
+    stops at 1.0.0).  When one answers "incompatible version", we ask for its
+    VERSION and repeat the call in the newest version both understand; 1.1.0
+    added only optional result fields and the GC/STATUS verbs, which an older
+    delegate simply does not get.
+    """
 
     def __init__(self, conf: NetConf, env: CniEnv, environ: Mapping[str, str], stdin: bytes) -> None:
         assert conf.ipam is not None
@@ -67,12 +71,41 @@ class IPAM:
         self._environ = environ
         self._stdin = stdin
 
-    def _run(self, command: str) -> bytes:
+    def _run(self, command: str) -> bytes | None:
         plugin = find_plugin(self.type, self._search_path)
-        return exec_delegate(plugin, command, self._environ, self._stdin)
+        try:
+            return exec_delegate(plugin, command, self._environ, self._stdin)
+        except CNIError as err:
+            if err.code != Code.INCOMPATIBLE_VERSION:
+                raise
+            stdin = self._downgraded_stdin(plugin, command)
+            if stdin is None:
+                return None
+            return exec_delegate(plugin, command, self._environ, stdin)
+
+    def _downgraded_stdin(self, plugin: str, command: str) -> bytes | None:
+        conf = json.loads(self._stdin)
+        wanted = str(conf["cniVersion"])
+        info = json.loads(exec_delegate(plugin, "VERSION", self._environ, b""))
+        common = [
+            v
+            for v in info.get("supportedVersions", [])
+            if v in versions.SUPPORTED_VERSIONS and versions.at_least(wanted, v)
+        ]
+        best = max(common, key=versions.parse, default=None)
+        if best is None:
+            raise CNIError(
+                Code.INCOMPATIBLE_VERSION,
+                f"IPAM plugin {self.type} speaks no version we do",
+                f"it supports {info.get('supportedVersions')}, config is {wanted}",
+            )
+        if not versions.at_least(best, versions.VERB_SINCE[command]):
+            return None  # e.g. GC for a delegate older than 1.1.0: nothing to forward
+        conf["cniVersion"] = best
+        return json.dumps(conf).encode()
 
     def add(self) -> Result:
-        out = self._run("ADD")
+        out = self._run("ADD") or b""
         try:
             obj = json.loads(out)
         except ValueError as exc:

@@ -61,9 +61,7 @@ class NetConf:
         """The line a container joins: CNI_ARGS, then the config, then the network name."""
         line = env.args.get("YOGURT_LINE") or self.line or self.name
         if not LINE_RE.fullmatch(line):
-            raise CNIError(
-                Code.INVALID_CONFIG, "invalid line name", f"{line!r} must match {LINE_RE.pattern}"
-            )
+            raise CNIError(Code.INVALID_CONFIG, "invalid line name", f"{line!r} must match {LINE_RE.pattern}")
         return line
 
 

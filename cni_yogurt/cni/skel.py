@@ -51,7 +51,10 @@ def _emit(stdout: TextIO, obj: dict[str, Any]) -> None:
 def version_info(stdin: bytes) -> dict[str, Any]:
     """VERSION answers even without a config; with one, in its version."""
     requested = netconf.peek_version(stdin) if stdin.strip() else None
-    return {"cniVersion": requested or versions.LATEST, "supportedVersions": list(versions.SUPPORTED_VERSIONS)}
+    return {
+        "cniVersion": requested or versions.LATEST,
+        "supportedVersions": list(versions.SUPPORTED_VERSIONS),
+    }
 
 
 def run(
@@ -84,7 +87,9 @@ def run(
 def _fail(err: CNIError, cni_version: str, stdout: TextIO, stderr: TextIO, log: Any = None) -> int:
     _emit(stdout, err.to_json(cni_version))
     if log is None:
-        stderr.write(f"cni-yogurt: error {err.code}: {err.msg}" + (f": {err.details}" if err.details else "") + "\n")
+        stderr.write(
+            f"cni-yogurt: error {err.code}: {err.msg}" + (f": {err.details}" if err.details else "") + "\n"
+        )
     return 1
 
 
@@ -121,16 +126,28 @@ def _dispatch(
                 result = result.merged_after(conf.prev_result)
             _emit(stdout, result.to_json(conf.cni_version))
         else:
-            {"DEL": verbs.delete, "CHECK": verbs.check, "STATUS": verbs.status, "GC": verbs.gc}[
-                env.command
-            ](inv)
+            {"DEL": verbs.delete, "CHECK": verbs.check, "STATUS": verbs.status, "GC": verbs.gc}[env.command](
+                inv
+            )
     except CNIError as err:
-        log.error("invocation", outcome="error", code=err.code, msg=err.msg, details=err.details,
-                  duration_ms=elapsed_ms())
+        log.error(
+            "invocation",
+            outcome="error",
+            code=err.code,
+            msg=err.msg,
+            details=err.details,
+            duration_ms=elapsed_ms(),
+        )
         return _fail(err, conf.cni_version, stdout, stderr, log)
     except Exception as exc:  # noqa: BLE001
-        log.error("invocation", outcome="error", code=Code.INTERNAL.value, msg=str(exc),
-                  traceback=traceback.format_exc(), duration_ms=elapsed_ms())
+        log.error(
+            "invocation",
+            outcome="error",
+            code=Code.INTERNAL.value,
+            msg=str(exc),
+            traceback=traceback.format_exc(),
+            duration_ms=elapsed_ms(),
+        )
         err = CNIError(Code.INTERNAL, f"unexpected error: {exc}", type(exc).__name__)
         return _fail(err, conf.cni_version, stdout, stderr, log)
     log.info("invocation", outcome="ok", duration_ms=elapsed_ms())

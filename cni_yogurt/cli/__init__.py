@@ -1,0 +1,52 @@
+"""`yogurt` without CNI_COMMAND: the admin CLI."""
+
+from __future__ import annotations
+
+import argparse
+
+from cni_yogurt import __version__
+from cni_yogurt.cni.netconf import DEFAULT_BPFFS_DIR, DEFAULT_STATE_DIR
+from cni_yogurt.cni.version import SUPPORTED_VERSIONS
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="yogurt",
+        description="cni-yogurt: a private netkit+eBPF wire between two containers. "
+        'With CNI_COMMAND set, this executable is the CNI plugin (type "yogurt").',
+    )
+    sub = parser.add_subparsers(dest="cmd", metavar="COMMAND")
+    sub.add_parser("version", help="plugin and CNI spec versions")
+    for name, text in (
+        ("doctor", "can this node run the plugin? (netkit, bpffs, bcc, privileges)"),
+        ("status", "lines, their ends and whether their programs are attached"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--bpffs-dir", default=DEFAULT_BPFFS_DIR)
+        p.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+    demo = sub.add_parser("demo", help="the yogurt phone: two netns on one line, through the CNI protocol")
+    demo.add_argument("--keep", action="store_true", help="leave the namespaces wired up afterwards")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.cmd == "version":
+        print(f"cni-yogurt {__version__}; CNI spec versions {', '.join(SUPPORTED_VERSIONS)}")
+        return 0
+    if args.cmd == "doctor":
+        from cni_yogurt.cli.doctor import doctor
+
+        return doctor(args.bpffs_dir, args.state_dir, args.json)
+    if args.cmd == "status":
+        from cni_yogurt.cli.status import status
+
+        return status(args.bpffs_dir, args.state_dir, args.json)
+    if args.cmd == "demo":
+        from cni_yogurt.cli.demo import demo
+
+        return demo(keep=args.keep)
+    parser.print_help()
+    return 0 if not argv else 2

@@ -1,0 +1,172 @@
+"""The wire's kernel objects: two pinned programs, the pairing map, per-device links.
+
+Layout under `<bpffsDir>/v<ABI>/` (the ABI number changes whenever the
+programs or the map layout change, so an upgraded plugin never mixes with
+objects an older one pinned):
+
+    prog_peer  prog_primary  pairs          loaded once per node, by bcc
+    links/<host-ifname>.peer|.primary       one pair of links per device
+
+A link must be pinned: an unpinned BPF link detaches when the plugin
+process exits.  Pairing map: host-side ifindex -> (partner's host-side
+ifindex, partner's container-side ifindex); see bpf/yogurt.bpf.c.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from cni_yogurt.kernel import bpf
+
+ABI = 1
+_KEY = struct.Struct("=I")
+_VALUE = struct.Struct("=II")
+HOOKS = (("peer", bpf.NETKIT_PEER), ("primary", bpf.NETKIT_PRIMARY))
+
+
+@dataclass(frozen=True)
+class Pins:
+    root: str
+
+    @classmethod
+    def under(cls, bpffs_dir: str) -> Pins:
+        return cls(os.path.join(bpffs_dir, f"v{ABI}"))
+
+    def prog(self, hook: str) -> str:
+        return os.path.join(self.root, f"prog_{hook}")
+
+    @property
+    def pairs(self) -> str:
+        return os.path.join(self.root, "pairs")
+
+    @property
+    def links_dir(self) -> str:
+        return os.path.join(self.root, "links")
+
+    def link(self, host_ifname: str, hook: str) -> str:
+        return os.path.join(self.links_dir, f"{host_ifname}.{hook}")
+
+    def loaded(self) -> bool:
+        return all(os.path.exists(p) for p in (self.pairs, self.prog("peer"), self.prog("primary")))
+
+
+@dataclass(frozen=True)
+class Partner:
+    host_ifindex: int
+    peer_ifindex: int
+
+
+def ensure_loaded(pins: Pins, lock_path: str) -> None:
+    """Load and pin programs + map unless another ADD (or boot) already did."""
+    if pins.loaded():
+        return
+    from cni_yogurt.kernel import bpffs
+    from cni_yogurt.lock import locked
+
+    with locked(lock_path):
+        if pins.loaded():
+            return  # a parallel first ADD compiled while we waited
+        from cni_yogurt.kernel import loader
+
+        bpffs.ensure_mounted(pins.root)
+        # Leftovers of an interrupted load were never used by any device.
+        for path in (pins.prog("primary"), pins.prog("peer"), pins.pairs):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        os.makedirs(pins.links_dir, exist_ok=True)
+        loader.compile_and_pin(pins.pairs, pins.prog("peer"), pins.prog("primary"))
+
+
+def attach(pins: Pins, host_ifname: str, host_ifindex: int) -> None:
+    """Attach both programs to a host-side device and pin the links."""
+    os.makedirs(pins.links_dir, exist_ok=True)
+    for hook, attach_type in HOOKS:
+        prog_fd = bpf.obj_get(pins.prog(hook))
+        try:
+            link_fd = bpf.link_create(prog_fd, host_ifindex, attach_type)
+        finally:
+            os.close(prog_fd)
+        try:
+            path = pins.link(host_ifname, hook)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # a stale link of an earlier device with this name
+            bpf.obj_pin(link_fd, path)
+        finally:
+            os.close(link_fd)
+
+
+def detach(pins: Pins, host_ifname: str) -> None:
+    """Unpin a device's links; the kernel detaches them once unreferenced."""
+    for hook, _ in HOOKS:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(pins.link(host_ifname, hook))
+
+
+def pinned_link_names(pins: Pins) -> set[str]:
+    try:
+        return {name.rsplit(".", 1)[0] for name in os.listdir(pins.links_dir)}
+    except FileNotFoundError:
+        return set()
+
+
+def attach_problems(pins: Pins, host_ifindex: int) -> list[str]:
+    """What is wrong with the programs attached to a device ([] if all is well)."""
+    problems = []
+    for hook, attach_type in HOOKS:
+        prog_fd = bpf.obj_get(pins.prog(hook))
+        try:
+            want = bpf.object_id(prog_fd)
+        finally:
+            os.close(prog_fd)
+        attached = bpf.prog_query(host_ifindex, attach_type)
+        if want not in attached:
+            problems.append(f"{hook} program (id {want}) is not attached (attached: {attached})")
+    return problems
+
+
+def unload(pins: Pins) -> None:
+    """Remove every pin (tests, `yogurt` admin); devices lose their programs."""
+    shutil.rmtree(pins.root, ignore_errors=True)
+
+
+class PairMap:
+    """The shared pinned map that pairs host-side devices."""
+
+    def __init__(self, pins: Pins) -> None:
+        self._map = bpf.Map.open_pinned(pins.pairs, _KEY.size, _VALUE.size)
+
+    def __enter__(self) -> PairMap:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._map.close()
+
+    def get(self, host_ifindex: int) -> Partner | None:
+        raw = self._map.lookup(_KEY.pack(host_ifindex))
+        return Partner(*_VALUE.unpack(raw)) if raw is not None else None
+
+    def set(self, host_ifindex: int, partner: Partner) -> None:
+        self._map.update(_KEY.pack(host_ifindex), _VALUE.pack(partner.host_ifindex, partner.peer_ifindex))
+
+    def wire(self, a: tuple[int, int], b: tuple[int, int]) -> None:
+        """Pair two ends given as (host_ifindex, peer_ifindex)."""
+        self.set(a[0], Partner(*b))
+        self.set(b[0], Partner(*a))
+
+    def cut(self, host_ifindex: int) -> None:
+        """Remove an end and every entry that sends to it: both directions fail closed."""
+        self._map.delete(_KEY.pack(host_ifindex))
+        for key, partner in list(self.items()):
+            if partner.host_ifindex == host_ifindex:
+                self._map.delete(_KEY.pack(key))
+
+    def items(self) -> Iterator[tuple[int, Partner]]:
+        for raw_key in list(self._map.keys()):
+            partner = self.get(_KEY.unpack(raw_key)[0])
+            if partner is not None:
+                yield _KEY.unpack(raw_key)[0], partner

@@ -1,0 +1,1 @@
+"""Kernel edges: netlink (netkit devices, addresses, routes), netns, bpf syscalls, the bcc loader."""

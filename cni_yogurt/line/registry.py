@@ -1,0 +1,81 @@
+"""Line membership, shared by every plugin process on the node.
+
+State lives under /run (tmpfs) so a reboot clears it together with the
+devices and the bpffs pins it describes.  Every change happens under one
+flock and is written atomically (write + rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+from cni_yogurt.lock import locked
+
+
+@dataclass
+class End:
+    """One container attachment on a line."""
+
+    container_id: str
+    ifname: str
+    line: str
+    network: str
+    netns: str
+    host_ifname: str
+    host_ifindex: int = 0
+    peer_ifindex: int = 0
+    ready: bool = False  # device, programs and addresses are in place
+
+    @property
+    def key(self) -> str:
+        return attachment_key(self.container_id, self.ifname)
+
+    @property
+    def wire(self) -> tuple[int, int]:
+        return self.host_ifindex, self.peer_ifindex
+
+
+def attachment_key(container_id: str, ifname: str) -> str:
+    return f"{container_id}/{ifname}"
+
+
+class Registry:
+    def __init__(self, state_dir: str) -> None:
+        self.path = os.path.join(state_dir, "lines.json")
+        self.lock_path = os.path.join(state_dir, "lines.lock")
+
+    def _read(self) -> dict[str, End]:
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                raw = json.load(f)
+        except FileNotFoundError:
+            return {}
+        return {key: End(**value) for key, value in raw.get("ends", {}).items()}
+
+    def _write(self, ends: dict[str, End]) -> None:
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"ends": {k: asdict(v) for k, v in sorted(ends.items())}}, f, indent=1)
+        os.replace(tmp, self.path)
+
+    @contextmanager
+    def transaction(self) -> Iterator[dict[str, End]]:
+        """The ends, locked; changes made to the dict are saved on a clean exit."""
+        with locked(self.lock_path):
+            ends = self._read()
+            before = {k: asdict(v) for k, v in ends.items()}
+            yield ends
+            if {k: asdict(v) for k, v in ends.items()} != before:
+                self._write(ends)
+
+    def snapshot(self) -> dict[str, End]:
+        with locked(self.lock_path):
+            return self._read()
+
+
+def others_on_line(ends: dict[str, End], end: End) -> list[End]:
+    return [e for e in ends.values() if e.line == end.line and e.key != end.key]

@@ -1,0 +1,53 @@
+"""Joining and leaving a line: registry membership plus the pairing map, under one lock."""
+
+from __future__ import annotations
+
+from cni_yogurt.cni.errors import CNIError, Code
+from cni_yogurt.datapath import PairMap, Pins
+from cni_yogurt.line.registry import End, Registry, others_on_line
+
+MAX_ENDS = 2
+
+
+def reserve(registry: Registry, end: End) -> None:
+    """Claim a place on the line before anything is created; a full line fails here."""
+    with registry.transaction() as ends:
+        if end.key in ends:
+            held = ends[end.key]
+            raise CNIError(
+                Code.ALREADY_ATTACHED,
+                f"{end.key} is already attached",
+                f"on line {held.line!r} through {held.host_ifname}; DEL it first",
+            )
+        others = others_on_line(ends, end)
+        if len(others) >= MAX_ENDS:
+            holders = ", ".join(f"{o.key} ({o.network})" for o in others)
+            raise CNIError(
+                Code.LINE_FULL,
+                f"line {end.line!r} already has two ends",
+                f"held by {holders}",
+            )
+        ends[end.key] = end
+
+
+def connect(registry: Registry, pins: Pins, end: End) -> End | None:
+    """Mark an end ready; wire it to its partner if that one is ready too."""
+    end.ready = True
+    with registry.transaction() as ends:
+        ends[end.key] = end
+        partner = next((o for o in others_on_line(ends, end) if o.ready), None)
+        if partner is not None:
+            with PairMap(pins) as pairs:
+                pairs.wire(end.wire, partner.wire)
+        return partner
+
+
+def leave(registry: Registry, pins: Pins, key: str, host_ifindex: int = 0) -> End | None:
+    """Drop an end: its map entries go first, so the partner fails closed at once."""
+    with registry.transaction() as ends:
+        end = ends.pop(key, None)
+        ifindex = end.host_ifindex if end is not None else host_ifindex
+        if ifindex and pins.loaded():
+            with PairMap(pins) as pairs:
+                pairs.cut(ifindex)
+        return end

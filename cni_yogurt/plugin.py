@@ -1,0 +1,251 @@
+"""The CNI verbs, one function each: add, delete, check, status, gc.
+
+The protocol layer (cni/) has already validated env and config; these
+functions touch the kernel.  ADD builds in this order and undoes in the
+reverse on any failure, so a failed ADD leaves nothing behind:
+
+    reserve a place on the line -> netkit pair (both ends blackhole, peer
+    created in CNI_NETNS as CNI_IFNAME) -> attach + pin both programs ->
+    IPAM -> addresses, routes, lo up -> mark ready, wire the map
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from collections.abc import Callable
+from typing import Any
+
+from cni_yogurt import datapath
+from cni_yogurt.cni.errors import CNIError, Code
+from cni_yogurt.cni.ipam import IPAM, find_plugin
+from cni_yogurt.cni.result import Interface, IPConfig, Result, parse_result
+from cni_yogurt.cni.skel import Invocation
+from cni_yogurt.datapath import PairMap, Pins
+from cni_yogurt.kernel.netlink import Rtnl, link_kind
+from cni_yogurt.kernel.netns import open_netns
+from cni_yogurt.line import naming, wiring
+from cni_yogurt.line.registry import End, Registry, attachment_key
+
+ZERO_MAC = "00:00:00:00:00:00"  # L3 netkit has no MAC; podman still wants the field
+
+
+def _ipam(inv: Invocation) -> IPAM | None:
+    return IPAM(inv.conf, inv.env, inv.environ, inv.stdin) if inv.conf.ipam else None
+
+
+def _open_netns(path: str) -> int:
+    try:
+        return open_netns(path)
+    except OSError as exc:
+        raise CNIError(Code.INVALID_ENV, f"failed to open netns {path!r}", str(exc)) from exc
+
+
+def _kernel_error(what: str, exc: OSError) -> CNIError:
+    code = Code.TRY_AGAIN_LATER if exc.errno == errno.EBUSY else Code.KERNEL
+    return CNIError(code, f"{what}: {exc.strerror or exc}", f"errno {exc.errno}")
+
+
+def _mac(link: Any) -> str:
+    mac = link.get_attr("IFLA_ADDRESS")
+    return str(mac) if mac else ZERO_MAC
+
+
+def add(inv: Invocation) -> Result:
+    env, conf, log = inv.env, inv.conf, inv.log
+    ipam = _ipam(inv)
+    if ipam is not None:
+        find_plugin(ipam.type, env.path)  # a missing IPAM plugin fails before anything exists
+    netns_fd = _open_netns(env.netns)
+    pins, registry = Pins.under(conf.bpffs_dir), Registry(conf.state_dir)
+    host_ifname = naming.host_ifname(env.container_id, env.ifname)
+    end = End(env.container_id, env.ifname, conf.line_for(env), conf.name, env.netns, host_ifname)
+    undo: list[tuple[str, Callable[[], object]]] = []
+    try:
+        wiring.reserve(registry, end)
+        undo.append(("leave line", lambda: wiring.leave(registry, pins, end.key)))
+        try:
+            datapath.ensure_loaded(pins, os.path.join(conf.state_dir, "load.lock"))
+        except Exception as exc:
+            raise CNIError(Code.DATAPATH, "cannot load the yogurt BPF programs", str(exc)) from exc
+        with Rtnl() as host, Rtnl.in_netns(netns_fd) as cont:
+            if cont.link(env.ifname) is not None:
+                raise CNIError(Code.KERNEL, f"interface {env.ifname} already exists in {env.netns}")
+            try:
+                host.create_netkit(host_ifname, env.ifname, netns_fd, conf.mtu)
+            except OSError as exc:
+                raise _kernel_error(f"cannot create netkit pair {host_ifname}", exc) from exc
+            host_link, cont_link = host.link(host_ifname), cont.link(env.ifname)
+            assert host_link is not None and cont_link is not None
+            end.host_ifindex, end.peer_ifindex = host_link["index"], cont_link["index"]
+            undo.append(("delete device", lambda: host.delete_link(end.host_ifindex)))
+
+            undo.append(("detach programs", lambda: datapath.detach(pins, host_ifname)))
+            try:
+                datapath.attach(pins, host_ifname, end.host_ifindex)
+            except OSError as exc:
+                raise _kernel_error(f"cannot attach programs to {host_ifname}", exc) from exc
+            host.set_up(end.host_ifindex)
+
+            ipam_result = Result()
+            if ipam is not None:
+                ipam_result = ipam.add()
+                undo.append(("IPAM DEL", ipam.delete))
+            _configure_container(cont, end.peer_ifindex, ipam_result)
+        partner = wiring.connect(registry, pins, end)
+    except BaseException:
+        for what, step in reversed(undo):
+            try:
+                step()
+            except Exception as exc:  # noqa: BLE001  (keep undoing; the first error is reported)
+                log.error("rollback step failed", step=what, error=str(exc))
+        raise
+    finally:
+        os.close(netns_fd)
+    log.info("joined line", line=end.line, host_ifname=host_ifname, partner=partner.key if partner else None)
+    return Result(
+        interfaces=[
+            Interface(host_ifname, _mac(host_link), mtu=conf.mtu),
+            Interface(env.ifname, _mac(cont_link), sandbox=env.netns, mtu=conf.mtu),
+        ],
+        ips=[IPConfig(ip.address, ip.gateway, interface=1) for ip in ipam_result.ips],
+        routes=ipam_result.routes,
+        dns=ipam_result.dns if ipam_result.dns.to_json() else parse_result({"dns": conf.dns}).dns,
+    )
+
+
+def _configure_container(cont: Rtnl, index: int, ipam_result: Result) -> None:
+    try:
+        lo = cont.link("lo")
+        if lo is not None:
+            cont.set_up(lo["index"])
+        for ip in ipam_result.ips:
+            cont.add_address(index, ip.address)
+        cont.set_up(index)
+        for route in ipam_result.routes:
+            try:
+                cont.add_route(
+                    route.dst, route.gw, index, priority=route.priority, table=route.table, scope=route.scope
+                )
+            except OSError as exc:
+                if exc.errno != errno.EEXIST:
+                    raise
+    except OSError as exc:
+        raise _kernel_error("cannot configure the container interface", exc) from exc
+
+
+def delete(inv: Invocation) -> None:
+    """Idempotent: succeeds for a gone netns, a gone device or an attachment never added."""
+    env, conf = inv.env, inv.conf
+    pins, registry = Pins.under(conf.bpffs_dir), Registry(conf.state_dir)
+    host_ifname = naming.host_ifname(env.container_id, env.ifname)
+    with Rtnl() as host:
+        link = host.link(host_ifname)
+        ours = link is not None and link_kind(link) == "netkit"
+        wiring.leave(
+            registry, pins, attachment_key(env.container_id, env.ifname), link["index"] if ours else 0
+        )
+        datapath.detach(pins, host_ifname)
+        if ours:
+            host.delete_link(link["index"])  # takes the container end with it
+    ipam = _ipam(inv)
+    if ipam is not None:
+        ipam.delete()
+
+
+def check(inv: Invocation) -> None:
+    env, conf = inv.env, inv.conf
+    prev = conf.prev_result
+    if prev is None:
+        raise CNIError(Code.INVALID_CONFIG, "required prevResult missing")
+    pins, registry = Pins.under(conf.bpffs_dir), Registry(conf.state_dir)
+    host_ifname = naming.host_ifname(env.container_id, env.ifname)
+    netns_fd = _open_netns(env.netns)
+    problems: list[str] = []
+    try:
+        with Rtnl() as host, Rtnl.in_netns(netns_fd) as cont:
+            host_link, cont_link = host.link(host_ifname), cont.link(env.ifname)
+            if host_link is None or link_kind(host_link) != "netkit":
+                raise CNIError(Code.CHECK_FAILED, f"host device {host_ifname} is missing or not netkit")
+            if cont_link is None or link_kind(cont_link) != "netkit":
+                raise CNIError(Code.CHECK_FAILED, f"{env.ifname} in {env.netns} is missing or not netkit")
+            problems += datapath.attach_problems(pins, host_link["index"])
+            present = set(cont.addresses(cont_link["index"]))
+            problems += [f"address {ip.address} missing" for ip in prev.ips if ip.address not in present]
+            routes = set(cont.routes(cont_link["index"]))
+            problems += [
+                f"route {r.dst} missing"
+                for r in prev.routes
+                if (r.dst.with_prefixlen, str(r.gw) if r.gw else None) not in routes
+            ]
+            problems += _line_problems(registry, pins, env, host_link["index"])
+    finally:
+        os.close(netns_fd)
+    if problems:
+        raise CNIError(
+            Code.CHECK_FAILED, f"{env.container_id}/{env.ifname} is not as ADD left it", "; ".join(problems)
+        )
+    ipam = _ipam(inv)
+    if ipam is not None:
+        ipam.check()
+
+
+def _line_problems(registry: Registry, pins: Pins, env: Any, host_ifindex: int) -> list[str]:
+    ends = registry.snapshot()
+    end = ends.get(attachment_key(env.container_id, env.ifname))
+    if end is None:
+        return ["attachment is on no line"]
+    if end.host_ifindex != host_ifindex:
+        return [f"line records ifindex {end.host_ifindex}, device has {host_ifindex}"]
+    partner = next((o for o in ends.values() if o.line == end.line and o.key != end.key and o.ready), None)
+    with PairMap(pins) as pairs:
+        mine = pairs.get(end.host_ifindex)
+        if partner is None:
+            return [] if mine is None else [f"map wires {end.key} but line {end.line!r} has no partner"]
+        want = datapath.Partner(*partner.wire)
+        problems = []
+        if mine != want:
+            problems.append(f"map sends {end.key} to {mine}, line says {want}")
+        if pairs.get(partner.host_ifindex) != datapath.Partner(*end.wire):
+            problems.append(f"map does not send {partner.key} back to {end.key}")
+        return problems
+
+
+def status(inv: Invocation) -> None:
+    from cni_yogurt import health
+
+    failed = [f for f in health.node_findings(inv.conf.bpffs_dir, inv.conf.state_dir) if not f.ok]
+    if failed:
+        raise CNIError(
+            Code.NOT_AVAILABLE,
+            "cni-yogurt cannot add containers on this node",
+            "; ".join(f"{f.name}: {f.detail} (fix: {f.fix})" for f in failed),
+        )
+    ipam = _ipam(inv)
+    if ipam is not None:
+        ipam.status()
+
+
+def gc(inv: Invocation) -> None:
+    """Remove every end, link pin and device the runtime no longer knows."""
+    conf, log = inv.conf, inv.log
+    valid = {attachment_key(c, i) for c, i in conf.valid_attachments or ()}
+    pins, registry = Pins.under(conf.bpffs_dir), Registry(conf.state_dir)
+    stale = [e for e in registry.snapshot().values() if e.network == conf.name and e.key not in valid]
+    keep = {e.host_ifname for e in registry.snapshot().values() if e.network != conf.name or e.key in valid}
+    with Rtnl() as host:
+        for end in stale:
+            wiring.leave(registry, pins, end.key)
+            log.info("gc: removed end", end=end.key, line=end.line)
+        # Devices and pins no line knows of: left by a crash, or by ends just removed.
+        for link in host.links():
+            name = link.get_attr("IFLA_IFNAME")
+            if naming.is_ours(name) and name not in keep and link_kind(link) == "netkit":
+                with contextlib.suppress(OSError):
+                    host.delete_link(link["index"])
+    for name in datapath.pinned_link_names(pins) - keep:
+        datapath.detach(pins, name)
+    ipam = _ipam(inv)
+    if ipam is not None:
+        ipam.gc()
