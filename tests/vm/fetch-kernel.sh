@@ -62,7 +62,7 @@ if [ ! -f "$KDIR/.complete" ]; then
         done
         cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null |
             sed -E 's/\[[^]]*\]//' |
-            awk -v s="$host_suite" '$1=="deb" && $3==s {print $2}'
+            awk -v s="$host_suite" '$1=="deb" && $3==s {print $2}' || true  # cat: missing files
     )
     mirror=$(head -n1 <<<"$mirror")
     [ -n "$mirror" ] || { log "no apt source for suite $host_suite found in /etc/apt"; exit 1; }

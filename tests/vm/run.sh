@@ -19,7 +19,6 @@ log() { echo "vm: $*" >&2; }
 
 vmlinuz=$("$HERE/fetch-kernel.sh")
 VENV=${YOGURT_VM_VENV:-${YOGURT_VM_CACHE:-$REPO/.cache/vm}/venv}
-export PATH="$VENV/bin:$PATH"   # vng calls virtme-run from the same venv via PATH
 
 # The result dir is the guest's only writable window to the host.
 if [ -n "${YOGURT_VM_RESULT_DIR:-}" ]; then
@@ -46,7 +45,7 @@ if [ "$kvm" = auto ]; then
     [ -w /dev/kvm ] && grep -qwE 'vmx|svm' /proc/cpuinfo && kvm=1
 fi
 vng_args=(-r "$vmlinuz" --cpus "${YOGURT_VM_CPUS:-2}" --memory "${YOGURT_VM_MEMORY:-2G}"
-    --rwdir="$RES" --exec "$(printf '%q ' "$HERE/guest.sh" "$RES")")
+    --rwdir="$RES" --exec "bash $(printf '%q ' "$HERE/guest.sh" "$RES")")
 [ "$kvm" = 1 ] || vng_args+=(--disable-kvm)
 # shellcheck disable=SC2206  # word splitting of extra args is intended
 vng_args+=(${YOGURT_VM_VNG_ARGS:-})
@@ -54,7 +53,9 @@ vng_args+=(${YOGURT_VM_VNG_ARGS:-})
 log "booting ${vmlinuz##*/vmlinuz-} ($([ "$kvm" = 1 ] && echo kvm || echo emulated)), results in $RES"
 start=$SECONDS
 # timeout signals vng's whole process group, qemu included.
-timeout -k 15 "${YOGURT_VM_TIMEOUT:-2700}" vng "${vng_args[@]}" </dev/null >"$RES/vng.log" 2>&1 &
+# vng calls virtme-run via PATH, so its venv goes first, for vng only (the
+# venv's python3 must not shadow the guest command's).
+PATH="$VENV/bin:$PATH" timeout -k 15 "${YOGURT_VM_TIMEOUT:-2700}" vng "${vng_args[@]}" </dev/null >"$RES/vng.log" 2>&1 &
 vpid=$!
 trap 'kill "$vpid" 2>/dev/null || true' INT TERM
 # Stream the guest's output live; --pid makes tail do a last read once vng exits.
