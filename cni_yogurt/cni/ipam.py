@@ -47,7 +47,7 @@ def _delegate_error(plugin: str, command: str, stdout: bytes, returncode: int) -
     try:
         obj = json.loads(stdout)
         return CNIError(int(obj["code"]), str(obj.get("msg", "")), str(obj.get("details", "")))
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         detail = stdout.decode(errors="replace").strip()[:500]
         return CNIError(
             Code.IPAM_FAILED, f"IPAM plugin {plugin} {command} failed (exit {returncode})", detail
@@ -108,9 +108,13 @@ class IPAM:
         out = self._run("ADD") or b""
         try:
             obj = json.loads(out)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise CNIError(Code.IPAM_FAILED, f"IPAM plugin {self.type} returned bad JSON", str(exc)) from exc
-        return parse_result(obj, f"{self.type} result")
+        try:
+            return parse_result(obj, f"{self.type} result")
+        except CNIError as err:
+            # A malformed result is the delegate's failure, not a decode failure of our stdin.
+            raise CNIError(Code.IPAM_FAILED, err.msg, err.details) from err
 
     def delete(self) -> None:
         self._run("DEL")

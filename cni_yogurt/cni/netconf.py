@@ -68,7 +68,7 @@ class NetConf:
 def decode(data: bytes) -> dict[str, Any]:
     try:
         obj = json.loads(data)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # Recursion: nested too deep
         raise CNIError(Code.DECODE_FAILURE, "error decoding network config", str(exc)) from exc
     if not isinstance(obj, dict):
         raise CNIError(Code.DECODE_FAILURE, "error decoding network config", "not a JSON object")
@@ -79,7 +79,7 @@ def peek_version(data: bytes) -> str | None:
     """The config's cniVersion if it can be read, for rendering errors."""
     try:
         obj = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     value = obj.get("cniVersion") if isinstance(obj, dict) else None
     return value if isinstance(value, str) and value in versions.SUPPORTED_VERSIONS else None

@@ -67,8 +67,10 @@ def run(
     """Serve one invocation; returns the exit code."""
     data = b""
     try:
-        env = parse_env(environ)
+        # stdin first, so even an environment error is reported in the config's
+        # cniVersion (SPEC "Error": "the same value as provided by the configuration").
         data = stdin.read()
+        env = parse_env(environ)
         if env.command == "VERSION":
             # No logging and no heavy imports: runtimes call this often.
             _emit(stdout, version_info(data))
@@ -140,12 +142,14 @@ def _dispatch(
         )
         return _fail(err, conf.cni_version, stdout, stderr, log)
     except Exception as exc:  # noqa: BLE001
+        # The traceback goes in a debug event: error events are copied to stderr.
+        log.debug("traceback", traceback=traceback.format_exc())
         log.error(
             "invocation",
             outcome="error",
             code=Code.INTERNAL.value,
             msg=str(exc),
-            traceback=traceback.format_exc(),
+            exception=type(exc).__name__,
             duration_ms=elapsed_ms(),
         )
         err = CNIError(Code.INTERNAL, f"unexpected error: {exc}", type(exc).__name__)
