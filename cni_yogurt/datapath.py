@@ -5,7 +5,7 @@ programs or the map layout change, so an upgraded plugin never mixes with
 objects an older one pinned):
 
     prog_peer  prog_primary  pairs          loaded once per node, by bcc
-    links/<host-ifname>.peer|.primary       one pair of links per device
+    links/<host-ifname>_peer|_primary       one pair of links per device
 
 A link must be pinned: an unpinned BPF link detaches when the plugin
 process exits.  Pairing map: host-side ifindex -> (partner's host-side
@@ -49,7 +49,8 @@ class Pins:
         return os.path.join(self.root, "links")
 
     def link(self, host_ifname: str, hook: str) -> str:
-        return os.path.join(self.links_dir, f"{host_ifname}.{hook}")
+        # No dots: bpffs refuses names with a '.' (EPERM), reserved for its own files.
+        return os.path.join(self.links_dir, f"{host_ifname}_{hook}")
 
     def loaded(self) -> bool:
         return all(os.path.exists(p) for p in (self.pairs, self.prog("peer"), self.prog("primary")))
@@ -109,7 +110,7 @@ def detach(pins: Pins, host_ifname: str) -> None:
 
 def pinned_link_names(pins: Pins) -> set[str]:
     try:
-        return {name.rsplit(".", 1)[0] for name in os.listdir(pins.links_dir)}
+        return {name.rsplit("_", 1)[0] for name in os.listdir(pins.links_dir)}
     except FileNotFoundError:
         return set()
 
