@@ -62,6 +62,8 @@ def add(inv: Invocation) -> Result:
     host_ifname = naming.host_ifname(env.container_id, env.ifname)
     end = End(env.container_id, env.ifname, conf.line_for(env), conf.name, env.netns, host_ifname)
     undo: list[tuple[str, Callable[[], object]]] = []
+    # Both sockets outlive the rollback below, which needs them.
+    host, cont = Rtnl(), Rtnl.in_netns(netns_fd)
     try:
         wiring.reserve(registry, end)
         undo.append(("leave line", lambda: wiring.leave(registry, pins, end.key)))
@@ -69,30 +71,29 @@ def add(inv: Invocation) -> Result:
             datapath.ensure_loaded(pins, os.path.join(conf.state_dir, "load.lock"))
         except Exception as exc:
             raise CNIError(Code.DATAPATH, "cannot load the yogurt BPF programs", str(exc)) from exc
-        with Rtnl() as host, Rtnl.in_netns(netns_fd) as cont:
-            if cont.link(env.ifname) is not None:
-                raise CNIError(Code.KERNEL, f"interface {env.ifname} already exists in {env.netns}")
-            try:
-                host.create_netkit(host_ifname, env.ifname, netns_fd, conf.mtu)
-            except OSError as exc:
-                raise _kernel_error(f"cannot create netkit pair {host_ifname}", exc) from exc
-            host_link, cont_link = host.link(host_ifname), cont.link(env.ifname)
-            assert host_link is not None and cont_link is not None
-            end.host_ifindex, end.peer_ifindex = host_link["index"], cont_link["index"]
-            undo.append(("delete device", lambda: host.delete_link(end.host_ifindex)))
+        if cont.link(env.ifname) is not None:
+            raise CNIError(Code.KERNEL, f"interface {env.ifname} already exists in {env.netns}")
+        try:
+            host.create_netkit(host_ifname, env.ifname, netns_fd, conf.mtu)
+        except OSError as exc:
+            raise _kernel_error(f"cannot create netkit pair {host_ifname}", exc) from exc
+        host_link, cont_link = host.link(host_ifname), cont.link(env.ifname)
+        assert host_link is not None and cont_link is not None
+        end.host_ifindex, end.peer_ifindex = host_link["index"], cont_link["index"]
+        undo.append(("delete device", lambda: host.delete_link(end.host_ifindex)))
 
-            undo.append(("detach programs", lambda: datapath.detach(pins, host_ifname)))
-            try:
-                datapath.attach(pins, host_ifname, end.host_ifindex)
-            except OSError as exc:
-                raise _kernel_error(f"cannot attach programs to {host_ifname}", exc) from exc
-            host.set_up(end.host_ifindex)
+        undo.append(("detach programs", lambda: datapath.detach(pins, host_ifname)))
+        try:
+            datapath.attach(pins, host_ifname, end.host_ifindex)
+        except OSError as exc:
+            raise _kernel_error(f"cannot attach programs to {host_ifname}", exc) from exc
+        host.set_up(end.host_ifindex)
 
-            ipam_result = Result()
-            if ipam is not None:
-                ipam_result = ipam.add()
-                undo.append(("IPAM DEL", ipam.delete))
-            _configure_container(cont, end.peer_ifindex, ipam_result)
+        ipam_result = Result()
+        if ipam is not None:
+            ipam_result = ipam.add()
+            undo.append(("IPAM DEL", ipam.delete))
+        _configure_container(cont, end.peer_ifindex, ipam_result)
         partner = wiring.connect(registry, pins, end)
     except BaseException:
         for what, step in reversed(undo):
@@ -102,6 +103,8 @@ def add(inv: Invocation) -> Result:
                 log.error("rollback step failed", step=what, error=str(exc))
         raise
     finally:
+        host.close()
+        cont.close()
         os.close(netns_fd)
     log.info("joined line", line=end.line, host_ifname=host_ifname, partner=partner.key if partner else None)
     return Result(

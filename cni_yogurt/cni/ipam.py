@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from cni_yogurt.cni import version as versions
 from cni_yogurt.cni.env import CniEnv
 from cni_yogurt.cni.errors import CNIError, Code
-from cni_yogurt.cni.netconf import NetConf
+from cni_yogurt.cni.netconf import OUR_ARGS, NetConf
 from cni_yogurt.cni.result import Result, parse_result
 
 
@@ -54,6 +54,16 @@ def _delegate_error(plugin: str, command: str, stdout: bytes, returncode: int) -
         )
 
 
+def _without_our_args(environ: Mapping[str, str]) -> dict[str, str]:
+    """The delegate's env: CNI_ARGS minus the keys meant for us, which
+    host-local and friends would refuse as unknown."""
+    env = dict(environ)
+    if "CNI_ARGS" in env:
+        pairs = [p for p in env["CNI_ARGS"].split(";") if p and p.partition("=")[0] not in OUR_ARGS]
+        env["CNI_ARGS"] = ";".join(pairs)
+    return env
+
+
 class IPAM:
     """The IPAM delegate of one invocation.
 
@@ -68,7 +78,7 @@ class IPAM:
         assert conf.ipam is not None
         self.type = conf.ipam.type
         self._search_path = env.path
-        self._environ = environ
+        self._environ = _without_our_args(environ)
         self._stdin = stdin
 
     def _run(self, command: str) -> bytes | None:

@@ -28,7 +28,8 @@ DEFAULT_LOG_FILE = "/var/log/cni-yogurt.log"
 
 LINE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 # CNI_ARGS keys this plugin understands; others need IgnoreUnknown.
-KNOWN_ARGS = frozenset({"IgnoreUnknown", "YOGURT_LINE"})
+OUR_ARGS = frozenset({"YOGURT_LINE"})
+KNOWN_ARGS = OUR_ARGS | {"IgnoreUnknown"}
 
 
 @dataclass(frozen=True)

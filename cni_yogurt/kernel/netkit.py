@@ -10,11 +10,8 @@ Attribute numbers are from include/uapi/linux/if_link.h (IFLA_NETKIT_*).
 
 from __future__ import annotations
 
-from cni_yogurt._lean import bare_package
-
-bare_package("pyroute2")
-from pyroute2.netlink import nla  # noqa: E402
-from pyroute2.netlink.rtnl.ifinfmsg import ifinfbase, ifinfmsg  # noqa: E402
+from pyroute2.netlink import nla
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfbase, ifinfmsg
 
 KIND = "netkit"
 

@@ -14,7 +14,7 @@ import socket
 import struct
 from typing import Any
 
-from pyroute2.netlink import (  # noqa: I001  (after netkit: needs the bare package)
+from pyroute2.netlink import (
     NLM_F_ACK,
     NLM_F_CREATE,
     NLM_F_DUMP,

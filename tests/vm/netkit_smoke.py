@@ -3,6 +3,7 @@
 Debian 12's iproute2 (6.1) cannot create netkit devices, so this speaks
 RTM_NEWLINK directly. Meant to run inside the VM: `tests/vm/run.sh python3 tests/vm/netkit_smoke.py`.
 """
+
 import os
 import socket
 import struct

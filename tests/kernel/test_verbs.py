@@ -1,0 +1,119 @@
+"""ADD, CHECK, DEL, STATUS and GC on a real kernel, for every spec version."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from conftest import Node, addresses
+
+from cni_yogurt import lab
+from cni_yogurt.cni.version import SUPPORTED_VERSIONS, at_least
+from cni_yogurt.line import naming
+
+
+@pytest.mark.parametrize("version", SUPPORTED_VERSIONS)
+def test_add_check_del_in_every_version(node: Node, version: str) -> None:
+    conf = node.conf(version=version)
+    one, two = node.netns(), node.netns()
+    r1, r2 = node.add(conf, one), node.add(conf, two)
+    for ns, result in ((one, r1), (two, r2)):
+        assert result["cniVersion"] == version
+        host, cont = result["interfaces"]
+        assert host["name"] == naming.host_ifname(ns.name, "eth0") and "sandbox" not in host
+        assert cont == {"name": "eth0", "mac": "00:00:00:00:00:00", "sandbox": ns.path}
+        assert {ip["interface"] for ip in result["ips"]} == {1}
+        assert all(("version" in ip) == (not at_least(version, "1.0.0")) for ip in result["ips"])
+        assert ns.run("ip", "-o", "link", "show", "eth0").returncode == 0
+        if at_least(version, "0.4.0"):
+            run = node.run("CHECK", {**conf, "prevResult": result}, ns)
+            assert run.rc == 0, run.out
+    b4, _ = addresses(r2)
+    assert lab.ping(one, b4, count=1) == 1
+    node.delete(conf, one)
+    node.delete(conf, two)
+
+
+def test_check_fails_once_a_program_is_detached(node: Node) -> None:
+    conf = node.conf()
+    one = node.netns()
+    result = node.add(conf, one)
+    prev = {**conf, "prevResult": result}
+    assert node.run("CHECK", prev, one).rc == 0
+    os.unlink(node.pins.link(result["interfaces"][0]["name"], "primary"))
+    run = node.run("CHECK", prev, one)
+    assert run.rc != 0 and run.out["code"] == 103
+    assert "primary program" in run.out["details"]
+    node.delete(conf, one)
+
+
+def test_check_notices_a_missing_address(node: Node) -> None:
+    conf = node.conf()
+    one = node.netns()
+    result = node.add(conf, one)
+    a4, _ = addresses(result)
+    one.run("ip", "addr", "del", f"{a4}/24", "dev", "eth0")
+    run = node.run("CHECK", {**conf, "prevResult": result}, one)
+    assert run.rc != 0 and run.out["code"] == 103 and a4 in run.out["details"]
+    node.delete(conf, one)
+
+
+def test_del_is_idempotent(node: Node) -> None:
+    conf = node.conf()
+    one = node.netns()
+    node.add(conf, one)
+    node.delete(conf, one)
+    node.delete(conf, one)  # twice in a row, as containerd does
+    node.delete(conf, None, container_id="never-added")
+    two = node.netns()
+    node.add(conf, two)
+    two.delete()  # the netns is gone before DEL (and the device with it)
+    node.delete(conf, None, container_id=two.name)
+
+
+def test_failed_add_rolls_everything_back(node: Node) -> None:
+    # A /30 with one usable address: the second ADD fails in IPAM, after its
+    # device, links and line place were made.
+    conf = node.conf(subnet4="10.77.0.0/30", subnet6=None)
+    conf["ipam"]["ranges"] = [
+        [{"subnet": "10.77.0.0/30", "rangeStart": "10.77.0.2", "rangeEnd": "10.77.0.2"}]
+    ]
+    one, two = node.netns(), node.netns()
+    node.add(conf, one)
+    before = node.leftovers()
+    run = node.run("ADD", conf, two)
+    assert run.rc != 0 and "Traceback" not in run.stderr
+    assert node.leftovers() == before
+    assert two.run("ip", "-o", "link", "show", "eth0").returncode != 0
+    node.delete(conf, one)
+
+
+def test_add_into_a_missing_netns_is_an_env_error_and_leaves_nothing(node: Node) -> None:
+    conf = node.conf()
+    run = lab.run_plugin(
+        "ADD", conf, container_id="ghost", netns="/run/netns/does-not-exist", cni_path=node.cni_path
+    )
+    assert run.rc != 0 and run.out["code"] == 4
+    assert node.leftovers() == {}
+
+
+def test_status_is_ok_on_a_netkit_node(node: Node) -> None:
+    run = node.run("STATUS", node.conf(), None)
+    assert run.rc == 0, run.out
+    assert run.out == {}
+
+
+def test_gc_removes_what_the_runtime_no_longer_knows(node: Node) -> None:
+    conf = node.conf()
+    keep, drop = node.netns(), node.netns()
+    node.add(conf, keep)
+    dropped = node.add(conf, drop)
+    gc_conf = {**conf, "cni.dev/valid-attachments": [{"containerID": keep.name, "ifname": "eth0"}]}
+    run = node.run("GC", gc_conf, None)
+    assert run.rc == 0, run.out
+    assert dropped["interfaces"][0]["name"] not in node.devices()
+    assert naming.host_ifname(keep.name, "eth0") in node.devices()
+    assert list(node.registry.snapshot()) == [f"{keep.name}/eth0"]
+    assert node.map_entries() == {}
+    node.delete(conf, keep)
+    node.delete(conf, drop)  # its lease: host-local 1.1.1 has no GC of its own

@@ -1,0 +1,27 @@
+"""The runtime execs the plugin per container: the ADD/DEL path must stay import-light."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+HEAVY = ("asyncio", "pyroute2.ndb", "pyroute2.ipdb", "pyroute2.iproute", "bcc", "structlog.stdlib")
+
+
+def _loaded_after(statement: str) -> set[str]:
+    code = f"import sys\n{statement}\nprint('\\n'.join(sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
+
+
+def test_verbs_import_no_heavy_modules() -> None:
+    loaded = _loaded_after("import cni_yogurt.plugin, cni_yogurt.log")
+    assert "pyroute2.netlink.rtnl.ifinfmsg" in loaded  # the part of pyroute2 we use
+    assert not {m for m in loaded if m.startswith(HEAVY)}
+
+
+def test_netkit_kind_is_registered_with_pyroute2() -> None:
+    from cni_yogurt.kernel import netkit
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+    assert ifinfmsg.ifinfo.data_map["netkit"] is netkit.netkit_data
