@@ -34,7 +34,12 @@ class _Sink:
     def msg(self, message: str) -> None:
         self._write(message, to_stderr=False)
 
-    info = debug = msg
+    info = msg
+
+    def debug(self, message: str) -> None:
+        # Tracebacks are logged at debug: they belong in the file, never on stderr.
+        if self._file is not None:
+            self._write(message, to_stderr=False)
 
     def error(self, message: str) -> None:
         self._write(message, to_stderr=True)

@@ -88,15 +88,22 @@ class IPAM:
         except CNIError as err:
             if err.code != Code.INCOMPATIBLE_VERSION:
                 raise
-            stdin = self._downgraded_stdin(plugin, command)
+            stdin = self._downgraded_stdin(plugin, command, err)
             if stdin is None:
                 return None
             return exec_delegate(plugin, command, self._environ, stdin)
 
-    def _downgraded_stdin(self, plugin: str, command: str) -> bytes | None:
+    def _downgraded_stdin(self, plugin: str, command: str, refusal: CNIError) -> bytes | None:
         conf = json.loads(self._stdin)
         wanted = str(conf["cniVersion"])
-        info = json.loads(exec_delegate(plugin, "VERSION", self._environ, b""))
+        raw = exec_delegate(plugin, "VERSION", self._environ, b"")
+        try:
+            info = json.loads(raw)
+            assert isinstance(info, dict) and isinstance(info.get("supportedVersions"), list)
+        except (ValueError, RecursionError, AssertionError) as exc:
+            raise CNIError(
+                Code.IPAM_FAILED, f"IPAM plugin {self.type} answered VERSION with garbage", str(exc)
+            ) from exc
         common = [
             v
             for v in info.get("supportedVersions", [])
@@ -109,6 +116,8 @@ class IPAM:
                 f"IPAM plugin {self.type} speaks no version we do",
                 f"it supports {info.get('supportedVersions')}, config is {wanted}",
             )
+        if best == wanted:
+            raise refusal  # it speaks our version: the refusal was about something else
         if not versions.at_least(best, versions.VERB_SINCE[command]):
             return None  # e.g. GC for a delegate older than 1.1.0: nothing to forward
         conf["cniVersion"] = best
