@@ -64,6 +64,14 @@ def _without_our_args(environ: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
+def _semver(value: str) -> bool:
+    try:
+        versions.parse(value)
+    except ValueError:
+        return False
+    return True
+
+
 class IPAM:
     """The IPAM delegate of one invocation.
 
@@ -93,9 +101,7 @@ class IPAM:
                 return None
             return exec_delegate(plugin, command, self._environ, stdin)
 
-    def _downgraded_stdin(self, plugin: str, command: str, refusal: CNIError) -> bytes | None:
-        conf = json.loads(self._stdin)
-        wanted = str(conf["cniVersion"])
+    def _supported_versions(self, plugin: str) -> list[str]:
         raw = exec_delegate(plugin, "VERSION", self._environ, b"")
         try:
             info = json.loads(raw)
@@ -104,17 +110,19 @@ class IPAM:
             raise CNIError(
                 Code.IPAM_FAILED, f"IPAM plugin {self.type} answered VERSION with garbage", str(exc)
             ) from exc
-        common = [
-            v
-            for v in info.get("supportedVersions", [])
-            if v in versions.SUPPORTED_VERSIONS and versions.at_least(wanted, v)
-        ]
+        return [str(v) for v in info["supportedVersions"]]
+
+    def _downgraded_stdin(self, plugin: str, command: str, refusal: CNIError) -> bytes | None:
+        conf = json.loads(self._stdin)
+        wanted = str(conf["cniVersion"])
+        supported = self._supported_versions(plugin)
+        common = [v for v in supported if v in versions.SUPPORTED_VERSIONS and versions.at_least(wanted, v)]
         best = max(common, key=versions.parse, default=None)
         if best is None:
             raise CNIError(
                 Code.INCOMPATIBLE_VERSION,
                 f"IPAM plugin {self.type} speaks no version we do",
-                f"it supports {info.get('supportedVersions')}, config is {wanted}",
+                f"it supports {supported}, config is {wanted}",
             )
         if best == wanted:
             raise refusal  # it speaks our version: the refusal was about something else
@@ -142,7 +150,15 @@ class IPAM:
         self._run("CHECK")
 
     def gc(self) -> None:
-        self._run("GC")
+        self._run_if_known("GC")
 
     def status(self) -> None:
-        self._run("STATUS")
+        self._run_if_known("STATUS")
+
+    def _run_if_known(self, command: str) -> None:
+        """GC and STATUS only reach delegates that know them: an older plugin
+        does not answer "unknown verb" but fails on missing ADD variables."""
+        plugin = find_plugin(self.type, self._search_path)
+        since = versions.VERB_SINCE[command]
+        if any(versions.at_least(v, since) for v in self._supported_versions(plugin) if _semver(v)):
+            self._run(command)

@@ -21,7 +21,8 @@ def test_verbs_import_no_heavy_modules() -> None:
 
 
 def test_netkit_kind_is_registered_with_pyroute2() -> None:
-    from cni_yogurt.kernel import netkit
     from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+    from cni_yogurt.kernel import netkit
 
     assert ifinfmsg.ifinfo.data_map["netkit"] is netkit.netkit_data
