@@ -1,9 +1,10 @@
 """Kernel tests: root and a kernel with netkit (natively, or in the VM that `make test` boots).
 
 Every test drives the plugin exactly as a runtime does (exec with CNI_*
-variables and the config on stdin) in throw-away namespaces, and leaves the
-node as it found it: `clean_node` fails a test that leaves a device, a link
-pin, a map entry, a line end or an IP lease behind.
+variables and the config on stdin) in throw-away namespaces, and must leave
+nothing behind: the `node` fixture fails a test that leaves a device, a link
+pin, a map entry, a line end or an IP lease of its own containers.  Looking
+only at a test's own containers lets tests run in parallel (pytest-xdist).
 """
 
 from __future__ import annotations
@@ -18,14 +19,16 @@ from typing import Any
 import pytest
 
 from cni_yogurt import health, lab
-from cni_yogurt.datapath import PairMap, Pins, pinned_link_names
+from cni_yogurt.datapath import PairMap, Pins, detach, pinned_link_names
 from cni_yogurt.kernel.netlink import Rtnl
 from cni_yogurt.line import naming
 from cni_yogurt.line.registry import Registry
+from cni_yogurt.line.wiring import leave
 
 BPFFS_DIR = "/sys/fs/bpf/cni-yogurt-test"
 STATE_DIR = "/run/cni-yogurt-test"
-LOG_FILE = "/tmp/cni-yogurt-test.log"
+# In the VM, the log goes to the result dir the host keeps (see tests/vm/guest.sh).
+LOG_FILE = os.path.join(os.environ.get("YOGURT_VM_OUT", "/tmp"), "cni-yogurt-test.log")
 
 
 def _why_not() -> str | None:
@@ -63,6 +66,7 @@ class Node:
         self.counter = itertools.count(1)
         self.cni_path = lab.have_host_local() or "/usr/lib/cni"
         self.namespaces: list[lab.Netns] = []
+        self.ifindexes: set[int] = set()  # host-side devices this test's ADDs made
         self.pins = Pins.under(BPFFS_DIR)
         self.registry = Registry(STATE_DIR)
 
@@ -98,6 +102,7 @@ class Node:
     def add(self, conf: dict[str, Any], ns: lab.Netns, **kw: Any) -> dict[str, Any]:
         run = self.run("ADD", conf, ns, **kw)
         assert run.rc == 0, f"ADD {ns.name} failed: {run.out} {run.stderr}"
+        self.ifindexes.add(ifindex(run.out["interfaces"][0]["name"]))
         return run.out
 
     def delete(self, conf: dict[str, Any], ns: lab.Netns, **kw: Any) -> None:
@@ -106,15 +111,24 @@ class Node:
 
     # -- what the node holds ---------------------------------------------------
 
+    def host_names(self) -> set[str]:
+        return {naming.host_ifname(ns.name, "eth0") for ns in self.namespaces}
+
     def devices(self) -> set[str]:
         with Rtnl() as nl:
-            return {name for link in nl.links() if naming.is_ours(name := link.get_attr("IFLA_IFNAME"))}
+            return {
+                name for link in nl.links() if (name := link.get_attr("IFLA_IFNAME")) in self.host_names()
+            }
 
     def map_entries(self) -> dict[int, Any]:
         if not self.pins.loaded():
             return {}
         with PairMap(self.pins) as pairs:
-            return dict(pairs.items())
+            return {k: v for k, v in pairs.items() if k in self.ifindexes or v.host_ifindex in self.ifindexes}
+
+    def ends(self) -> dict[str, Any]:
+        ours = {ns.name for ns in self.namespaces}
+        return {k: e for k, e in self.registry.snapshot().items() if e.container_id in ours}
 
     def leases(self) -> list[str]:
         root = self.tmp / "ipam"
@@ -125,9 +139,9 @@ class Node:
     def leftovers(self) -> dict[str, Any]:
         found = {
             "devices": sorted(self.devices()),
-            "link pins": sorted(pinned_link_names(self.pins)),
+            "link pins": sorted(pinned_link_names(self.pins) & self.host_names()),
             "map entries": self.map_entries(),
-            "line ends": sorted(self.registry.snapshot()),
+            "line ends": sorted(self.ends()),
             "IP leases": self.leases(),
         }
         return {k: v for k, v in found.items() if v}
@@ -148,23 +162,58 @@ def node(tmp_path: Any) -> Iterator[Node]:
     assert not after, f"test left state behind: {after}"
 
 
+class Phone:
+    """Two ends of one line, wired, shared by the tests that only observe it."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.conf = node.conf()
+        self.one, self.two = node.netns(), node.netns()
+        self.r1, self.r2 = node.add(self.conf, self.one), node.add(self.conf, self.two)
+        self.a4, self.a6 = addresses(self.r1)
+        self.b4, self.b6 = addresses(self.r2)
+        self.host_one = self.r1["interfaces"][0]["name"]
+        self.host_two = self.r2["interfaces"][0]["name"]
+
+    def hang_up(self) -> None:
+        self.node.delete(self.conf, self.one)
+        self.node.delete(self.conf, self.two)
+
+
+@pytest.fixture(scope="module")
+def phone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Phone]:
+    n = Node(tmp_path_factory.mktemp("phone"))
+    try:
+        p = Phone(n)
+        yield p
+        p.hang_up()
+    finally:
+        for ns in n.namespaces:
+            ns.delete()
+    after = n.leftovers()
+    _scrub(n)
+    assert not after, f"the phone left state behind: {after}"
+
+
 def _scrub(n: Node) -> None:
-    """Best effort, so one failing test does not fail all that follow."""
+    """Best effort, so that one failing test does not fail those that follow."""
     with Rtnl() as nl:
         for link in nl.links():
-            if naming.is_ours(link.get_attr("IFLA_IFNAME")):
+            if link.get_attr("IFLA_IFNAME") in n.host_names():
                 nl.delete_link(link["index"])
-    for name in pinned_link_names(n.pins):
-        for hook in ("peer", "primary"):
-            path = n.pins.link(name, hook)
-            if os.path.exists(path):
-                os.unlink(path)
+    for name in n.host_names():
+        detach(n.pins, name)
+    for key in n.ends():
+        leave(n.registry, n.pins, key)
     if n.pins.loaded():
         with PairMap(n.pins) as pairs:
-            for key, _ in list(pairs.items()):
-                pairs.cut(key)
-    if os.path.exists(n.registry.path):
-        os.unlink(n.registry.path)
+            for index in n.ifindexes:
+                pairs.cut(index)
+
+
+def ifindex(device: str) -> int:
+    with open(f"/sys/class/net/{device}/ifindex") as f:
+        return int(f.read())
 
 
 def _is_ip(name: str) -> bool:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 
-from conftest import Node, addresses
+from conftest import Node, addresses, ifindex
 
 from cni_yogurt import lab
 from cni_yogurt.datapath import Partner
@@ -35,8 +36,7 @@ def test_line_from_cni_args_overrides_config(node: Node) -> None:
     one, two = node.netns(), node.netns()
     node.add(conf, one, cni_args="IgnoreUnknown=1;YOGURT_LINE=from-args;K8S_POD_NAME=x")
     node.add(conf, two, cni_args="YOGURT_LINE=from-args")
-    ends = node.registry.snapshot()
-    assert {e.line for e in ends.values()} == {"from-args"}
+    assert {e.line for e in node.ends().values()} == {"from-args"}
     node.delete(conf, one)
     node.delete(conf, two)
 
@@ -50,6 +50,8 @@ def test_del_of_one_end_leaves_the_other_reaching_nothing_then_a_new_end_pairs(n
     node.delete(conf, two)
     assert node.map_entries() == {}
     assert lab.ping(one, b4) == 0
+    os.system(f"ip addr add 10.42.0.253/24 dev {r1['interfaces'][0]['name']}")
+    assert lab.ping(one, "10.42.0.253") == 0  # unpaired: not even to the host
     three = node.netns()
     r3 = node.add(conf, three)
     c4, _ = addresses(r3)
@@ -74,8 +76,7 @@ def test_parallel_adds_for_many_lines_wire_each_to_its_partner(node: Node) -> No
     assert len(entries) == 2 * lines
     index = {}
     for (line, ns), result in zip(jobs, results, strict=True):
-        with open(f"/sys/class/net/{result['interfaces'][0]['name']}/ifindex") as f:
-            index[ns.name] = (line, int(f.read()))
+        index[ns.name] = (line, ifindex(result["interfaces"][0]["name"]))
     for i in range(lines):
         (_, x), (_, y) = [(ns, index[ns.name][1]) for line, ns in jobs if line == f"par-{i}"]
         assert entries[x].host_ifindex == y

@@ -8,7 +8,7 @@ import socket
 import struct
 from collections.abc import Callable
 
-from conftest import Node, addresses
+from conftest import Node, Phone, addresses, ifindex
 
 from cni_yogurt import lab
 from cni_yogurt.datapath import HOOKS
@@ -16,57 +16,50 @@ from cni_yogurt.kernel import bpf
 from cni_yogurt.kernel.netns import create_in, open_netns
 
 
-def _phone(node: Node, **conf_kw: object) -> tuple[dict, lab.Netns, lab.Netns, dict, dict]:
-    conf = node.conf(**conf_kw)
-    one, two = node.netns(), node.netns()
-    return conf, one, two, node.add(conf, one), node.add(conf, two)
+def test_two_ends_ping_and_talk_tcp_both_ways_v4_and_v6(phone: Phone) -> None:
+    one, two = phone.one, phone.two
+    assert phone.a6 and phone.b6
+    assert lab.ping(one, phone.b4) == 2
+    assert lab.ping(two, phone.a4) == 2
+    assert lab.ping(one, phone.b6) == 2
+    assert lab.ping(two, phone.a6) == 2
+    assert lab.tcp_exchange(two, phone.b4, one)
+    assert lab.tcp_exchange(one, phone.a4, two)
+    assert lab.tcp_exchange(two, phone.b6, one)
+    assert lab.tcp_exchange(one, phone.a6, two)
 
 
-def test_two_ends_ping_and_talk_tcp_both_ways_v4_and_v6(node: Node) -> None:
-    conf, one, two, r1, r2 = _phone(node)
-    (a4, a6), (b4, b6) = addresses(r1), addresses(r2)
-    assert a6 and b6
-    assert lab.ping(one, b4) == 2
-    assert lab.ping(two, a4) == 2
-    assert lab.ping(one, b6) == 2
-    assert lab.ping(two, a6) == 2
-    assert lab.tcp_exchange(two, b4, one)
-    assert lab.tcp_exchange(one, a4, two)
-    assert lab.tcp_exchange(two, b6, one)
-    assert lab.tcp_exchange(one, a6, two)
-    node.delete(conf, one)
-    node.delete(conf, two)
-
-
-def test_links_stay_attached_after_the_plugin_exits(node: Node) -> None:
-    conf, one, two, r1, _ = _phone(node)
-    host_ifname = r1["interfaces"][0]["name"]
-    with open(f"/sys/class/net/{host_ifname}/ifindex") as f:
-        ifindex = int(f.read())
+def test_links_stay_attached_after_the_plugin_exits(phone: Phone) -> None:
+    index = ifindex(phone.host_one)
     for hook, attach_type in HOOKS:
-        prog_fd = bpf.obj_get(node.pins.prog(hook))
+        prog_fd = bpf.obj_get(phone.node.pins.prog(hook))
         want = bpf.object_id(prog_fd)
         os.close(prog_fd)
-        assert bpf.prog_query(ifindex, attach_type) == [want], hook
-        assert os.path.exists(node.pins.link(host_ifname, hook))
-    node.delete(conf, one)
-    node.delete(conf, two)
+        assert bpf.prog_query(index, attach_type) == [want], hook
+        assert os.path.exists(phone.node.pins.link(phone.host_one, hook))
 
 
-def test_host_cannot_reach_a_container_even_with_an_address_and_route(node: Node) -> None:
-    conf, one, two, r1, r2 = _phone(node)
-    b4, _ = addresses(r2)
-    device = r2["interfaces"][0]["name"]
+def test_host_cannot_reach_a_container_even_with_an_address_and_route(phone: Phone) -> None:
+    b4, device = phone.b4, phone.host_two
     os.system(f"ip addr add 10.42.0.254/32 dev {device}; ip route add {b4}/32 dev {device}")
     try:
         assert lab.ping(None, b4) == 0
-        assert not lab.tcp_exchange(two, b4, None, port=4343, timeout=1.5)
+        assert not lab.tcp_exchange(phone.two, b4, None, port=4343, timeout=1.5)
         # control: the partner still gets through while the host is refused
-        assert lab.ping(one, b4) == 2
+        assert lab.ping(phone.one, b4) == 2
     finally:
-        os.system(f"ip route del {b4}/32 dev {device}")
-    node.delete(conf, one)
-    node.delete(conf, two)
+        os.system(f"ip route del {b4}/32 dev {device}; ip addr del 10.42.0.254/32 dev {device}")
+
+
+def test_a_container_cannot_reach_the_host(phone: Phone) -> None:
+    # The host listens on an address of the container's own host-side device:
+    # the peer hook sends everything to the partner, nothing to the host.
+    os.system(f"ip addr add 10.42.0.253/24 dev {phone.host_one}")
+    try:
+        assert lab.ping(phone.one, "10.42.0.253") == 0
+        assert lab.ping(phone.one, phone.b4) == 2  # control
+    finally:
+        os.system(f"ip addr del 10.42.0.253/24 dev {phone.host_one}")
 
 
 def _udp_datagram(src: str, dst: str, port: int, payload: bytes) -> bytes:
@@ -122,33 +115,14 @@ def _receives(netns: lab.Netns, address: str, port: int, send: Callable[[], None
             return None
 
 
-def test_frame_injected_by_the_host_never_arrives(node: Node) -> None:
-    conf, one, two, r1, r2 = _phone(node)
-    (a4, _), (b4, _) = addresses(r1), addresses(r2)
-    host_side_two = r2["interfaces"][0]["name"]
+def test_frame_injected_by_the_host_never_arrives(phone: Phone) -> None:
+    one, two, a4, b4 = phone.one, phone.two, phone.a4, phone.b4
     packet = _udp_datagram(a4, b4, 7777, b"from the host")
-    got = _receives(two, b4, 7777, lambda: _inject(None, host_side_two, packet))
-    assert got is None
+    assert _receives(two, b4, 7777, lambda: _inject(None, phone.host_two, packet)) is None
     # control: the very same datagram written by the partner into its own eth0 arrives
     forged_by_partner = _udp_datagram(a4, b4, 7778, b"from yogurt one")
     got = _receives(two, b4, 7778, lambda: _inject(one, "eth0", forged_by_partner))
     assert got == b"from yogurt one"
-    node.delete(conf, one)
-    node.delete(conf, two)
-
-
-def test_a_container_cannot_reach_the_host(node: Node) -> None:
-    conf = node.conf()
-    one = node.netns()
-    r1 = node.add(conf, one)
-    device = r1["interfaces"][0]["name"]
-    os.system(f"ip addr add 10.42.0.254/24 dev {device}")
-    assert lab.ping(one, "10.42.0.254") == 0  # unpaired: dropped
-    two = node.netns()
-    node.add(conf, two)
-    assert lab.ping(one, "10.42.0.254") == 0  # paired: goes to the partner, not the host
-    node.delete(conf, one)
-    node.delete(conf, two)
 
 
 def test_two_lines_cannot_reach_each_other(node: Node) -> None:

@@ -353,4 +353,3 @@ def test_delegate_with_no_common_version(tmp_path: Path, fake_plugin: Callable[[
     err = ipam_error(delegate(conf_with_ipam({"type": "ancient-ipam"}, "1.0.0"), plugin.parent).add)
     assert err.code == Code.INCOMPATIBLE_VERSION
     assert "ancient-ipam" in err.msg
-

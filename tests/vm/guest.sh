@@ -20,6 +20,8 @@ mkdir -p /run/netns 2>/dev/null || { mount -t tmpfs tmpfs /run && mkdir -p /run/
 . "$RES/env.sh"
 # The repo is read-only in the guest: keep bytecode and caches out of it.
 export PYTHONDONTWRITEBYTECODE=1 XDG_CACHE_HOME=/tmp/.cache
+# Where guest commands may leave files for the host to read (kept on failure).
+export YOGURT_VM_OUT="$RES"
 export PYTEST_ADDOPTS="${PYTEST_ADDOPTS:+$PYTEST_ADDOPTS }-p no:cacheprovider"
 cd "$YOGURT_VM_REPO"
 
