@@ -9,6 +9,7 @@ only at a test's own containers lets tests run in parallel (pytest-xdist).
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import itertools
 import os
@@ -152,14 +153,8 @@ def node(tmp_path: Any) -> Iterator[Node]:
     n = Node(tmp_path)
     before = n.leftovers()
     assert not before, f"node not clean before the test: {before}"
-    try:
+    with _must_leave_nothing(n, "test"):
         yield n
-    finally:
-        for ns in n.namespaces:
-            ns.delete()
-    after = n.leftovers()
-    _scrub(n)
-    assert not after, f"test left state behind: {after}"
 
 
 class Phone:
@@ -183,16 +178,23 @@ class Phone:
 @pytest.fixture(scope="module")
 def phone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Phone]:
     n = Node(tmp_path_factory.mktemp("phone"))
-    try:
+    with _must_leave_nothing(n, "the phone"):
         p = Phone(n)
         yield p
         p.hang_up()
+
+
+@contextlib.contextmanager
+def _must_leave_nothing(n: Node, who: str) -> Iterator[None]:
+    """Delete the namespaces, then fail if anything of `who`'s containers is left."""
+    try:
+        yield
     finally:
         for ns in n.namespaces:
             ns.delete()
     after = n.leftovers()
     _scrub(n)
-    assert not after, f"the phone left state behind: {after}"
+    assert not after, f"{who} left state behind: {after}"
 
 
 def _scrub(n: Node) -> None:
