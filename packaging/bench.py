@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,23 +142,30 @@ def cycle(plugin: Plugin, conf: dict[str, Any], cni_path: str, tag: str) -> tupl
     return adds, dels
 
 
-def bench_add_del(plugin: Plugin, cycles: int, cni_path: str) -> None:
-    with scratch(plugin) as conf:
-        # Cycle 0 warms up; for yogurt its first ADD is the cold path (bcc compiles
-        # and pins the programs), which a node pays once per boot.
-        adds, _ = cycle(plugin, conf, cni_path, "w")
-        if plugin.is_yogurt:
-            plugin.figures["first_add"] = stats(adds[:1])
-        all_adds: list[float] = []
-        all_dels: list[float] = []
+def bench_add_del(found: list[Plugin], cycles: int, cni_path: str) -> None:
+    with ExitStack() as stack:
+        confs = {p.key: stack.enter_context(scratch(p)) for p in found}
+        # A warm-up cycle each; for yogurt its first ADD is the cold path (bcc
+        # compiles and pins the programs), which a node pays once per boot.
+        for plugin in found:
+            print(f"bench: {plugin.label}: first ADD/DEL", file=sys.stderr, flush=True)
+            adds, _ = cycle(plugin, confs[plugin.key], cni_path, f"{plugin.key}w")
+            if plugin.is_yogurt:
+                plugin.figures["first_add"] = stats(adds[:1])
+        all_adds: dict[str, list[float]] = {p.key: [] for p in found}
+        all_dels: dict[str, list[float]] = {p.key: [] for p in found}
         for i in range(cycles):
-            adds, dels = cycle(plugin, conf, cni_path, str(i))
-            all_adds += adds
-            all_dels += dels
-    plugin.figures["add"] = stats(all_adds)
-    plugin.figures["del"] = stats(all_dels)
-    # One container's whole life: its ADD plus its DEL.
-    plugin.figures["add_del"] = stats([a + d for a, d in zip(all_adds, all_dels, strict=True)])
+            print(f"bench: ADD/DEL cycle {i + 1}/{cycles}", file=sys.stderr, flush=True)
+            for plugin in found:  # round robin, as for VERSION
+                adds, dels = cycle(plugin, confs[plugin.key], cni_path, f"{plugin.key}{i}")
+                all_adds[plugin.key] += adds
+                all_dels[plugin.key] += dels
+    for plugin in found:
+        adds, dels = all_adds[plugin.key], all_dels[plugin.key]
+        plugin.figures["add"] = stats(adds)
+        plugin.figures["del"] = stats(dels)
+        # One container's whole life: its ADD plus its DEL.
+        plugin.figures["add_del"] = stats([a + d for a, d in zip(adds, dels, strict=True)])
 
 
 def plugins(binary: Path, ptp: Path | None) -> tuple[list[Plugin], list[str]]:
@@ -253,6 +260,7 @@ def main() -> int:
 
     print(f"bench: VERSION x{args.runs}", file=sys.stderr, flush=True)
     bench_version(found, args.runs)
+    measured: list[Plugin] = []
     for plugin in found:
         # ptp runs on any kernel; yogurt needs netkit.
         if cni_path is None:
@@ -260,9 +268,10 @@ def main() -> int:
         elif plugin.is_yogurt and not netkit.ok:
             plugin.figures["add_del_status"] = f"skipped: {netkit.detail}"
         else:
-            print(f"bench: {plugin.label}: ADD/DEL x{args.cycles}", file=sys.stderr, flush=True)
-            bench_add_del(plugin, args.cycles, cni_path)
             plugin.figures["add_del_status"] = "measured"
+            measured.append(plugin)
+    if measured and cni_path is not None:
+        bench_add_del(measured, args.cycles, cni_path)
 
     report["plugins"] = [{"name": p.label, "exe": p.exe[0], "size_bytes": p.size, **p.figures} for p in found]
     report["notes"] = notes
