@@ -235,8 +235,9 @@ def gc(inv: Invocation) -> None:
     conf, log = inv.conf, inv.log
     valid = {attachment_key(c, i) for c, i in conf.valid_attachments or ()}
     pins, registry = Pins.under(conf.bpffs_dir), Registry(conf.state_dir)
-    stale = [e for e in registry.snapshot().values() if e.network == conf.name and e.key not in valid]
-    keep = {e.host_ifname for e in registry.snapshot().values() if e.network != conf.name or e.key in valid}
+    ends = registry.snapshot().values()
+    stale = [e for e in ends if e.network == conf.name and e.key not in valid]
+    keep = {e.host_ifname for e in ends if e.network != conf.name or e.key in valid}
     with Rtnl() as host:
         for end in stale:
             wiring.leave(registry, pins, end.key)
