@@ -34,61 +34,26 @@ if ((${#missing[@]})); then
 fi
 
 # --- the source package, through a private apt config ---
-# The host's own apt source for its suite (deb822 or one-line format), turned
-# into a deb-src line, so no registry host is hard-coded here and the system's
-# apt config, lists and caches stay untouched.
+# Every apt source of the host's suite as deb-src (Ubuntu may split main and
+# universe over lines); apt-sources.sh reads them, so no registry host is
+# hard-coded here and the system's apt config, lists and caches stay untouched.
 . /etc/os-release
 suite=${VERSION_CODENAME:?no VERSION_CODENAME in /etc/os-release}
-# Each candidate: "URI<TAB>components<TAB>keyring or empty".
-sources=$(
-    shopt -s nullglob
-    for f in /etc/apt/sources.list.d/*.sources; do
-        awk -v s="$suite" 'BEGIN{RS=""; FS="\n"} {
-            t=u=c=k=""; ok=0
-            for (i = 1; i <= NF; i++) {
-                if ($i ~ /^[ \t]*#/ || $i !~ /:/) continue
-                key = tolower($i); sub(/:.*/, "", key)
-                val = $i; sub(/^[^:]*:[ \t]*/, "", val)
-                if (key == "types") t = " " val " "
-                else if (key == "uris") { split(val, w, /[ \t]+/); u = w[1] }
-                else if (key == "suites") { if ((" " val " ") ~ (" " s " ")) ok = 1 }
-                else if (key == "components") c = val
-                else if (key == "signed-by" && val ~ /^\//) k = val
-            }
-            if (ok && u != "" && c != "" && t ~ / deb /) printf "%s\t%s\t%s\n", u, c, k
-        }' "$f"
-    done
-    cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null |
-        awk -v s="$suite" '$1 == "deb" {
-            k = ""
-            if ($2 ~ /^\[/) {                                  # [opt=val ...]
-                o = $0; sub(/^[^[]*\[/, "", o); sub(/\].*$/, "", o)
-                n = split(o, w, /[ \t]+/)
-                for (i = 1; i <= n; i++) if (w[i] ~ /^signed-by=\//) { k = w[i]; sub(/^signed-by=/, "", k) }
-                line = $0; sub(/\[[^]]*\][ \t]*/, "", line)
-                $0 = line
-            }
-            if ($3 == s) { c = $4; for (i = 5; i <= NF; i++) c = c " " $i; printf "%s\t%s\t%s\n", $2, c, k }
-        }' || true   # cat: missing files
-)
+sources=$(bash "$HERE/apt-sources.sh")
 [ -n "$sources" ] || { log "no apt source for suite $suite found in /etc/apt"; exit 1; }
 
 A=$DIR/apt
-mkdir -p "$A/lists/partial" "$A/archives/partial" "$A/cache"
-# Every such source as deb-src (Ubuntu may split main and universe over lines).
-sort -u <<<"$sources" | while IFS=$'\t' read -r mirror components keyring; do
+mkdir -p "$A"
+while IFS=$'\t' read -r mirror components keyring; do
     log "using $mirror $suite ($components)"
     echo "deb-src ${keyring:+[signed-by=$keyring] }$mirror $suite $components"
-done >"$A/sources.list"
-apt_opts=(-o "Dir::Etc::SourceList=$A/sources.list" -o Dir::Etc::SourceParts=/dev/null
-    -o "Dir::State::Lists=$A/lists" -o "Dir::Cache=$A/cache"
-    -o "Dir::Cache::archives=$A/archives" -o APT::Sandbox::User=root)
-apt-get "${apt_opts[@]}" update -qq >&2
+done <<<"$sources" >"$A/sources.list"
+bash "$HERE/apt-private.sh" "$A" apt-get update -qq >&2
 
 # Unpack next to the final place, then swap in: a half-done run never looks done.
 rm -rf "$DIR/src.tmp"
 mkdir -p "$DIR/src.tmp"
-(cd "$DIR/src.tmp" && apt-get "${apt_opts[@]}" source -qq "$SRCPKG" >&2)
+(cd "$DIR/src.tmp" && bash "$HERE/apt-private.sh" "$A" apt-get source -qq "$SRCPKG" >&2)
 rm -rf "$DIR/src" && mv "$DIR/src.tmp" "$DIR/src"
 tree=$(dirname "$(ls -d "$DIR/src/$SRCPKG"-*/cnitool/cnitool.go | head -n1)")
 tree=${tree%/cnitool}

@@ -48,40 +48,24 @@ fi
 
 # --- kernel ---
 if [ ! -f "$KDIR/.complete" ]; then
-    # Reuse the mirror apt is configured with (deb822 or one-line format) for the
-    # host's own suite, so no registry host is hard-coded here.
-    . /etc/os-release
-    host_suite=${VERSION_CODENAME:?no VERSION_CODENAME in /etc/os-release}
-    mirror=$(
-        shopt -s nullglob
-        for f in /etc/apt/sources.list.d/*.sources; do   # deb822: URIs + Suites in one stanza
-            awk -v s="$host_suite" 'BEGIN{RS=""} {u="";ok=0
-                for(i=1;i<=NF;i++){ if($i=="URIs:")u=$(i+1)
-                    if($i==s && $0 ~ /Suites:/)ok=1 }
-                if(ok && u!="") print u}' "$f"
-        done
-        cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null |
-            sed -E 's/\[[^]]*\]//' |
-            awk -v s="$host_suite" '$1=="deb" && $3==s {print $2}' || true  # cat: missing files
-    )
-    mirror=$(head -n1 <<<"$mirror")
-    [ -n "$mirror" ] || { log "no apt source for suite $host_suite found in /etc/apt"; exit 1; }
+    # Reuse the mirror apt is configured with for the host's own suite
+    # (packaging/apt-sources.sh), so no registry host is hard-coded here.
+    mirror=$(bash "$REPO/packaging/apt-sources.sh" | head -n1 | cut -f1)
+    [ -n "$mirror" ] || { log "no apt source for the host's suite found in /etc/apt"; exit 1; }
     log "using mirror $mirror, suite $SUITE"
 
     # Private apt config/state so the system's apt lists and caches stay untouched.
     A="$CACHE/apt"
-    mkdir -p "$A/lists/partial" "$A/archives/partial" "$A/cache" "$A/debs"
+    mkdir -p "$A/debs"
     echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror $SUITE main" >"$A/sources.list"
-    apt_opts=(-o "Dir::Etc::SourceList=$A/sources.list" -o Dir::Etc::SourceParts=/dev/null
-        -o "Dir::State::Lists=$A/lists" -o "Dir::Cache=$A/cache"
-        -o "Dir::Cache::archives=$A/archives" -o APT::Sandbox::User=root)
-    apt-get "${apt_opts[@]}" update -qq >&2
-    pkg=${YOGURT_VM_KERNEL_PKG:-$(apt-cache "${apt_opts[@]}" depends linux-image-amd64 |
+    apt_private() { bash "$REPO/packaging/apt-private.sh" "$A" "$@"; }
+    apt_private apt-get update -qq >&2
+    pkg=${YOGURT_VM_KERNEL_PKG:-$(apt_private apt-cache depends linux-image-amd64 |
         awk '$1=="Depends:" && $2 ~ /^linux-image-[0-9]/ {print $2; exit}')}
     [ -n "$pkg" ] || { log "cannot resolve linux-image-amd64 in $SUITE"; exit 1; }
     log "downloading $pkg"
     rm -f "$A/debs/"*.deb
-    (cd "$A/debs" && apt-get "${apt_opts[@]}" download -qq "$pkg" >&2)
+    (cd "$A/debs" && apt_private apt-get download -qq "$pkg" >&2)
 
     # Extract next to the final place and swap in, so an interrupted run never
     # leaves a half-extracted kernel that looks complete.
