@@ -12,9 +12,12 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import itertools
+import json
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,6 +33,8 @@ BPFFS_DIR = "/sys/fs/bpf/cni-yogurt-test"
 STATE_DIR = "/run/cni-yogurt-test"
 # In the VM, the log goes to the result dir the host keeps (see tests/vm/guest.sh).
 LOG_FILE = os.path.join(os.environ.get("YOGURT_VM_OUT", "/tmp"), "cni-yogurt-test.log")
+# The one-file binary (`make binary`) that the runtime tests hand to real runtimes.
+BINARY = Path(__file__).resolve().parents[2] / "dist" / "yogurt"
 
 
 def _why_not() -> str | None:
@@ -67,6 +72,9 @@ class Node:
         self.counter = itertools.count(1)
         self.cni_path = lab.have_host_local() or "/usr/lib/cni"
         self.namespaces: list[lab.Netns] = []
+        # Containers a runtime named itself (cnitool, podman, containerd), not
+        # after one of our namespaces: watched for leftovers all the same.
+        self.runtime_ids: set[str] = set()
         self.ifindexes: set[int] = set()  # host-side devices this test's ADDs made
         self.pins = Pins.under(BPFFS_DIR)
         self.registry = Registry(STATE_DIR)
@@ -91,6 +99,48 @@ class Node:
             **extra,
         }
 
+    def conflist(self, name: str, subnet: str = "10.42.0.0/24") -> dict[str, Any]:
+        """conf/10-yogurt.conflist, on this test's node state, for a runtime to read."""
+        return {
+            "cniVersion": "1.0.0",
+            "name": name,
+            "plugins": [
+                {
+                    "type": "yogurt",
+                    "line": f"phone-{self.tag}",
+                    "bpffsDir": BPFFS_DIR,
+                    "stateDir": STATE_DIR,
+                    "logFile": LOG_FILE,
+                    "ipam": {
+                        "type": "host-local",
+                        "dataDir": str(self.tmp / "ipam"),
+                        "ranges": [[{"subnet": subnet}]],
+                        "routes": [{"dst": subnet}],
+                    },
+                }
+            ],
+        }
+
+    def binary_bin_dir(self) -> Path:
+        """A CNI bin dir as a node has it: `yogurt` (dist/yogurt, not the venv) and host-local."""
+        bin_dir = self.tmp / "cni-bin"
+        bin_dir.mkdir()
+        (bin_dir / "yogurt").symlink_to(BINARY)
+        found = self.cni_path  # a directory, or host-local itself if only on PATH
+        host_local = found if found.endswith("/host-local") else os.path.join(found, "host-local")
+        (bin_dir / "host-local").symlink_to(host_local)
+        return bin_dir
+
+    def plugin_events(self, container_ids: set[str]) -> set[tuple[str, str]]:
+        """(verb, container id) of every call from the plugin's log that ended "ok"."""
+        with open(LOG_FILE, encoding="utf-8") as f:
+            events = [json.loads(line) for line in f if any(cid in line for cid in container_ids)]
+        return {
+            (e["verb"], e["container_id"])
+            for e in events
+            if e.get("outcome") == "ok" and e.get("container_id") in container_ids
+        }
+
     def netns(self) -> lab.Netns:
         ns = lab.Netns(f"yt-{self.tag}-{next(self.counter)}").create()
         self.namespaces.append(ns)
@@ -112,8 +162,11 @@ class Node:
 
     # -- what the node holds ---------------------------------------------------
 
+    def container_ids(self) -> set[str]:
+        return {ns.name for ns in self.namespaces} | self.runtime_ids
+
     def host_names(self) -> set[str]:
-        return {naming.host_ifname(ns.name, "eth0") for ns in self.namespaces}
+        return {naming.host_ifname(cid, "eth0") for cid in self.container_ids()}
 
     def devices(self) -> set[str]:
         with Rtnl() as nl:
@@ -128,7 +181,7 @@ class Node:
             return {k: v for k, v in pairs.items() if k in self.ifindexes or v.host_ifindex in self.ifindexes}
 
     def ends(self) -> dict[str, Any]:
-        ours = {ns.name for ns in self.namespaces}
+        ours = self.container_ids()
         return {k: e for k, e in self.registry.snapshot().items() if e.container_id in ours}
 
     def leases(self) -> list[str]:
@@ -211,6 +264,20 @@ def _scrub(n: Node) -> None:
         with PairMap(n.pins) as pairs:
             for index in n.ifindexes:
                 pairs.cut(index)
+
+
+def require_binary(test_file: str, *others: tuple[str, str]) -> None:
+    """Fail collection of a runtime test whose artefacts are missing: broken setup, not a skip.
+
+    Checked before the kernel tests' skip (no netkit) could hide it; `make test`
+    builds them all before it boots the VM. `others`: (path or command, how to get it).
+    """
+    missing = [] if os.access(BINARY, os.X_OK) else [f"{BINARY}: build it with `make binary`"]
+    missing += [
+        f"{what}: {how}" for what, how in others if not (os.access(what, os.X_OK) or shutil.which(what))
+    ]
+    if missing:
+        pytest.fail(f"{test_file}: " + "; ".join(missing), pytrace=False)
 
 
 def ifindex(device: str) -> int:

@@ -15,31 +15,13 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
-from conftest import BPFFS_DIR, LOG_FILE, STATE_DIR, Node, addresses, ifindex
+from conftest import BINARY, Node, addresses, ifindex, require_binary
 
 from cni_yogurt import lab
 from cni_yogurt.line import naming
 
-REPO = Path(__file__).resolve().parents[2]
-BINARY = REPO / "dist" / "yogurt"
-CNITOOL = REPO / ".cache" / "cnitool" / "bin" / "cnitool"
-
-
-def _missing() -> list[str]:
-    found = []
-    if not os.access(BINARY, os.X_OK):
-        found.append(f"{BINARY} is missing: build it with `make binary`")
-    if not os.access(CNITOOL, os.X_OK):
-        found.append(f"{CNITOOL} is missing: build it with `make cnitool`")
-    return found
-
-
-# Checked at collection, before the kernel tests' skip (no netkit) can hide it:
-# a missing artefact is a broken setup, never a reason to skip (`make test`
-# builds both before it boots the VM).
-if _missing():
-    pytest.fail("test_cnitool.py: " + "; ".join(_missing()), pytrace=False)
+CNITOOL = Path(__file__).resolve().parents[2] / ".cache" / "cnitool" / "bin" / "cnitool"
+require_binary("test_cnitool.py", (str(CNITOOL), "build it with `make cnitool`"))
 
 
 def cnitool_container_id(netns_path: str) -> str:
@@ -55,12 +37,7 @@ class Cnitool:
         self.netconf = node.tmp / "net.d"
         self.netconf.mkdir()
         (self.netconf / "10-yogurt.conflist").write_text(json.dumps(conflist, indent=2))
-        self.cni_path = node.tmp / "cni-bin"
-        self.cni_path.mkdir()
-        (self.cni_path / "yogurt").symlink_to(BINARY)
-        found = node.cni_path  # a directory, or host-local itself if only on PATH
-        host_local = Path(found if found.endswith("/host-local") else os.path.join(found, "host-local"))
-        (self.cni_path / "host-local").symlink_to(host_local)
+        self.cni_path = node.binary_bin_dir()
         # libcni 1.1.2 keeps ADD results in /var/lib/cni, fixed, and fails an ADD
         # it cannot cache; the VM's root is read-only. Each run gets a private
         # mount namespace with this test's directory over /var/lib instead: the
@@ -81,46 +58,14 @@ class Cnitool:
         return sorted(p.name for p in results.iterdir()) if results.exists() else []
 
 
-def _cover(node: Node, ids: set[str]) -> None:
-    """Let the node fixture's leftover check (and scrub) see cnitool's containers.
-
-    It looks for containers named after their netns; cnitool names them
-    `cnitool-<hash of the netns path>` instead.
-    """
-    host_names, ends = node.host_names, node.ends
-    node.host_names = lambda: host_names() | {naming.host_ifname(c, "eth0") for c in ids}  # type: ignore[method-assign]
-    node.ends = lambda: {  # type: ignore[method-assign]
-        **ends(),
-        **{k: e for k, e in node.registry.snapshot().items() if e.container_id in ids},
-    }
-
-
 def test_cnitool_add_ping_check_del_with_the_binary(node: Node) -> None:
     assert BINARY.read_bytes()[:4] == b"\x7fELF", f"{BINARY} is not the one-file binary"
-    conflist = {  # conf/10-yogurt.conflist, on this test's node state
-        "cniVersion": "1.0.0",
-        "name": f"cnitool-{node.tag}",
-        "plugins": [
-            {
-                "type": "yogurt",
-                "line": f"phone-{node.tag}",
-                "bpffsDir": BPFFS_DIR,
-                "stateDir": STATE_DIR,
-                "logFile": LOG_FILE,
-                "ipam": {
-                    "type": "host-local",
-                    "dataDir": str(node.tmp / "ipam"),
-                    "ranges": [[{"subnet": "10.42.0.0/24"}]],
-                    "routes": [{"dst": "10.42.0.0/24"}],
-                },
-            }
-        ],
-    }
+    conflist = node.conflist(f"cnitool-{node.tag}")
     cnitool = Cnitool(node, conflist)
     assert sorted(os.listdir(cnitool.cni_path)) == ["host-local", "yogurt"]
     one, two = node.netns(), node.netns()
     ids = {ns.name: cnitool_container_id(ns.path) for ns in (one, two)}
-    _cover(node, set(ids.values()))
+    node.runtime_ids |= set(ids.values())
 
     results = {}
     for ns in (one, two):
@@ -148,8 +93,6 @@ def test_cnitool_add_ping_check_del_with_the_binary(node: Node) -> None:
     assert lab.ping(one, b4) == 0
 
     # Every verb reached dist/yogurt (the only `yogurt` on CNI_PATH) and succeeded.
-    with open(LOG_FILE, encoding="utf-8") as f:
-        events = [json.loads(line) for line in f if '"cnitool-' in line]
-    seen = {(e["verb"], e["container_id"]) for e in events if e.get("outcome") == "ok"}
-    assert seen >= {(verb, cid) for verb in ("ADD", "CHECK", "DEL") for cid in ids.values()}, events
+    seen = node.plugin_events(set(ids.values()))
+    assert seen >= {(verb, cid) for verb in ("ADD", "CHECK", "DEL") for cid in ids.values()}, seen
     # The node fixture then checks that no device, pin, map entry, line end or lease is left.
