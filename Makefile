@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 HAVE_NETKIT = $(shell $(PY) -c 'from cni_yogurt.health import probe_netkit; print(int(probe_netkit().ok))' 2>/dev/null)
 KERNEL_RUN = $(if $(filter 1,$(HAVE_NETKIT)),,bash tests/vm/run.sh)
 
-.PHONY: deps venv lint unit kernel test demo binary cnitool bench clean
+.PHONY: deps venv lint unit kernel test demo binary cnitool cri-stubs bench clean
 
 deps:  ## system packages (Debian/Ubuntu); the VM's kernel comes in tests/vm/fetch-kernel.sh
 	@bash packaging/install-deps.sh
@@ -24,7 +24,9 @@ lint: venv
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit
 
-kernel: venv binary cnitool  ## binary + cnitool: tests/kernel/test_cnitool.py drives dist/yogurt with cnitool
+# The runtime tests (cnitool, podman, containerd) drive dist/yogurt; cnitool and
+# the CRI client are built here, on the host, before the VM boots.
+kernel: venv binary cnitool cri-stubs
 	@# two workers, one test file each: the VM has two CPUs and each test mostly
 	@# waits on one plugin exec at a time
 	YOGURT_REQUIRE_KERNEL=1 $(KERNEL_RUN) $(VENV)/bin/pytest -q -n 2 --dist loadfile tests/kernel
@@ -41,6 +43,9 @@ binary: venv  ## dist/yogurt, one file (PyInstaller, packaging/yogurt.spec); the
 
 cnitool:  ## .cache/cnitool/bin/cnitool, built offline from Debian's golang-github-appc-cni source
 	@bash packaging/build-cnitool.sh >/dev/null
+
+cri-stubs: venv  ## .cache/cri/api_pb2*.py: CRI client from Debian trixie's cri-api proto (test_containerd.py)
+	@bash packaging/build-cri-stubs.sh >/dev/null
 
 bench: binary  ## sizes, VERSION and ADD/DEL times vs ptp; ADD/DEL where netkit is (else in the VM)
 	$(KERNEL_RUN) $(PY) packaging/bench.py $(BENCH_ARGS)
