@@ -20,6 +20,7 @@ venv: deps
 lint: venv
 	$(VENV)/bin/ruff check cni_yogurt tests
 	$(VENV)/bin/ruff format --check cni_yogurt tests
+	$(VENV)/bin/mypy cni_yogurt
 
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit

@@ -60,5 +60,5 @@ def get_logger(path: str | None, stderr: TextIO | None = None, **context: Any) -
     """A structlog BoundLogger for one invocation; `path=None` logs to stderr only."""
     file = open_log_file(path) if path else None
     sink = _Sink(file, stderr or sys.stderr)
-    processors = [add_log_level, TimeStamper(fmt="iso", utc=True), JSONRenderer(sort_keys=False)]
+    processors: list[Any] = [add_log_level, TimeStamper(fmt="iso", utc=True), JSONRenderer(sort_keys=False)]
     return BoundLogger(sink, processors=processors, context={"pid": os.getpid(), **context})

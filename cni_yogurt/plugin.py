@@ -145,13 +145,11 @@ def delete(inv: Invocation) -> None:
     host_ifname = naming.host_ifname(env.container_id, env.ifname)
     with Rtnl() as host:
         link = host.link(host_ifname)
-        ours = link is not None and link_kind(link) == "netkit"
-        wiring.leave(
-            registry, pins, attachment_key(env.container_id, env.ifname), link["index"] if ours else 0
-        )
+        index = link["index"] if link is not None and link_kind(link) == "netkit" else 0
+        wiring.leave(registry, pins, attachment_key(env.container_id, env.ifname), index)
         datapath.detach(pins, host_ifname)
-        if ours:
-            host.delete_link(link["index"])  # takes the container end with it
+        if index:
+            host.delete_link(index)  # takes the container end with it
     ipam = _ipam(inv)
     if ipam is not None:
         ipam.delete()

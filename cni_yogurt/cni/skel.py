@@ -81,9 +81,13 @@ def run(
     except CNIError as err:
         return _fail(err, netconf.peek_version(data) or versions.LATEST, stdout, stderr)
     except Exception as exc:  # noqa: BLE001  (the runtime must get JSON, never a traceback)
-        err = CNIError(Code.INTERNAL, f"unexpected error: {exc}", type(exc).__name__)
-        return _fail(err, versions.LATEST, stdout, stderr)
+        return _fail(_internal(exc), versions.LATEST, stdout, stderr)
     return _dispatch(env, conf, environ, data, stdout, stderr, load_verbs)
+
+
+def _internal(exc: Exception) -> CNIError:
+    """A bug or an unforeseen OS error, as the spec's generic code 999 (never a traceback)."""
+    return CNIError(Code.INTERNAL, f"unexpected error: {exc}", type(exc).__name__)
 
 
 def _fail(err: CNIError, cni_version: str, stdout: TextIO, stderr: TextIO, log: Any = None) -> int:
@@ -152,8 +156,7 @@ def _dispatch(
             exception=type(exc).__name__,
             duration_ms=elapsed_ms(),
         )
-        err = CNIError(Code.INTERNAL, f"unexpected error: {exc}", type(exc).__name__)
-        return _fail(err, conf.cni_version, stdout, stderr, log)
+        return _fail(_internal(exc), conf.cni_version, stdout, stderr, log)
     log.info("invocation", outcome="ok", duration_ms=elapsed_ms())
     return 0
 
