@@ -15,7 +15,7 @@ import tarfile
 from pathlib import Path
 
 BUSYBOX = Path("/bin/busybox")  # busybox-static: statically linked, runs in any root
-APPLETS = ("sh", "sleep", "ping", "ping6", "ip", "cat", "ls", "true", "hostname")
+APPLETS = ("sh", "sleep", "ping", "ping6", "ip", "cat", "ls", "touch", "true", "hostname")
 
 
 def _add(
