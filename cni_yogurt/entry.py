@@ -8,16 +8,25 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from types import ModuleType
 
 
-def _load_verbs() -> Any:
+def _load_verbs() -> ModuleType:
     from cni_yogurt import plugin
 
     return plugin
 
 
 def main() -> int:
+    if os.environ.get("CNI_COMMAND") == "VERSION":
+        # Runtimes ask this often (podman before every ADD): answered from
+        # cni/version.py and json alone, before the protocol layer is loaded.
+        import json
+
+        from cni_yogurt.cni.version import version_info
+
+        sys.stdout.write(json.dumps(version_info(sys.stdin.buffer.read())) + "\n")
+        return 0
     if "CNI_COMMAND" in os.environ:
         from cni_yogurt.cni import skel
 

@@ -76,16 +76,6 @@ def decode(data: bytes) -> dict[str, Any]:
     return obj
 
 
-def peek_version(data: bytes) -> str | None:
-    """The config's cniVersion if it can be read, for rendering errors."""
-    try:
-        obj = json.loads(data)
-    except (ValueError, RecursionError):
-        return None
-    value = obj.get("cniVersion") if isinstance(obj, dict) else None
-    return value if isinstance(value, str) and value in versions.SUPPORTED_VERSIONS else None
-
-
 def _typed(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any) -> Any:
     value = obj.get(key, default)
     if value is default:

@@ -48,15 +48,6 @@ def _emit(stdout: TextIO, obj: dict[str, Any]) -> None:
     stdout.flush()
 
 
-def version_info(stdin: bytes) -> dict[str, Any]:
-    """VERSION answers even without a config; with one, in its version."""
-    requested = netconf.peek_version(stdin) if stdin.strip() else None
-    return {
-        "cniVersion": requested or versions.LATEST,
-        "supportedVersions": list(versions.SUPPORTED_VERSIONS),
-    }
-
-
 def run(
     environ: Mapping[str, str],
     stdin: BinaryIO,
@@ -73,13 +64,13 @@ def run(
         env = parse_env(environ)
         if env.command == "VERSION":
             # No logging and no heavy imports: runtimes call this often.
-            _emit(stdout, version_info(data))
+            _emit(stdout, versions.version_info(data))
             return 0
         conf = netconf.parse(netconf.decode(data))
         versions.require_verb_allowed(env.command, conf.cni_version)
         netconf.check_cni_args(env)
     except CNIError as err:
-        return _fail(err, netconf.peek_version(data) or versions.LATEST, stdout, stderr)
+        return _fail(err, versions.peek_version(data) or versions.LATEST, stdout, stderr)
     except Exception as exc:  # noqa: BLE001  (the runtime must get JSON, never a traceback)
         return _fail(_internal(exc), versions.LATEST, stdout, stderr)
     return _dispatch(env, conf, environ, data, stdout, stderr, load_verbs)

@@ -1,8 +1,13 @@
-"""Spec versions this plugin speaks and what each one allows."""
+"""Spec versions this plugin speaks, what each one allows, and the VERSION answer.
+
+Import-light on purpose (json only; errors are imported where raised):
+VERSION is answered from here alone, and runtimes ask it often (podman
+before every ADD).
+"""
 
 from __future__ import annotations
 
-from cni_yogurt.cni.errors import CNIError, Code
+import json
 
 # Results are rendered for each of these; 0.1.0/0.2.0 predate the
 # interfaces/ips result shape and are not supported.
@@ -32,7 +37,25 @@ def at_least(version: str, minimum: str) -> bool:
     return parse(version) >= parse(minimum)
 
 
+def peek_version(data: bytes) -> str | None:
+    """The config's cniVersion if it can be read and is ours, for VERSION and for rendering errors."""
+    try:
+        obj = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    value = obj.get("cniVersion") if isinstance(obj, dict) else None
+    return value if isinstance(value, str) and value in SUPPORTED_VERSIONS else None
+
+
+def version_info(stdin: bytes) -> dict[str, str | list[str]]:
+    """The VERSION result: answers even without a config; with one, in its version."""
+    requested = peek_version(stdin) if stdin.strip() else None
+    return {"cniVersion": requested or LATEST, "supportedVersions": list(SUPPORTED_VERSIONS)}
+
+
 def require_supported(version: str) -> None:
+    from cni_yogurt.cni.errors import CNIError, Code
+
     if version not in SUPPORTED_VERSIONS:
         raise CNIError(
             Code.INCOMPATIBLE_VERSION,
@@ -42,6 +65,8 @@ def require_supported(version: str) -> None:
 
 
 def require_verb_allowed(verb: str, version: str) -> None:
+    from cni_yogurt.cni.errors import CNIError, Code
+
     since = VERB_SINCE[verb]
     if not at_least(version, since):
         raise CNIError(

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from cni_yogurt.cni import netconf
+from cni_yogurt.cni import version as versions
 from cni_yogurt.cni.env import parse_env
 from cni_yogurt.cni.errors import CNIError, Code
 from cni_yogurt.cni.result import Result
@@ -391,11 +392,11 @@ def test_decode_object() -> None:
 
 @pytest.mark.parametrize("ver", SUPPORTED_VERSIONS)
 def test_peek_version(ver: str) -> None:
-    assert netconf.peek_version(f'{{"cniVersion": "{ver}", "name": 1}}'.encode()) == ver
+    assert versions.peek_version(f'{{"cniVersion": "{ver}", "name": 1}}'.encode()) == ver
 
 
 @pytest.mark.parametrize(
     "data", [b"", b"{", b"[]", b'{"cniVersion": 1}', b'{"cniVersion": "9.9.9"}', b"[" * 100_000]
 )
 def test_peek_version_unreadable(data: bytes) -> None:
-    assert netconf.peek_version(data) is None
+    assert versions.peek_version(data) is None
