@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -123,21 +123,13 @@ class Node:
 
     def binary_bin_dir(self) -> Path:
         """A CNI bin dir as a node has it: `yogurt` (dist/yogurt, not the venv) and host-local."""
-        bin_dir = self.tmp / "cni-bin"
-        bin_dir.mkdir()
-        (bin_dir / "yogurt").symlink_to(BINARY)
-        found = self.cni_path  # a directory, or host-local itself if only on PATH
-        host_local = found if found.endswith("/host-local") else os.path.join(found, "host-local")
-        (bin_dir / "host-local").symlink_to(host_local)
-        return bin_dir
+        return binary_bin_dir(self.tmp / "cni-bin", "host-local")
 
     def plugin_events(self, container_ids: set[str]) -> set[tuple[str, str]]:
         """(verb, container id) of every call from the plugin's log that ended "ok"."""
-        with open(LOG_FILE, encoding="utf-8") as f:
-            events = [json.loads(line) for line in f if any(cid in line for cid in container_ids)]
         return {
             (e["verb"], e["container_id"])
-            for e in events
+            for e in plugin_log(container_ids)
             if e.get("outcome") == "ok" and e.get("container_id") in container_ids
         }
 
@@ -264,6 +256,34 @@ def _scrub(n: Node) -> None:
         with PairMap(n.pins) as pairs:
             for index in n.ifindexes:
                 pairs.cut(index)
+
+
+def binary_bin_dir(dest: Path, *plugins: str) -> Path:
+    """`dest` as a runtime's CNI bin dir: `yogurt` (dist/yogurt) and these reference plugins."""
+    dest.mkdir()
+    (dest / "yogurt").symlink_to(BINARY)
+    found = lab.have_host_local() or "/usr/lib/cni"  # a directory, or host-local itself if only on PATH
+    plugin_dir = os.path.dirname(found) if found.endswith("/host-local") else found
+    for name in plugins:
+        (dest / name).symlink_to(os.path.join(plugin_dir, name))
+    return dest
+
+
+def plugin_log(mentioning: Iterable[str]) -> list[dict[str, Any]]:
+    """The plugin's log events whose line mentions any of these strings.
+
+    A line another process is still writing is skipped.
+    """
+    wanted = tuple(mentioning)
+    if not os.path.exists(LOG_FILE):
+        return []
+    events = []
+    with open(LOG_FILE, encoding="utf-8") as f:
+        for line in f:
+            if any(m in line for m in wanted):
+                with contextlib.suppress(ValueError):
+                    events.append(json.loads(line))
+    return events
 
 
 def require_binary(test_file: str, *others: tuple[str, str]) -> None:

@@ -12,16 +12,14 @@ and `loopback` (containerd sets up every sandbox's lo with it).
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import cri
 import pytest
-from conftest import BINARY, LOG_FILE, Node, ifindex, require_binary
+from conftest import BINARY, Node, binary_bin_dir, ifindex, plugin_log, require_binary
 
-from cni_yogurt import lab
 from cni_yogurt.line import naming
 
 require_binary("test_containerd.py")
@@ -34,13 +32,7 @@ SUBNET = "10.42.0.0/24"
 @pytest.fixture(scope="module")
 def containerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cri.Containerd]:
     base = tmp_path_factory.mktemp("containerd")
-    cni_bin = base / "cni-bin"
-    cni_bin.mkdir()
-    (cni_bin / "yogurt").symlink_to(BINARY)
-    found = lab.have_host_local() or "/usr/lib/cni"  # a directory, or host-local itself if only on PATH
-    plugins = Path(found).parent if found.endswith("/host-local") else Path(found)
-    for name in ("host-local", "loopback"):
-        (cni_bin / name).symlink_to(plugins / name)
+    cni_bin = binary_bin_dir(base / "cni-bin", "host-local", "loopback")
     # In the VM, next to the plugin's log, in the result dir the host keeps.
     out = os.environ.get("YOGURT_VM_OUT")
     log = Path(out) / f"containerd-{base.name}.log" if out else None
@@ -66,20 +58,8 @@ def pods(node: Node, containerd: cri.Containerd) -> Iterator[cri.Containerd]:
 
 
 def _logged_container_ids(networks: set[str]) -> set[str]:
-    if not networks or not os.path.exists(LOG_FILE):
-        return set()
-    found = set()
-    with open(LOG_FILE, encoding="utf-8") as f:
-        for line in f:
-            if not any(f'"{net}"' in line for net in networks):
-                continue
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue  # a line another process is still writing
-            if event.get("network") in networks and event.get("container_id"):
-                found.add(event["container_id"])
-    return found
+    events = plugin_log(f'"{net}"' for net in networks) if networks else []
+    return {e["container_id"] for e in events if e.get("network") in networks and e.get("container_id")}
 
 
 def test_containerd_cri_two_sandboxes_on_one_line_with_the_binary(node: Node, pods: cri.Containerd) -> None:
