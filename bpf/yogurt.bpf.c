@@ -1,22 +1,38 @@
 // SPDX-License-Identifier: GPL-2.0
 //
-// The yogurt phone's wire.  Both programs are attached to the host-side
-// (primary) device of every netkit pair; compiled and loaded once per node
-// by bcc (cni_yogurt/kernel/loader.py) and pinned in bpffs.
+// The yogurt phone's wire.  Compiled and loaded once per node by bcc
+// (cni_yogurt/kernel/loader.py) and pinned in bpffs; one pairing map and the
+// same mark for both device backends, which differ only in where the two
+// programs sit and which redirect the sender uses.
 //
-//  container A --tx--> [peer hook on A's pair]  --bpf_redirect--> B's host
-//  device --tx--> [primary hook on B's pair] --> container B
+// netkit (the default):
+//  container A --tx--> [yogurt_peer: A's peer hook] --bpf_redirect--> B's
+//  host device --tx--> [yogurt_primary: B's primary hook] --> container B
 //
-// bpf_redirect() must target the partner's *host-side* device: the peer
-// device lives in another netns, where skb_do_redirect() cannot find it.
-// The redirected packet then leaves through the partner's primary hook,
-// which is also where anything the host itself sends would go.  So the
-// peer hook marks what it redirects in skb->cb (which, unlike skb->mark,
-// survives netkit's scrubbing) and the primary hook passes nothing else.
+//   bpf_redirect() must target the partner's *host-side* device: the peer
+//   device lives in another netns, where skb_do_redirect() cannot find it.
+//   The redirected packet then leaves through the partner's primary hook,
+//   which is also where anything the host itself sends would go.
 //
-// The mark is a secret chosen at load time (YOGURT_SECRET, a -D define)
-// plus the sender's host-side ifindex; the primary hook checks that the
-// sender is really paired with this device.
+// veth (kernels without netkit):
+//  container A --tx--> [yogurt_veth_peer: tc ingress of A's host-side veth]
+//  --bpf_redirect_peer--> [yogurt_primary: tc ingress of B's container-side
+//  veth] --> container B
+//
+//   The guard cannot sit on the host-side veth's egress: a frame the host
+//   sends from an AF_PACKET socket with PACKET_QDISC_BYPASS skips tc egress.
+//   Every frame that enters a container, however it was sent, passes the
+//   container-side device's ingress, so the guard sits there, and the sender
+//   reaches it with bpf_redirect_peer(), which moves the packet from the
+//   sender's host-side ingress straight to the partner's container side.
+//
+// Either way the sender marks what it redirects in skb->cb (which, unlike
+// skb->mark, survives netkit's scrubbing and the netns crossing) and the
+// guard passes nothing else.  The mark is a secret chosen at load time
+// (YOGURT_SECRET, a -D define) plus the sender's host-side ifindex; the guard
+// checks that the sender is really paired with this device.  netkit's
+// verdicts have the values of tc's (PASS = TC_ACT_OK, DROP = TC_ACT_SHOT,
+// REDIRECT = TC_ACT_REDIRECT), so one guard serves both backends.
 
 #include <uapi/linux/bpf.h>
 
@@ -34,28 +50,52 @@
 
 // One entry per wired end, keyed by its host-side ifindex.
 struct yogurt_end {
-    u32 partner_host_ifindex;  // where the peer hook redirects to
-    u32 partner_peer_ifindex;  // skb->ifindex the partner's primary hook sees
+    u32 partner_host_ifindex;  // where the sender redirects to
+    u32 partner_peer_ifindex;  // skb->ifindex the partner's guard sees
 };
 
 BPF_HASH(yogurt_pairs, u32, struct yogurt_end, 65536);
 
-// Container transmit.  skb->ifindex is the sender's host-side device.
-int yogurt_peer(struct __sk_buff *skb)
+// The partner of the host-side device `self`, with the mark written; NULL if
+// the end is not (or no longer) on a wired line.
+static __always_inline struct yogurt_end *mark_for_partner(struct __sk_buff *skb, u32 self)
 {
-    u32 self = skb->ifindex;
     struct yogurt_end *end = yogurt_pairs.lookup(&self);
 
     if (!end)
-        return NETKIT_DROP;  // not (or no longer) on a wired line
+        return 0;
     skb->cb[0] = YOGURT_SECRET;
     skb->cb[1] = self;
+    return end;
+}
+
+// netkit peer hook (container transmit).  skb->ifindex is the sender's
+// host-side device.
+int yogurt_peer(struct __sk_buff *skb)
+{
+    struct yogurt_end *end = mark_for_partner(skb, skb->ifindex);
+
+    if (!end)
+        return NETKIT_DROP;
     bpf_redirect(end->partner_host_ifindex, 0);
     return NETKIT_REDIRECT;
 }
 
-// Transmit into the container.  skb->ifindex is the container-side device
-// (netkit sets skb->dev to the peer before running the program).
+// veth: tc ingress of the host-side device (container transmit).  Nothing
+// a container sends reaches the host's stack: it goes to the partner or is
+// dropped.
+int yogurt_veth_peer(struct __sk_buff *skb)
+{
+    struct yogurt_end *end = mark_for_partner(skb, skb->ifindex);
+
+    if (!end)
+        return NETKIT_DROP;
+    return bpf_redirect_peer(end->partner_host_ifindex, 0);
+}
+
+// The guard: netkit primary hook, or tc ingress of the container-side veth.
+// Either way skb->ifindex is the container-side device (netkit sets skb->dev
+// to the peer before running the program).
 int yogurt_primary(struct __sk_buff *skb)
 {
     u32 sender = skb->cb[1];

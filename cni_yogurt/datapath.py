@@ -23,10 +23,11 @@ from dataclasses import dataclass
 
 from cni_yogurt.kernel import bpf
 
-ABI = 1
+ABI = 2  # 2: the veth sender program (prog_veth_peer)
 _KEY = struct.Struct("=I")
 _VALUE = struct.Struct("=II")
-HOOKS = (("peer", bpf.NETKIT_PEER), ("primary", bpf.NETKIT_PRIMARY))
+# Pinned program name -> function in bpf/yogurt.bpf.c.
+PROGRAMS = {"peer": "yogurt_peer", "veth_peer": "yogurt_veth_peer", "primary": "yogurt_primary"}
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,8 @@ class Pins:
     def under(cls, bpffs_dir: str) -> Pins:
         return cls(os.path.join(bpffs_dir, f"v{ABI}"))
 
-    def prog(self, hook: str) -> str:
-        return os.path.join(self.root, f"prog_{hook}")
+    def prog(self, program: str) -> str:
+        return os.path.join(self.root, f"prog_{program}")
 
     @property
     def pairs(self) -> str:
@@ -53,7 +54,7 @@ class Pins:
         return os.path.join(self.links_dir, f"{host_ifname}_{hook}")
 
     def loaded(self) -> bool:
-        return all(os.path.exists(p) for p in (self.pairs, self.prog("peer"), self.prog("primary")))
+        return all(os.path.exists(p) for p in (self.pairs, *map(self.prog, PROGRAMS)))
 
 
 @dataclass(frozen=True)
@@ -62,48 +63,31 @@ class Partner:
     peer_ifindex: int
 
 
-def ensure_loaded(pins: Pins, lock_path: str) -> None:
+def ensure_loaded(pins: Pins, state_dir: str) -> None:
     """Load and pin programs + map unless another ADD (or boot) already did."""
     if pins.loaded():
         return
     from cni_yogurt.kernel import bpffs
     from cni_yogurt.lock import locked
 
-    with locked(lock_path):
+    with locked(os.path.join(state_dir, "load.lock")):
         if pins.loaded():
             return  # a parallel first ADD compiled while we waited
         from cni_yogurt.kernel import loader
 
         bpffs.ensure_mounted(pins.root)
         # Leftovers of an interrupted load were never used by any device.
-        for path in (pins.prog("primary"), pins.prog("peer"), pins.pairs):
+        for path in (pins.pairs, *map(pins.prog, PROGRAMS)):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
         os.makedirs(pins.links_dir, exist_ok=True)
-        loader.compile_and_pin(pins.pairs, pins.prog("peer"), pins.prog("primary"))
-
-
-def attach(pins: Pins, host_ifname: str, host_ifindex: int) -> None:
-    """Attach both programs to a host-side device and pin the links."""
-    os.makedirs(pins.links_dir, exist_ok=True)
-    for hook, attach_type in HOOKS:
-        prog_fd = bpf.obj_get(pins.prog(hook))
-        try:
-            link_fd = bpf.link_create(prog_fd, host_ifindex, attach_type)
-        finally:
-            os.close(prog_fd)
-        try:
-            path = pins.link(host_ifname, hook)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)  # a stale link of an earlier device with this name
-            bpf.obj_pin(link_fd, path)
-        finally:
-            os.close(link_fd)
+        # "primary" last: the guard's pin completes the set (see Pins.loaded).
+        loader.compile_and_pin(pins.pairs, {pins.prog(name): fn for name, fn in PROGRAMS.items()}, state_dir)
 
 
 def detach(pins: Pins, host_ifname: str) -> None:
-    """Unpin a device's links; the kernel detaches them once unreferenced."""
-    for hook, _ in HOOKS:
+    """Unpin an end's links (netkit, tcx); the kernel detaches them once unreferenced."""
+    for hook in ("peer", "primary"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(pins.link(host_ifname, hook))
 
@@ -115,19 +99,12 @@ def pinned_link_names(pins: Pins) -> set[str]:
         return set()
 
 
-def attach_problems(pins: Pins, host_ifindex: int) -> list[str]:
-    """What is wrong with the programs attached to a device ([] if all is well)."""
-    problems = []
-    for hook, attach_type in HOOKS:
-        prog_fd = bpf.obj_get(pins.prog(hook))
-        try:
-            want = bpf.object_id(prog_fd)
-        finally:
-            os.close(prog_fd)
-        attached = bpf.prog_query(host_ifindex, attach_type)
-        if want not in attached:
-            problems.append(f"{hook} program (id {want}) is not attached (attached: {attached})")
-    return problems
+def program_id(pins: Pins, program: str) -> int:
+    fd = bpf.obj_get(pins.prog(program))
+    try:
+        return bpf.object_id(fd)
+    finally:
+        os.close(fd)
 
 
 def unload(pins: Pins) -> None:

@@ -19,36 +19,46 @@ class Finding:
 
 
 def probe_netkit() -> Finding:
-    """Create and delete a throw-away netkit pair in the host netns."""
-    from cni_yogurt.kernel.netlink import Rtnl
+    """Can this kernel create a netkit pair? (asks it, every time)"""
+    from cni_yogurt import backend
 
-    name, peer = f"ygprobe{os.getpid() % 100000}", f"ygprobp{os.getpid() % 100000}"
-    try:
-        with Rtnl() as nl:
-            nl.create_netkit(name, peer, None)
-            link = nl.link(name)
-            if link is not None:
-                nl.delete_link(link["index"])
-    except OSError as exc:
+    error = backend.probe_netkit()
+    if error is not None:
         return Finding(
             "netkit",
             False,
-            f"cannot create a netkit device: {exc}",
+            f"cannot create a netkit device: {error}",
             "boot a kernel >= 6.7 built with CONFIG_NETKIT (e.g. Debian trixie's linux-image-amd64)",
         )
     return Finding("netkit", True, f"netkit devices can be created ({os.uname().release})")
 
 
-def netkit_cached(state_dir: str) -> Finding:
-    """probe_netkit, remembered for this boot (stateDir is on tmpfs)."""
-    marker = os.path.join(state_dir, "netkit.ok")
-    if os.path.exists(marker):
-        return Finding("netkit", True, "netkit devices can be created (cached for this boot)")
-    finding = probe_netkit()
-    if finding.ok:
-        os.makedirs(state_dir, exist_ok=True)
-        open(marker, "w").close()
-    return finding
+def check_backend(state_dir: str, mode: str, veth_attach: str, cached: bool = True) -> Finding:
+    """Which device backend an ADD with this config gets here, and whether it can work."""
+    from cni_yogurt import backend
+
+    netkit = backend.netkit_supported(state_dir) if cached else backend.probe_netkit() is None
+    release = os.uname().release
+    if mode == "netkit" or (mode == "auto" and netkit):
+        if netkit:
+            return Finding("backend", True, f"netkit (Linux {release})")
+        return Finding(
+            "backend",
+            False,
+            f'"mode": "netkit" but Linux {release} cannot create netkit devices',
+            'boot a kernel >= 6.7 with CONFIG_NETKIT, or set "mode" to "auto" or "veth"',
+        )
+    tcx = backend.tcx_supported()
+    if veth_attach == "tcx" and not tcx:
+        return Finding(
+            "backend",
+            False,
+            f"veth with tcx, but Linux {release} has no tcx",
+            'set "vethAttach" to "auto" or "tc"',
+        )
+    how = "tcx links" if veth_attach == "tcx" or (veth_attach == "auto" and tcx) else "clsact + cls_bpf"
+    why = "" if mode == "veth" else f"; no netkit in Linux {release}"
+    return Finding("backend", True, f"veth, programs attached with {how}{why}")
 
 
 def check_bpffs(bpffs_dir: str) -> Finding:
@@ -60,7 +70,23 @@ def check_bpffs(bpffs_dir: str) -> Finding:
     return Finding("bpffs", False, f"{bpffs_dir} is on {kind}, not bpffs", "mount -t bpf bpf /sys/fs/bpf")
 
 
+def check_source() -> Finding:
+    from cni_yogurt.kernel import loader
+
+    source = loader.source_path()
+    if source.is_file():
+        return Finding("source", True, f"BPF source {source}")
+    return Finding(
+        "source",
+        False,
+        f"the BPF source {source} is missing",
+        "reinstall cni-yogurt",
+    )
+
+
 def check_programs(bpffs_dir: str) -> Finding:
+    from cni_yogurt.kernel import headers
+
     pins = Pins.under(bpffs_dir)
     if pins.loaded():
         return Finding("programs", True, f"programs and pairing map pinned in {pins.root}")
@@ -71,15 +97,18 @@ def check_programs(bpffs_dir: str) -> Finding:
             "programs not loaded and bcc's Python module is missing",
             "apt-get install python3-bpfcc",
         )
-    build = f"/lib/modules/{os.uname().release}/build"
-    if not os.path.exists(build):
+    found = headers.describe()
+    if found is None:
         return Finding(
             "programs",
             False,
-            f"programs not loaded and {build} is missing (bcc needs kernel headers)",
-            "apt-get install linux-headers-$(uname -r)",
+            f"programs not loaded and no kernel headers for bcc (no /lib/modules/{os.uname().release}/build, "
+            "none under /usr/src)",
+            "apt-get install linux-headers-$(uname -r), or any distribution headers (linux-headers-amd64)",
         )
-    return Finding("programs", True, "programs not loaded yet; bcc and headers are there for the first ADD")
+    return Finding(
+        "programs", True, f"programs not loaded yet; the first ADD compiles them (bcc, headers: {found})"
+    )
 
 
 def check_privileges() -> Finding:
@@ -90,6 +119,13 @@ def check_privileges() -> Finding:
     )
 
 
-def node_findings(bpffs_dir: str, state_dir: str, cached: bool = True) -> list[Finding]:
-    netkit = netkit_cached(state_dir) if cached else probe_netkit()
-    return [check_privileges(), netkit, check_bpffs(bpffs_dir), check_programs(bpffs_dir)]
+def node_findings(
+    bpffs_dir: str, state_dir: str, mode: str = "auto", veth_attach: str = "auto", cached: bool = True
+) -> list[Finding]:
+    return [
+        check_privileges(),
+        check_backend(state_dir, mode, veth_attach, cached),
+        check_bpffs(bpffs_dir),
+        check_source(),
+        check_programs(bpffs_dir),
+    ]

@@ -1,12 +1,13 @@
 """The CNI verbs, one function each: add, delete, check, status, gc.
 
 The protocol layer (cni/) has already validated env and config; these
-functions touch the kernel.  ADD builds in this order and undoes in the
+functions touch the kernel, through the device backend (backend.py) the
+config and the kernel choose.  ADD builds in this order and undoes in the
 reverse on any failure, so a failed ADD leaves nothing behind:
 
-    reserve a place on the line -> netkit pair (both ends blackhole, peer
-    created in CNI_NETNS as CNI_IFNAME) -> attach + pin both programs ->
-    IPAM -> addresses, routes, lo up -> mark ready, wire the map
+    reserve a place on the line -> device pair (closed: netkit blackhole,
+    veth down; peer created in CNI_NETNS as CNI_IFNAME) -> attach + pin both
+    programs -> IPAM -> addresses, routes, lo up -> mark ready, wire the map
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from cni_yogurt import datapath
+from cni_yogurt import backend, datapath
 from cni_yogurt.cni.errors import CNIError, Code
 from cni_yogurt.cni.ipam import IPAM, find_plugin
 from cni_yogurt.cni.result import Interface, IPConfig, Result, parse_result
@@ -68,25 +69,28 @@ def add(inv: Invocation) -> Result:
         wiring.reserve(registry, end)
         undo.append(("leave line", lambda: wiring.leave(registry, pins, end.key)))
         try:
-            datapath.ensure_loaded(pins, os.path.join(conf.state_dir, "load.lock"))
+            datapath.ensure_loaded(pins, conf.state_dir)
         except Exception as exc:
             raise CNIError(Code.DATAPATH, "cannot load the yogurt BPF programs", str(exc)) from exc
+        kind = backend.resolve(conf.mode, conf.veth_attach, conf.state_dir)
+        end.device, end.attach = kind.device, kind.attach
         if cont.link(env.ifname) is not None:
             raise CNIError(Code.KERNEL, f"interface {env.ifname} already exists in {env.netns}")
         try:
-            host.create_netkit(host_ifname, env.ifname, netns_fd, conf.mtu)
+            backend.create_pair(kind, host, host_ifname, env.ifname, netns_fd, conf.mtu)
         except OSError as exc:
-            raise _kernel_error(f"cannot create netkit pair {host_ifname}", exc) from exc
+            raise _kernel_error(f"cannot create {kind.device} pair {host_ifname}", exc) from exc
         host_link, cont_link = host.link(host_ifname), cont.link(env.ifname)
         assert host_link is not None and cont_link is not None
         end.host_ifindex, end.peer_ifindex = host_link["index"], cont_link["index"]
         undo.append(("delete device", lambda: host.delete_link(end.host_ifindex)))
 
         undo.append(("detach programs", lambda: datapath.detach(pins, host_ifname)))
+        pair = backend.Pair(host_ifname, end.host_ifindex, end.peer_ifindex, host, cont, netns_fd)
         try:
-            datapath.attach(pins, host_ifname, end.host_ifindex)
+            backend.attach(kind, pins, pair)
         except OSError as exc:
-            raise _kernel_error(f"cannot attach programs to {host_ifname}", exc) from exc
+            raise _kernel_error(f"cannot attach programs to {host_ifname} ({kind.attach})", exc) from exc
         host.set_up(end.host_ifindex)
 
         ipam_result = Result()
@@ -106,7 +110,14 @@ def add(inv: Invocation) -> Result:
         host.close()
         cont.close()
         os.close(netns_fd)
-    log.info("joined line", line=end.line, host_ifname=host_ifname, partner=partner.key if partner else None)
+    log.info(
+        "joined line",
+        line=end.line,
+        host_ifname=host_ifname,
+        backend=end.device,
+        attach=end.attach,
+        partner=partner.key if partner else None,
+    )
     return Result(
         interfaces=[
             Interface(host_ifname, _mac(host_link), mtu=conf.mtu),
@@ -115,6 +126,7 @@ def add(inv: Invocation) -> Result:
         ips=[IPConfig(ip.address, ip.gateway, interface=1) for ip in ipam_result.ips],
         routes=ipam_result.routes,
         dns=ipam_result.dns if ipam_result.dns.to_json() else parse_result({"dns": conf.dns}).dns,
+        extra={"yogurt": {"line": end.line, "backend": end.device, "attach": end.attach}},
     )
 
 
@@ -145,7 +157,7 @@ def delete(inv: Invocation) -> None:
     host_ifname = naming.host_ifname(env.container_id, env.ifname)
     with Rtnl() as host:
         link = host.link(host_ifname)
-        index = link["index"] if link is not None and link_kind(link) == "netkit" else 0
+        index = link["index"] if link is not None and link_kind(link) in backend.DEVICE_KINDS else 0
         wiring.leave(registry, pins, attachment_key(env.container_id, env.ifname), index)
         datapath.detach(pins, host_ifname)
         if index:
@@ -166,12 +178,21 @@ def check(inv: Invocation) -> None:
     problems: list[str] = []
     try:
         with Rtnl() as host, Rtnl.in_netns(netns_fd) as cont:
+            end = registry.snapshot().get(attachment_key(env.container_id, env.ifname))
+            if end is None:
+                raise CNIError(Code.CHECK_FAILED, f"{env.container_id}/{env.ifname} is on no line")
+            kind = backend.BY_ATTACH.get(end.attach)
             host_link, cont_link = host.link(host_ifname), cont.link(env.ifname)
-            if host_link is None or link_kind(host_link) != "netkit":
-                raise CNIError(Code.CHECK_FAILED, f"host device {host_ifname} is missing or not netkit")
-            if cont_link is None or link_kind(cont_link) != "netkit":
-                raise CNIError(Code.CHECK_FAILED, f"{env.ifname} in {env.netns} is missing or not netkit")
-            problems += datapath.attach_problems(pins, host_link["index"])
+            if kind is None:
+                raise CNIError(Code.CHECK_FAILED, f"the line records an unknown attach method {end.attach!r}")
+            if host_link is None or link_kind(host_link) != kind.device:
+                raise CNIError(Code.CHECK_FAILED, f"host device {host_ifname}: missing or not {kind.device}")
+            if cont_link is None or link_kind(cont_link) != kind.device:
+                raise CNIError(
+                    Code.CHECK_FAILED, f"{env.ifname} in {env.netns}: missing or not {kind.device}"
+                )
+            pair = backend.Pair(host_ifname, host_link["index"], cont_link["index"], host, cont, netns_fd)
+            problems += backend.attach_problems(kind, pins, pair)
             present = set(cont.addresses(cont_link["index"]))
             problems += [f"address {ip.address} missing" for ip in prev.ips if ip.address not in present]
             routes = set(cont.routes(cont_link["index"]))
@@ -216,7 +237,10 @@ def _line_problems(registry: Registry, pins: Pins, env: Any, host_ifindex: int) 
 def status(inv: Invocation) -> None:
     from cni_yogurt import health
 
-    failed = [f for f in health.node_findings(inv.conf.bpffs_dir, inv.conf.state_dir) if not f.ok]
+    conf = inv.conf
+    findings = health.node_findings(conf.bpffs_dir, conf.state_dir, conf.mode, conf.veth_attach)
+    inv.log.info("status", **{f.name: f.detail for f in findings})
+    failed = [f for f in findings if not f.ok]
     if failed:
         raise CNIError(
             Code.NOT_AVAILABLE,
@@ -243,7 +267,7 @@ def gc(inv: Invocation) -> None:
         # Devices and pins no line knows of: left by a crash, or by ends just removed.
         for link in host.links():
             name = link.get_attr("IFLA_IFNAME")
-            if naming.is_ours(name) and name not in keep and link_kind(link) == "netkit":
+            if naming.is_ours(name) and name not in keep and link_kind(link) in backend.DEVICE_KINDS:
                 with contextlib.suppress(OSError):
                     host.delete_link(link["index"])
     for name in datapath.pinned_link_names(pins) - keep:

@@ -13,6 +13,7 @@ import tempfile
 from typing import Any
 
 from cni_yogurt import health, lab
+from cni_yogurt.cni.netconf import DEFAULT_STATE_DIR
 
 NETWORK = "yogurt-demo"
 
@@ -43,13 +44,13 @@ def demo(keep: bool = False) -> int:
     if os.geteuid() != 0:
         print("yogurt demo needs root (netns, netlink, bpf)")
         return 1
-    netkit = health.probe_netkit()
+    kind = health.check_backend(DEFAULT_STATE_DIR, "auto", "auto", cached=False)
     cni_path = lab.have_host_local()
-    if not netkit.ok or cni_path is None:
-        print(netkit.detail if not netkit.ok else "host-local IPAM plugin not found")
-        print("fix:", netkit.fix if not netkit.ok else "apt-get install containernetworking-plugins")
+    if not kind.ok or cni_path is None:
+        print(kind.detail if not kind.ok else "host-local IPAM plugin not found")
+        print("fix:", kind.fix if not kind.ok else "apt-get install containernetworking-plugins")
         return 1
-    print(f"yogurt phone demo on Linux {os.uname().release}")
+    print(f"yogurt phone demo on Linux {os.uname().release}, backend: {kind.detail}")
     report = Report()
     conf = _conf(tempfile.mkdtemp(prefix="yogurt-demo-ipam-"))
     one, two = yogurts = [lab.Netns("yogurt-1"), lab.Netns("yogurt-2")]
@@ -60,7 +61,9 @@ def demo(keep: bool = False) -> int:
             run = lab.run_plugin("ADD", conf, container_id=ns.name, netns=ns.path, cni_path=cni_path)
             results[ns.name] = run.out
             ips = ", ".join(ip["address"] for ip in run.out.get("ips", [])) or str(run.out)
-            report.line(run.rc == 0, f"ADD {ns.name}: eth0 {ips}")
+            how = run.out.get("yogurt", {})
+            via = f" ({how.get('backend')}, {how.get('attach')})" if how else ""
+            report.line(run.rc == 0, f"ADD {ns.name}: eth0 {ips}{via}")
             if run.rc != 0:
                 return 1
         (a4, a6), (b4, b6) = (_addresses(results[ns.name]) for ns in yogurts)

@@ -1,14 +1,35 @@
-"""`yogurt status`: lines, their ends, and whether the wire is really there."""
+"""`yogurt status`: lines, their ends, which backend each uses, and whether the wire is really there."""
 
 from __future__ import annotations
 
 import json
+import os
 from collections import defaultdict
 from typing import Any
 
-from cni_yogurt import datapath
+from cni_yogurt import backend
 from cni_yogurt.datapath import PairMap, Pins
-from cni_yogurt.line.registry import Registry
+from cni_yogurt.kernel.netlink import Rtnl
+from cni_yogurt.kernel.netns import open_netns
+from cni_yogurt.line.registry import End, Registry
+
+
+def _problems(pins: Pins, end: End) -> list[str]:
+    kind = backend.BY_ATTACH.get(end.attach)
+    if kind is None:
+        return [f"unknown attach method {end.attach!r}"]
+    try:
+        netns_fd = open_netns(end.netns)
+    except OSError as exc:
+        return [f"cannot open netns {end.netns}: {exc}"]
+    try:
+        with Rtnl() as host, Rtnl.in_netns(netns_fd) as cont:
+            pair = backend.Pair(end.host_ifname, end.host_ifindex, end.peer_ifindex, host, cont, netns_fd)
+            return backend.attach_problems(kind, pins, pair)
+    except OSError as exc:
+        return [f"cannot query programs: {exc}"]
+    finally:
+        os.close(netns_fd)
 
 
 def collect(bpffs_dir: str, state_dir: str) -> dict[str, Any]:
@@ -20,12 +41,7 @@ def collect(bpffs_dir: str, state_dir: str) -> dict[str, Any]:
             pairs = dict(pair_map.items())
     lines: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for end in ends.values():
-        problems = []
-        if pins.loaded() and end.host_ifindex:
-            try:
-                problems = datapath.attach_problems(pins, end.host_ifindex)
-            except OSError as exc:
-                problems = [f"cannot query programs: {exc}"]
+        problems = _problems(pins, end) if pins.loaded() and end.host_ifindex else []
         partner = pairs.get(end.host_ifindex)
         lines[end.line].append(
             {
@@ -34,6 +50,8 @@ def collect(bpffs_dir: str, state_dir: str) -> dict[str, Any]:
                 "netns": end.netns,
                 "host_ifname": end.host_ifname,
                 "host_ifindex": end.host_ifindex,
+                "backend": end.device,
+                "attach": end.attach,
                 "ready": end.ready,
                 "attached": not problems and pins.loaded(),
                 "problems": problems,
@@ -56,5 +74,8 @@ def status(bpffs_dir: str, state_dir: str, as_json: bool) -> int:
         print(f"line {line}: {len(ends)}/2 ends, {state}")
         for e in ends:
             attach = "attached" if e["attached"] else "NOT attached: " + "; ".join(e["problems"])
-            print(f"  {e['end']:<40} {e['host_ifname']} (ifindex {e['host_ifindex']}) {attach}")
+            print(
+                f"  {e['end']:<40} {e['host_ifname']} (ifindex {e['host_ifindex']}, "
+                f"{e['backend']}/{e['attach']}) {attach}"
+            )
     return 0

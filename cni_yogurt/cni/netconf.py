@@ -7,7 +7,11 @@ Our keys (all optional):
              (default /sys/fs/bpf/cni-yogurt; an ABI version is appended)
   stateDir   line membership; must not outlive a reboot (default /run/cni-yogurt)
   logFile    JSON-lines log (default /var/log/cni-yogurt.log)
-  mtu        MTU of both netkit devices (default: the kernel's)
+  mtu        MTU of both devices of a pair (default: the kernel's)
+  mode       device backend: "auto" (netkit where the kernel can create one,
+             else veth), "netkit" or "veth"
+  vethAttach how veth programs attach: "auto" (tcx links where the kernel has
+             them, >= 6.6, else clsact + cls_bpf), "tcx" or "tc"
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ DEFAULT_LOG_FILE = "/var/log/cni-yogurt.log"
 LINE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 # CNI_ARGS keys this plugin understands; others need IgnoreUnknown.
 OUR_ARGS = frozenset({"YOGURT_LINE"})
+MODES = ("auto", "netkit", "veth")
+VETH_ATTACH = ("auto", "tcx", "tc")
 KNOWN_ARGS = OUR_ARGS | {"IgnoreUnknown"}
 
 
@@ -55,6 +61,8 @@ class NetConf:
     state_dir: str = DEFAULT_STATE_DIR
     log_file: str = DEFAULT_LOG_FILE
     mtu: int | None = None
+    mode: str = "auto"
+    veth_attach: str = "auto"
     # GC only: the attachments the runtime still knows, as (containerID, ifname).
     valid_attachments: tuple[tuple[str, str], ...] | None = None
 
@@ -129,8 +137,21 @@ def parse(obj: dict[str, Any]) -> NetConf:
         state_dir=_typed(obj, "stateDir", str, DEFAULT_STATE_DIR),
         log_file=_typed(obj, "logFile", str, DEFAULT_LOG_FILE),
         mtu=mtu,
+        mode=_choice(obj, "mode", MODES),
+        veth_attach=_choice(obj, "vethAttach", VETH_ATTACH),
         valid_attachments=_valid_attachments(obj),
     )
+
+
+def _choice(obj: dict[str, Any], key: str, allowed: tuple[str, ...]) -> str:
+    value = _typed(obj, key, str, allowed[0])
+    if value not in allowed:
+        raise CNIError(
+            Code.INVALID_CONFIG,
+            f"invalid network config: {key}",
+            f"{value!r} is not one of {', '.join(allowed)}",
+        )
+    return str(value)
 
 
 def _valid_attachments(obj: dict[str, Any]) -> tuple[tuple[str, str], ...] | None:

@@ -72,6 +72,8 @@ class Result:
     ips: list[IPConfig] = field(default_factory=list)
     routes: list[Route] = field(default_factory=list)
     dns: DNS = field(default_factory=DNS)
+    # Plugin-specific top-level keys (ours: "yogurt"); runtimes ignore keys they do not know.
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self, cni_version: str) -> dict[str, Any]:
         legacy = not versions.at_least(cni_version, "1.0.0")
@@ -84,6 +86,7 @@ class Result:
         if self.routes:
             out["routes"] = [_route_json(r, v1_1) for r in self.routes]
         out["dns"] = self.dns.to_json()
+        out.update(self.extra)
         return out
 
     def merged_after(self, previous: Result) -> Result:

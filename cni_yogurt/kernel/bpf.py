@@ -25,6 +25,8 @@ PROG_QUERY = 16
 LINK_CREATE = 28
 
 # enum bpf_attach_type
+TCX_INGRESS = 46
+TCX_EGRESS = 47
 NETKIT_PRIMARY = 54
 NETKIT_PEER = 55
 
@@ -46,7 +48,7 @@ def obj_attr(path_ptr: int, fd: int = 0) -> bytes:
 
 
 def link_create_attr(prog_fd: int, ifindex: int, attach_type: int) -> bytes:
-    """LINK_CREATE for netkit: appended last (no relative_fd, no expected_revision)."""
+    """LINK_CREATE for netkit and tcx (same layout): appended last (no relative_fd, no expected_revision)."""
     return _pad(struct.pack("=IIII", prog_fd, ifindex, attach_type, 0))
 
 
@@ -97,7 +99,7 @@ def link_create(prog_fd: int, ifindex: int, attach_type: int) -> int:
 
 
 def prog_query(ifindex: int, attach_type: int, capacity: int = 64) -> list[int]:
-    """IDs of the programs attached to a netkit device at one hook."""
+    """IDs of the programs attached to a device at one netkit or tcx hook."""
     ids = (ctypes.c_uint32 * capacity)()
     _, buf = _call(PROG_QUERY, prog_query_attr(ifindex, attach_type, ctypes.addressof(ids), capacity))
     count = struct.unpack_from("=I", buf.raw, 24)[0]

@@ -11,12 +11,10 @@ import os
 import secrets
 from pathlib import Path
 
-from cni_yogurt.kernel import bpf
+from cni_yogurt.kernel import bpf, headers
 
 SOURCE_NAME = "yogurt.bpf.c"
 MAP_NAME = "yogurt_pairs"
-PRIMARY_FN = "yogurt_primary"
-PEER_FN = "yogurt_peer"
 
 
 def source_path() -> Path:
@@ -32,18 +30,24 @@ def new_secret() -> int:
     return secrets.randbits(32) or 1
 
 
-def compile_and_pin(map_pin: str, peer_pin: str, primary_pin: str) -> None:
-    """Load both programs and the pairing map, pin the map first and the
-    primary program last: the primary pin's presence means "complete"."""
+def compile_and_pin(map_pin: str, programs: dict[str, str], cache_dir: str) -> None:
+    """Load the programs ({pin path: function}) and the pairing map; pin the
+    map first and the programs in order: all pins present means "complete"."""
+    source = source_path()
+    if not source.is_file():
+        raise FileNotFoundError(f"the BPF source {source} is missing: reinstall cni-yogurt")
+    kernel_source = headers.bcc_kernel_source(cache_dir)
+    if kernel_source:
+        os.environ["BCC_KERNEL_SOURCE"] = kernel_source
     import bcc  # heavy: LLVM
 
-    text = source_path().read_text(encoding="utf-8")
-    module = bcc.BPF(text=text, cflags=[f"-DYOGURT_SECRET={new_secret()}U", "-w"])
+    module = bcc.BPF(
+        text=source.read_text(encoding="utf-8"), cflags=[f"-DYOGURT_SECRET={new_secret()}U", "-w"]
+    )
     try:
-        peer = module.load_func(PEER_FN, bcc.BPF.SCHED_CLS)
-        primary = module.load_func(PRIMARY_FN, bcc.BPF.SCHED_CLS)
+        loaded = {pin: module.load_func(fn, bcc.BPF.SCHED_CLS) for pin, fn in programs.items()}
         bpf.obj_pin(module[MAP_NAME].map_fd, map_pin)
-        bpf.obj_pin(peer.fd, peer_pin)
-        bpf.obj_pin(primary.fd, primary_pin)
+        for pin, fn in loaded.items():
+            bpf.obj_pin(fn.fd, pin)
     finally:
         module.cleanup()

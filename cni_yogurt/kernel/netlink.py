@@ -36,13 +36,13 @@ from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
-from cni_yogurt.kernel import netkit  # registers the netkit kind with pyroute2
+from cni_yogurt.kernel import netkit, tc  # netkit: registers the link kind with pyroute2
 from cni_yogurt.kernel.netns import create_in, netlink_route_socket
 
 IFF_UP = 0x1
 IFA_F_NODAD = 0x02
 RT_TABLE_MAIN = 254
-_DECODERS = {RTM_NEWLINK: ifinfmsg, RTM_NEWADDR: ifaddrmsg, RTM_NEWROUTE: rtmsg}
+_DECODERS = {RTM_NEWLINK: ifinfmsg, RTM_NEWADDR: ifaddrmsg, RTM_NEWROUTE: rtmsg, tc.RTM_NEWTFILTER: tc.tcmsg}
 _HDR = struct.Struct("=IHHII")
 
 
@@ -118,11 +118,25 @@ class Rtnl:
     def create_netkit(
         self, name: str, peer_name: str, peer_netns_fd: int | None, mtu: int | None = None
     ) -> None:
+        """A netkit pair, both ends in blackhole: closed until programs decide otherwise."""
+        self._create_pair(name, netkit.link_info(peer_name, peer_netns_fd), mtu)
+
+    def create_veth(self, name: str, peer_name: str, peer_netns_fd: int, mtu: int | None = None) -> None:
+        """A veth pair, both ends down: nothing crosses before programs are attached and ends set up."""
+        peer: list[tuple[str, Any]] = [("IFLA_IFNAME", peer_name), ("IFLA_NET_NS_FD", peer_netns_fd)]
+        if mtu:
+            peer.append(("IFLA_MTU", mtu))
+        info = {
+            "attrs": [
+                ("IFLA_INFO_KIND", "veth"),
+                ("IFLA_INFO_DATA", {"attrs": [("VETH_INFO_PEER", {"attrs": peer})]}),
+            ]
+        }
+        self._create_pair(name, info, mtu)
+
+    def _create_pair(self, name: str, link_info: dict[str, Any], mtu: int | None) -> None:
         msg = ifinfmsg()
-        attrs: list[tuple[str, Any]] = [
-            ("IFLA_IFNAME", name),
-            ("IFLA_LINKINFO", netkit.link_info(peer_name, peer_netns_fd)),
-        ]
+        attrs: list[tuple[str, Any]] = [("IFLA_IFNAME", name), ("IFLA_LINKINFO", link_info)]
         if mtu:
             attrs.append(("IFLA_MTU", mtu))
         msg["attrs"] = attrs
@@ -212,6 +226,30 @@ class Rtnl:
                 net = ipaddress.ip_network(f"{dst}/{msg['dst_len']}", strict=False)
                 out.append((net.with_prefixlen, msg.get_attr("RTA_GATEWAY")))
         return out
+
+    # -- tc: clsact + cls_bpf (the veth attach path on kernels without tcx) ----
+
+    def add_clsact(self, index: int) -> None:
+        try:
+            self.request(tc.clsact_msg(index), tc.RTM_NEWQDISC, NLM_F_CREATE | NLM_F_EXCL)
+        except OSError as exc:
+            if exc.errno != errno.EEXIST:
+                raise
+
+    def add_bpf_filter(self, index: int, parent: int, prog_fd: int, name: str) -> None:
+        self.request(
+            tc.bpf_filter_msg(index, parent, prog_fd, name), tc.RTM_NEWTFILTER, NLM_F_CREATE | NLM_F_EXCL
+        )
+
+    def bpf_filter_ids(self, index: int, parent: int) -> list[int]:
+        """IDs of the programs in the cls_bpf filters of one clsact direction."""
+        try:
+            found = self.request(tc.filter_dump_msg(index, parent), tc.RTM_GETTFILTER, NLM_F_DUMP)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:  # no clsact qdisc on the device
+                return []
+            raise
+        return [i for msg in found if (i := tc.bpf_prog_id(msg)) is not None]
 
 
 def link_kind(msg: Any) -> str | None:

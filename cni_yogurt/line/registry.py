@@ -29,6 +29,8 @@ class End:
     host_ifindex: int = 0
     peer_ifindex: int = 0
     ready: bool = False  # device, programs and addresses are in place
+    device: str = "netkit"  # backend: the pair's link kind, "netkit" | "veth"
+    attach: str = "netkit"  # how its programs attach: "netkit" | "tcx" | "tc"
 
     @property
     def key(self) -> str:

@@ -1,10 +1,16 @@
-"""Kernel tests: root and a kernel with netkit (natively, or in the VM that `make test` boots).
+"""Kernel tests: root and a real kernel, natively or in the netkit VM that `make test` boots.
 
 Every test drives the plugin exactly as a runtime does (exec with CNI_*
 variables and the config on stdin) in throw-away namespaces, and must leave
 nothing behind: the `node` fixture fails a test that leaves a device, a link
 pin, a map entry, a line end or an IP lease of its own containers.  Looking
 only at a test's own containers lets tests run in parallel (pytest-xdist).
+
+Tests of the wire and the verbs run once per backend the kernel offers
+(`backend`: netkit, veth with tcx links, veth with clsact filters), or those
+named in YOGURT_TEST_BACKENDS.  Tests marked `runtime` (cnitool, podman,
+containerd, the wheel) leave the choice to the plugin ("mode": "auto"), as
+a node would.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from cni_yogurt import backend as backends
 from cni_yogurt import health, lab
 from cni_yogurt.datapath import PairMap, Pins, detach, pinned_link_names
 from cni_yogurt.kernel.netlink import Rtnl
@@ -37,37 +44,76 @@ LOG_FILE = os.path.join(os.environ.get("YOGURT_VM_OUT", "/tmp"), "cni-yogurt-tes
 BINARY = Path(__file__).resolve().parents[2] / "dist" / "yogurt"
 
 
-def _why_not() -> str | None:
+# Test backend name -> the config keys that force it.
+BACKENDS: dict[str, dict[str, str]] = {
+    "netkit": {"mode": "netkit"},
+    "veth-tcx": {"mode": "veth", "vethAttach": "tcx"},
+    "veth-tc": {"mode": "veth", "vethAttach": "tc"},
+}
+
+
+def _offered() -> dict[str, str | None]:
+    """Each backend -> None if this kernel offers it, else why not (a feature probe, not a guess)."""
     if os.geteuid() != 0:
-        return "kernel tests need root"
-    finding = health.probe_netkit()
-    return None if finding.ok else f"no netkit: {finding.detail}"
+        return dict.fromkeys(BACKENDS, "kernel tests need root")
+    netkit = health.probe_netkit()
+    tcx = backends.tcx_supported()
+    return {
+        "netkit": None if netkit.ok else f"no netkit: {netkit.detail}",
+        "veth-tcx": None if tcx else "no tcx (Linux < 6.6)",
+        "veth-tc": None,
+    }
 
 
-_REASON = _why_not()
+OFFERED = _offered()
+_REQUESTED = [b for b in os.environ.get("YOGURT_TEST_BACKENDS", "").split(",") if b]
+# Natively everything the kernel offers; in the VM `make test` names netkit.
+SELECTED = _REQUESTED or [b for b, why in OFFERED.items() if why is None]
+_REASON = None if os.geteuid() == 0 else "kernel tests need root"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "runtime: a real runtime or install; the plugin picks the backend")
+    unknown = set(_REQUESTED) - set(BACKENDS)
+    if unknown:
+        raise pytest.UsageError(f"YOGURT_TEST_BACKENDS: unknown {sorted(unknown)}; known: {sorted(BACKENDS)}")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" in metafunc.fixturenames and metafunc.definition.get_closest_marker("runtime") is None:
+        metafunc.parametrize("backend", SELECTED, scope="module")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/kernel" in str(item.fspath):
             item.add_marker(pytest.mark.kernel)
-    if _REASON is None:
-        return
-    # In the VM (and on netkit hosts) `make test` sets this: a missing
-    # feature there is a broken setup, not a reason to skip.
-    if os.environ.get("YOGURT_REQUIRE_KERNEL") == "1":
-        raise pytest.UsageError(f"YOGURT_REQUIRE_KERNEL=1 but {_REASON}")
-    skip = pytest.mark.skip(reason=f"{_REASON} (`make test` runs these in a netkit VM)")
+    # `make test` sets this: a missing feature there is a broken setup, not a reason to skip.
+    require = os.environ.get("YOGURT_REQUIRE_KERNEL") == "1"
+    missing = {b: why for b in SELECTED if (why := OFFERED.get(b)) is not None}
+    if require and (missing or _REASON):
+        raise pytest.UsageError(f"YOGURT_REQUIRE_KERNEL=1 but {_REASON or missing}")
     for item in items:
-        if "kernel" in item.keywords:
-            item.add_marker(skip)
+        if "kernel" not in item.keywords:
+            continue
+        param = getattr(item, "callspec", None)
+        why = _REASON or (missing.get(param.params.get("backend", "")) if param else None)
+        if why:
+            item.add_marker(pytest.mark.skip(reason=f"{why} (`make test` runs netkit in a VM)"))
+
+
+@pytest.fixture(scope="module")
+def backend() -> str | None:
+    """Overridden by parametrization for wire/verb tests; None: the plugin picks ("mode": "auto")."""
+    return None
 
 
 class Node:
     """The plugin's view of this node, for one test."""
 
-    def __init__(self, tmp_path: Any) -> None:
+    def __init__(self, tmp_path: Any, backend: str | None = None) -> None:
         self.tmp = tmp_path
+        self.backend = backend
         self.tag = uuid.uuid4().hex[:6]
         self.counter = itertools.count(1)
         self.cni_path = lab.have_host_local() or "/usr/lib/cni"
@@ -96,6 +142,7 @@ class Node:
             "stateDir": STATE_DIR,
             "logFile": LOG_FILE,
             "ipam": {"type": "host-local", "dataDir": str(self.tmp / "ipam"), "ranges": ranges},
+            **(BACKENDS[self.backend] if self.backend else {}),
             **extra,
         }
 
@@ -146,6 +193,10 @@ class Node:
         run = self.run("ADD", conf, ns, **kw)
         assert run.rc == 0, f"ADD {ns.name} failed: {run.out} {run.stderr}"
         self.ifindexes.add(ifindex(run.out["interfaces"][0]["name"]))
+        if self.backend and conf.get("mode"):
+            want = BACKENDS[self.backend]
+            assert run.out["yogurt"]["backend"] == want["mode"], run.out
+            assert run.out["yogurt"]["attach"] == want.get("vethAttach", "netkit"), run.out
         return run.out
 
     def delete(self, conf: dict[str, Any], ns: lab.Netns, **kw: Any) -> None:
@@ -194,8 +245,8 @@ class Node:
 
 
 @pytest.fixture
-def node(tmp_path: Any) -> Iterator[Node]:
-    n = Node(tmp_path)
+def node(tmp_path: Any, backend: str | None) -> Iterator[Node]:
+    n = Node(tmp_path, backend)
     before = n.leftovers()
     assert not before, f"node not clean before the test: {before}"
     with _must_leave_nothing(n, "test"):
@@ -214,6 +265,8 @@ class Phone:
         self.b4, self.b6 = addresses(self.r2)
         self.host_one = self.r1["interfaces"][0]["name"]
         self.host_two = self.r2["interfaces"][0]["name"]
+        self.mac_one = self.r1["interfaces"][1]["mac"]
+        self.mac_two = self.r2["interfaces"][1]["mac"]
 
     def hang_up(self) -> None:
         self.node.delete(self.conf, self.one)
@@ -221,8 +274,8 @@ class Phone:
 
 
 @pytest.fixture(scope="module")
-def phone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Phone]:
-    n = Node(tmp_path_factory.mktemp("phone"))
+def phone(tmp_path_factory: pytest.TempPathFactory, backend: str | None) -> Iterator[Phone]:
+    n = Node(tmp_path_factory.mktemp("phone"), backend)
     with _must_leave_nothing(n, "the phone"):
         p = Phone(n)
         yield p

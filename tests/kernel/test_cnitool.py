@@ -15,11 +15,13 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import BINARY, Node, addresses, ifindex, require_binary
 
-from cni_yogurt import lab
+from cni_yogurt import health, lab
 from cni_yogurt.line import naming
 
+pytestmark = pytest.mark.runtime
 CNITOOL = Path(__file__).resolve().parents[2] / ".cache" / "cnitool" / "bin" / "cnitool"
 require_binary("test_cnitool.py", (str(CNITOOL), "build it with `make cnitool`"))
 
@@ -74,6 +76,8 @@ def test_cnitool_add_ping_check_del_with_the_binary(node: Node) -> None:
         result = json.loads(run.stdout)
         host = result["interfaces"][0]["name"]
         assert host == naming.host_ifname(ids[ns.name], "eth0"), result
+        # no "mode" in the conflist: netkit where the kernel has it (the VM), else veth
+        assert result["yogurt"]["backend"] == ("netkit" if health.probe_netkit().ok else "veth"), result
         node.ifindexes.add(ifindex(host))
         results[ns.name] = result
     assert cnitool.cached() == sorted(f"{cnitool.net}-{ids[ns.name]}-eth0" for ns in (one, two))

@@ -1,13 +1,13 @@
-"""ADD, CHECK, DEL, STATUS and GC on a real kernel, for every spec version."""
+"""ADD, CHECK, DEL, STATUS and GC on a real kernel, for every spec version and every backend."""
 
 from __future__ import annotations
 
 import os
 
 import pytest
-from conftest import Node, addresses
+from conftest import BACKENDS, OFFERED, Node, addresses
 
-from cni_yogurt import lab
+from cni_yogurt import health, lab
 from cni_yogurt.cni.version import SUPPORTED_VERSIONS, at_least
 from cni_yogurt.line import naming
 
@@ -20,11 +20,16 @@ def test_add_check_del_in_every_version(node: Node, version: str) -> None:
     assert result["cniVersion"] == version
     host, cont = result["interfaces"]
     assert host["name"] == naming.host_ifname(one.name, "eth0") and "sandbox" not in host
-    assert cont == {"name": "eth0", "mac": "00:00:00:00:00:00", "sandbox": one.path}
     assert {ip["interface"] for ip in result["ips"]} == {1}
     assert all(("version" in ip) == (not at_least(version, "1.0.0")) for ip in result["ips"])
     link = one.run("ip", "-d", "-o", "link", "show", "eth0").stdout
-    assert "NOARP" in link and "UP" in link
+    assert "UP" in link
+    if node.backend == "netkit":
+        assert cont == {"name": "eth0", "mac": "00:00:00:00:00:00", "sandbox": one.path}
+        assert "NOARP" in link and "netkit" in link
+    else:  # the container's own MAC, which podman wants
+        assert cont == {"name": "eth0", "mac": cont["mac"], "sandbox": one.path} and cont["mac"] in link
+        assert "veth" in link
     addrs = one.run("ip", "-o", "addr", "show", "dev", "eth0").stdout
     assert all(ip["address"] in addrs for ip in result["ips"])
     if at_least(version, "0.4.0"):
@@ -36,13 +41,21 @@ def test_add_check_del_in_every_version(node: Node, version: str) -> None:
     node.delete(conf, one)
 
 
+def _detach_guard(node: Node, result: dict, ns: lab.Netns) -> None:
+    """Take the guard away as an admin could: unpin its link, or delete its tc filter."""
+    if result["yogurt"]["attach"] == "tc":
+        assert ns.run("tc", "filter", "del", "dev", "eth0", "ingress").returncode == 0
+    else:
+        os.unlink(node.pins.link(result["interfaces"][0]["name"], "primary"))
+
+
 def test_check_fails_once_a_program_is_detached(node: Node) -> None:
     conf = node.conf()
     one = node.netns()
     result = node.add(conf, one)
     prev = {**conf, "prevResult": result}
     assert node.run("CHECK", prev, one).rc == 0
-    os.unlink(node.pins.link(result["interfaces"][0]["name"], "primary"))
+    _detach_guard(node, result, one)
     run = node.run("CHECK", prev, one)
     assert run.rc != 0 and run.out["code"] == 103
     assert "primary program" in run.out["details"]
@@ -99,10 +112,32 @@ def test_add_into_a_missing_netns_is_an_env_error_and_leaves_nothing(node: Node)
     assert node.leftovers() == {}
 
 
-def test_status_is_ok_on_a_netkit_node(node: Node) -> None:
+def test_status_is_ok_where_the_backend_works(node: Node) -> None:
     run = node.run("STATUS", node.conf(), None)
     assert run.rc == 0, run.out
     assert run.out == {}
+
+
+@pytest.mark.runtime
+def test_status_refuses_a_backend_this_kernel_lacks(node: Node) -> None:
+    lacking = [b for b, why in OFFERED.items() if why is not None]
+    if not lacking:
+        pytest.skip("this kernel offers every backend")
+    run = node.run("STATUS", node.conf(**BACKENDS[lacking[0]]), None)
+    assert run.rc != 0 and run.out["code"] == 50, run.out
+    assert "backend" in run.out["details"]
+
+
+@pytest.mark.runtime
+def test_auto_mode_takes_netkit_where_the_kernel_has_it_else_veth(node: Node) -> None:
+    conf = node.conf()
+    assert "mode" not in conf
+    one = node.netns()
+    result = node.add(conf, one)
+    netkit = health.probe_netkit().ok
+    assert result["yogurt"]["backend"] == ("netkit" if netkit else "veth")
+    assert one.run("ip", "-d", "link", "show", "eth0").stdout.count("netkit") == int(netkit)
+    node.delete(conf, one)
 
 
 def test_gc_removes_what_the_runtime_no_longer_knows(node: Node) -> None:

@@ -1,4 +1,4 @@
-"""The yogurt phone itself: what crosses the wire, and what never does."""
+"""The yogurt phone itself: what crosses the wire, and what never does — on every backend."""
 
 from __future__ import annotations
 
@@ -8,12 +8,16 @@ import socket
 import struct
 from collections.abc import Callable
 
+import pytest
 from conftest import Node, Phone, addresses, ifindex
 
-from cni_yogurt import lab
-from cni_yogurt.datapath import HOOKS
-from cni_yogurt.kernel import bpf
+from cni_yogurt import backend, lab
+from cni_yogurt.datapath import program_id
+from cni_yogurt.kernel.netlink import Rtnl
 from cni_yogurt.kernel.netns import create_in, open_netns
+
+PACKET_QDISC_BYPASS = 20  # <linux/if_packet.h>: skip the qdisc layer, and with it tc egress
+SOL_PACKET = 263
 
 
 def test_two_ends_ping_and_talk_tcp_both_ways_v4_and_v6(phone: Phone) -> None:
@@ -29,14 +33,20 @@ def test_two_ends_ping_and_talk_tcp_both_ways_v4_and_v6(phone: Phone) -> None:
     assert lab.tcp_exchange(one, phone.a6, two)
 
 
-def test_links_stay_attached_after_the_plugin_exits(phone: Phone) -> None:
-    index = ifindex(phone.host_one)
-    for hook, attach_type in HOOKS:
-        prog_fd = bpf.obj_get(phone.node.pins.prog(hook))
-        want = bpf.object_id(prog_fd)
-        os.close(prog_fd)
-        assert bpf.prog_query(index, attach_type) == [want], hook
-        assert os.path.exists(phone.node.pins.link(phone.host_one, hook))
+def test_programs_stay_attached_after_the_plugin_exits(phone: Phone) -> None:
+    kind = backend.BY_ATTACH[phone.r1["yogurt"]["attach"]]
+    fd = open_netns(phone.one.path)
+    try:
+        with Rtnl() as host, Rtnl.in_netns(fd) as cont:
+            host_index = ifindex(phone.host_one)
+            peer_index = cont.link("eth0")["index"]
+            pair = backend.Pair(phone.host_one, host_index, peer_index, host, cont, fd)
+            for hook in kind.hooks:
+                want = program_id(phone.node.pins, hook.program)
+                assert backend.attached_ids(kind, pair, hook) == [want], hook
+                assert os.path.exists(phone.node.pins.link(phone.host_one, hook.name)) == kind.pins_links
+    finally:
+        os.close(fd)
 
 
 def test_host_cannot_reach_a_container_even_with_an_address_and_route(phone: Phone) -> None:
@@ -86,7 +96,9 @@ def _udp_datagram(src: str, dst: str, port: int, payload: bytes) -> bytes:
     return header[:10] + struct.pack("!H", csum) + header[12:] + udp
 
 
-def _inject(netns: lab.Netns | None, device: str, packet: bytes) -> None:
+def _inject(netns: lab.Netns | None, device: str, packet: bytes, dst_mac: str, bypass: bool = False) -> None:
+    """Send an IPv4 packet out of `device` from an AF_PACKET socket, as anyone with CAP_NET_RAW can."""
+
     def make() -> socket.socket:
         return socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
 
@@ -96,9 +108,13 @@ def _inject(netns: lab.Netns | None, device: str, packet: bytes) -> None:
         fd = open_netns(netns.path)
         sock = create_in(fd, make)
         os.close(fd)
+    # With bypass, the frame goes straight to the driver: no qdisc, no tc egress.
+    sock.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, int(bypass))
+    # The link-layer destination (veth: the container's MAC; netkit, L3, has none).
+    address = (device, 0x0800, 0, 0, bytes.fromhex(dst_mac.replace(":", "")))
     # a dropped frame may surface as ENOBUFS on the sender
     with sock, contextlib.suppress(OSError):
-        sock.sendto(packet, (device, 0x0800))
+        sock.sendto(packet, address)
 
 
 def _receives(netns: lab.Netns, address: str, port: int, send: Callable[[], None]) -> bytes | None:
@@ -115,13 +131,18 @@ def _receives(netns: lab.Netns, address: str, port: int, send: Callable[[], None
             return None
 
 
-def test_frame_injected_by_the_host_never_arrives(phone: Phone) -> None:
+@pytest.mark.parametrize("bypass", [False, True], ids=["via-qdisc", "qdisc-bypass"])
+def test_frame_injected_by_the_host_never_arrives(phone: Phone, bypass: bool) -> None:
     one, two, a4, b4 = phone.one, phone.two, phone.a4, phone.b4
-    packet = _udp_datagram(a4, b4, 7777, b"from the host")
-    assert _receives(two, b4, 7777, lambda: _inject(None, phone.host_two, packet)) is None
+    port = 7777 + bypass
+    packet = _udp_datagram(a4, b4, port, b"from the host")
+    sent = _receives(two, b4, port, lambda: _inject(None, phone.host_two, packet, phone.mac_two, bypass))
+    assert sent is None
     # control: the very same datagram written by the partner into its own eth0 arrives
-    forged_by_partner = _udp_datagram(a4, b4, 7778, b"from yogurt one")
-    got = _receives(two, b4, 7778, lambda: _inject(one, "eth0", forged_by_partner))
+    forged_by_partner = _udp_datagram(a4, b4, port + 10, b"from yogurt one")
+    got = _receives(
+        two, b4, port + 10, lambda: _inject(one, "eth0", forged_by_partner, phone.mac_two, bypass)
+    )
     assert got == b"from yogurt one"
 
 

@@ -51,6 +51,7 @@ def test_minimal_config_and_defaults(ver: str) -> None:
     assert nc.state_dir == "/run/cni-yogurt"
     assert nc.log_file == "/var/log/cni-yogurt.log"
     assert nc.mtu is None
+    assert (nc.mode, nc.veth_attach) == ("auto", "auto")
     assert nc.valid_attachments is None
 
 
@@ -66,6 +67,30 @@ def test_our_keys(ver: str) -> None:
         "/tmp/l.jsonl",
         1400,
     )
+
+
+@pytest.mark.parametrize("ver", SUPPORTED_VERSIONS)
+@pytest.mark.parametrize("mode", ["auto", "netkit", "veth"])
+@pytest.mark.parametrize("attach", ["auto", "tcx", "tc"])
+def test_backend_keys(ver: str, mode: str, attach: str) -> None:
+    nc = netconf.parse(conf(ver, mode=mode, vethAttach=attach))
+    assert (nc.mode, nc.veth_attach) == (mode, attach)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("mode", "bridge"),
+        ("mode", "NETKIT"),
+        ("mode", ""),
+        ("mode", 1),
+        ("mode", None),
+        ("vethAttach", "xdp"),
+    ],
+)
+def test_bad_backend_keys(key: str, value: Any) -> None:
+    err = parse_error(conf(**{key: value}))
+    assert err.code == Code.INVALID_CONFIG and key in err.msg
 
 
 @pytest.mark.parametrize("ver", SUPPORTED_VERSIONS)

@@ -278,3 +278,11 @@ def test_parse_bad_result(obj: Any) -> None:
         parse_result(obj, "thing")
     assert exc.value.code == Code.DECODE_FAILURE
     assert "thing" in exc.value.msg
+
+
+@pytest.mark.parametrize("ver", SUPPORTED_VERSIONS)
+def test_plugin_keys_are_rendered_at_the_top_level_in_every_version(ver: str) -> None:
+    extra = {"yogurt": {"line": "l1", "backend": "veth", "attach": "tcx"}}
+    out = Result(interfaces=[Interface("eth0")], extra=extra).to_json(ver)
+    assert out["yogurt"] == extra["yogurt"] and out["cniVersion"] == ver
+    assert parse_result(out).interfaces[0].name == "eth0"  # a runtime parsing it back ignores the key

@@ -1,0 +1,210 @@
+"""Two device kinds behind one datapath: how a pair is made, where the programs attach.
+
+Everything else — lines, the pairing map, the cb mark, the secret and the
+sender check — is shared; see bpf/yogurt.bpf.c for why each program sits
+where it does.
+
+    backend  device pair                      sender (container tx)        guard (into the container)
+    netkit   netkit, both ends blackhole      peer hook, bpf_redirect      primary hook (host-side device)
+    veth     veth, both ends down until wired host-side tc ingress,        container-side tc ingress
+                                              bpf_redirect_peer
+
+netkit (Linux >= 6.7) is the default wherever the kernel can create one.
+veth programs attach with tcx links (Linux >= 6.6), pinned like netkit's;
+older kernels get clsact + direct-action cls_bpf filters, which live and die
+with the device and need no pins.  The mode is resolved once per ADD
+(`resolve`) and recorded with the end; every later verb works from that
+record or from the device itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from cni_yogurt.datapath import Pins, program_id
+from cni_yogurt.kernel import bpf, tc
+from cni_yogurt.kernel.netlink import Rtnl
+from cni_yogurt.kernel.netns import create_in
+
+DEVICE_KINDS = ("netkit", "veth")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Hook:
+    name: str  # "peer" (the sender) or "primary" (the guard); names the link pin
+    program: str  # pinned program, a key of datapath.PROGRAMS
+    on_container_side: bool  # attached to the device inside the container's netns
+    attach_type: int  # netkit / tcx attach type (the tc path: ingress, like tcx)
+
+
+@dataclass(frozen=True)
+class Backend:
+    device: str  # link kind: "netkit" | "veth"
+    attach: str  # "netkit" | "tcx" | "tc"
+    hooks: tuple[Hook, ...]
+
+    @property
+    def pins_links(self) -> bool:
+        return self.attach != "tc"
+
+
+NETKIT = Backend(
+    "netkit",
+    "netkit",
+    (Hook("peer", "peer", False, bpf.NETKIT_PEER), Hook("primary", "primary", False, bpf.NETKIT_PRIMARY)),
+)
+_VETH_HOOKS = (
+    Hook("peer", "veth_peer", False, bpf.TCX_INGRESS),
+    Hook("primary", "primary", True, bpf.TCX_INGRESS),
+)
+VETH_TCX = Backend("veth", "tcx", _VETH_HOOKS)
+VETH_TC = Backend("veth", "tc", _VETH_HOOKS)
+BY_ATTACH = {b.attach: b for b in (NETKIT, VETH_TCX, VETH_TC)}
+
+
+@dataclass
+class Pair:
+    """One end's two devices, with a netlink socket on each side."""
+
+    host_ifname: str
+    host_ifindex: int
+    peer_ifindex: int
+    host: Rtnl
+    cont: Rtnl
+    netns_fd: int
+
+    def on_side(self, hook: Hook, call: Callable[[], T]) -> T:
+        """Run a bpf() call in the netns of the hook's device (ifindexes are per netns)."""
+        return create_in(self.netns_fd, call) if hook.on_container_side else call()
+
+    def ifindex(self, hook: Hook) -> int:
+        return self.peer_ifindex if hook.on_container_side else self.host_ifindex
+
+    def rtnl(self, hook: Hook) -> Rtnl:
+        return self.cont if hook.on_container_side else self.host
+
+
+# -- choosing ---------------------------------------------------------------
+
+
+def probe_netkit() -> OSError | None:
+    """Create and delete a throw-away netkit pair; the error if the kernel cannot."""
+    name, peer = f"ygprobe{os.getpid() % 100000}", f"ygprobp{os.getpid() % 100000}"
+    try:
+        with Rtnl() as nl:
+            nl.create_netkit(name, peer, None)
+            link = nl.link(name)
+            if link is not None:
+                nl.delete_link(link["index"])
+    except OSError as exc:
+        return exc
+    return None
+
+
+def netkit_supported(state_dir: str) -> bool:
+    """probe_netkit, remembered for this boot (stateDir is on tmpfs)."""
+    for answer in (True, False):
+        if os.path.exists(_marker(state_dir, answer)):
+            return answer
+    supported = probe_netkit() is None
+    os.makedirs(state_dir, exist_ok=True)
+    with open(_marker(state_dir, supported), "w"):
+        pass
+    return supported
+
+
+def _marker(state_dir: str, supported: bool) -> str:
+    return os.path.join(state_dir, "netkit.ok" if supported else "netkit.missing")
+
+
+def tcx_supported() -> bool:
+    """Asking which tcx programs `lo` has fails with EINVAL on kernels before 6.6."""
+    try:
+        bpf.prog_query(1, bpf.TCX_INGRESS)
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:
+            return False
+        raise
+    return True
+
+
+def resolve(mode: str, veth_attach: str, state_dir: str) -> Backend:
+    """The backend an ADD uses: the config's choice, else netkit where the kernel has it."""
+    if mode == "netkit" or (mode == "auto" and netkit_supported(state_dir)):
+        return NETKIT
+    if veth_attach == "auto":
+        return VETH_TCX if tcx_supported() else VETH_TC
+    return BY_ATTACH[veth_attach]
+
+
+# -- the device edge --------------------------------------------------------
+
+
+def create_pair(
+    backend: Backend, host: Rtnl, host_ifname: str, ifname: str, netns_fd: int, mtu: int | None
+) -> None:
+    """The pair, its peer already in the container's netns as `ifname`, closed to traffic."""
+    if backend.device == "netkit":
+        host.create_netkit(host_ifname, ifname, netns_fd, mtu)
+    else:
+        host.create_veth(host_ifname, ifname, netns_fd, mtu)
+
+
+# -- the attach edge --------------------------------------------------------
+
+
+def attach(backend: Backend, pins: Pins, pair: Pair) -> None:
+    """Attach the sender and the guard; pin the links (an unpinned link dies with this process)."""
+    os.makedirs(pins.links_dir, exist_ok=True)
+    for hook in backend.hooks:
+        prog_fd = bpf.obj_get(pins.prog(hook.program))
+        try:
+            if backend.pins_links:
+                _attach_link(pins, pair, hook, prog_fd)
+            else:
+                rtnl, index = pair.rtnl(hook), pair.ifindex(hook)
+                rtnl.add_clsact(index)
+                rtnl.add_bpf_filter(index, tc.INGRESS, prog_fd, f"yogurt_{hook.program}")
+        finally:
+            os.close(prog_fd)
+
+
+def _attach_link(pins: Pins, pair: Pair, hook: Hook, prog_fd: int) -> None:
+    index = pair.ifindex(hook)
+    link_fd = pair.on_side(hook, lambda: bpf.link_create(prog_fd, index, hook.attach_type))
+    try:
+        path = pins.link(pair.host_ifname, hook.name)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # a stale link of an earlier device with this name
+        bpf.obj_pin(link_fd, path)
+    finally:
+        os.close(link_fd)
+
+
+def attach_problems(backend: Backend, pins: Pins, pair: Pair) -> list[str]:
+    """What is wrong with the programs attached to an end ([] if all is well)."""
+    problems = []
+    for hook in backend.hooks:
+        want = program_id(pins, hook.program)
+        attached = attached_ids(backend, pair, hook)
+        if want not in attached:
+            side = "container" if hook.on_container_side else "host"
+            problems.append(
+                f"{hook.name} program (id {want}) is not attached to the {side}-side {backend.device} "
+                f"device by {backend.attach} (attached: {attached})"
+            )
+    return problems
+
+
+def attached_ids(backend: Backend, pair: Pair, hook: Hook) -> list[int]:
+    """IDs of the programs at a hook's place, as the kernel reports them."""
+    index = pair.ifindex(hook)
+    if backend.pins_links:
+        return pair.on_side(hook, lambda: bpf.prog_query(index, hook.attach_type))
+    return pair.rtnl(hook).bpf_filter_ids(index, tc.INGRESS)
