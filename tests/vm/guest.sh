@@ -1,8 +1,9 @@
 #!/bin/bash
 # Runs inside the VM (started by run.sh via vng --exec). $1 is the result dir,
 # the only host dir the guest can write: it holds env.sh and cmd.sh from the host,
-# and receives log (command output) and rc (exit code). The console is not
-# usable here, so the host reads those files instead of vng's output.
+# and receives log (command output), rc (exit code) and dmesg (kernel log).
+# The console is not usable for output here (run.sh sends it to console.log),
+# so the host reads those files instead.
 set -uo pipefail
 RES=$1
 exec >>"$RES/log" 2>&1
@@ -27,4 +28,5 @@ cd "$YOGURT_VM_REPO"
 
 bash "$RES/cmd.sh"
 echo $? >"$RES/rc.tmp" && mv "$RES/rc.tmp" "$RES/rc"
+dmesg >"$RES/dmesg" 2>&1
 sync

@@ -3,6 +3,10 @@
 # Boot the netkit-capable kernel from fetch-kernel.sh with virtme-ng (the
 # guest sees the host's files read-only) and run COMMAND as root in the repo
 # dir inside it. Streams the command's output and exits with its exit code.
+# The result dir also gets console.log (vng's and QEMU's messages plus the
+# guest's serial console: kernel log at loglevel 7) and dmesg (saved by guest.sh
+# after a normal run). If the guest dies without an exit code, the console's
+# tail is printed and the dir is kept.
 #
 # Env: YOGURT_VM_CPUS (2), YOGURT_VM_MEMORY (2G), YOGURT_VM_TIMEOUT (seconds, 2700),
 #      YOGURT_VM_KVM (auto|0|1), YOGURT_VM_ENV (extra var names to pass in),
@@ -44,7 +48,17 @@ if [ "$kvm" = auto ]; then
     kvm=0
     [ -w /dev/kvm ] && grep -qwE 'vmx|svm' /proc/cpuinfo && kvm=1
 fi
+# cgroup.memory=nokmem: under multi-threaded TCG (seen with QEMU 7.2 as in
+# Debian 12) the guest can die with "Oops: int3" at a jump-label site in
+# kmem_cache_alloc_noprof when kernel text patching of a static key (memcg's
+# kmem accounting key, flipped when the first memory cgroup is made, e.g. by
+# podman) races with the other vCPU. nokmem keeps that key from flipping at
+# runtime. (-accel tcg,thread=single also avoids the race, but serialises the
+# vCPUs.)
+# --verbose: the kernel console (loglevel 7) goes to vng's stderr, i.e. to
+# $RES/console.log, so a guest that dies leaves its last words there.
 vng_args=(-r "$vmlinuz" --cpus "${YOGURT_VM_CPUS:-2}" --memory "${YOGURT_VM_MEMORY:-2G}"
+    --append cgroup.memory=nokmem --verbose
     --rwdir="$RES" --exec "bash $(printf '%q ' "$HERE/guest.sh" "$RES")")
 [ "$kvm" = 1 ] || vng_args+=(--disable-kvm)
 # shellcheck disable=SC2206  # word splitting of extra args is intended
@@ -55,7 +69,7 @@ start=$SECONDS
 # timeout signals vng's whole process group, qemu included.
 # vng calls virtme-run via PATH, so its venv goes first, for vng only (the
 # venv's python3 must not shadow the guest command's).
-PATH="$VENV/bin:$PATH" timeout -k 15 "${YOGURT_VM_TIMEOUT:-2700}" vng "${vng_args[@]}" </dev/null >"$RES/vng.log" 2>&1 &
+PATH="$VENV/bin:$PATH" timeout -k 15 "${YOGURT_VM_TIMEOUT:-2700}" vng "${vng_args[@]}" </dev/null >"$RES/console.log" 2>&1 &
 vpid=$!
 trap 'kill "$vpid" 2>/dev/null || true' INT TERM
 # Stream the guest's output live; --pid makes tail do a last read once vng exits.
@@ -63,8 +77,18 @@ tail -n +1 -f --pid="$vpid" "$RES/log"
 wait "$vpid" && vrc=0 || vrc=$?
 
 if [ ! -s "$RES/rc" ]; then
-    log "no exit code from the guest after $((SECONDS - start))s (vng exit $vrc$([ "$vrc" = 124 ] && echo ', timed out')); vng output:"
-    tail -n 50 "$RES/vng.log" >&2
+    log "no exit code from the guest after $((SECONDS - start))s (vng exit $vrc$([ "$vrc" = 124 ] && echo ', timed out')); console:"
+    # From just before the first oops/panic line if there is one, else the tail.
+    first=$(grep -naE -m1 'Oops|BUG:|Kernel panic|general protection|Call Trace' "$RES/console.log" | cut -d: -f1 || true)
+    if [ -n "$first" ]; then
+        end=$((first + 70)); total=$(wc -l <"$RES/console.log")
+        sed -n "$((first > 10 ? first - 10 : 1)),${end}p" "$RES/console.log"
+        if [ "$total" -gt $((end + 5)) ]; then echo "[...]"; tail -n 5 "$RES/console.log"
+        elif [ "$total" -gt "$end" ]; then sed -n "$((end + 1)),\$p" "$RES/console.log"; fi
+    else
+        tail -n 60 "$RES/console.log"
+    fi | tr -d '\r' >&2
+    log "console and logs kept in $RES"
     exit 125
 fi
 rc=$(cat "$RES/rc")
