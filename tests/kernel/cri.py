@@ -9,10 +9,13 @@ node's own containerd (if any) and leaves nothing behind.
 It runs in a private mount namespace. There a private directory is
 bind-mounted over /var/lib, because libcni caches ADD results in
 /var/lib/cni, fixed, and fails an ADD it cannot cache (the VM's root is
-read-only). A bonus: every mount containerd makes (snapshots, the sandboxes'
-/dev/shm, network namespaces) lives and dies with that namespace. Those
-mounts are invisible from the host's mount namespace, so paths containerd
-reports (a sandbox's netns) are reached through /proc/<containerd>/root.
+read-only). So is one over /run/containerd, where containerd 1.6 puts its
+shims' sockets whatever its state dir: a host whose /run is a disk directory,
+not a tmpfs, would keep any a killed shim leaves. A bonus: every mount
+containerd makes (snapshots, the sandboxes' /dev/shm, network namespaces)
+lives and dies with that namespace. Those mounts are invisible from the
+host's mount namespace, so paths containerd reports (a sandbox's netns) are
+reached through /proc/<containerd>/root.
 
 The VM that runs the kernel tests emulates its CPU (~100x slower than
 native): every wait here is in minutes, and containerd's own shim timeouts
@@ -44,6 +47,7 @@ NAMESPACE = "k8s.io"  # the containerd namespace CRI works in
 PAUSE_REF = "localhost/yogurt-pause:1"
 DEADLINE = 600.0  # seconds, for any one CRI call or wait
 SHIM_SOCKETS = "/run/containerd/s"  # where containerd 1.6 puts shim sockets, whatever its state dir
+# (a private dir is mounted over /run/containerd; on the host only the mount point is made)
 TOOLS = ("containerd", "containerd-shim-runc-v2", "ctr", "crun", "unshare", "nsenter")
 # Plugins a CNI test never needs; fewer plugins, a faster start in the VM.
 DISABLED_PLUGINS = [
@@ -53,10 +57,13 @@ DISABLED_PLUGINS = [
     "io.containerd.snapshotter.v1.zfs",
     "io.containerd.internal.v1.tracing",
     "io.containerd.tracing.processor.v1.otlp",
+    # makes /opt/containerd/{bin,lib} on the host (its default path), for nothing a test uses
+    "io.containerd.internal.v1.opt",
 ]  # not runtime.v1.linux: the tasks service (and so CRI) fails to load without it
 
 
-# Run in the private mount namespace before containerd ($0: the /var/lib to use).
+# Run in the private mount namespace before containerd ($0: the /var/lib to
+# use, $1: the /run/containerd).
 # crun reads the cgroup layout even with cgroups disabled (it mounts
 # /sys/fs/cgroup into the container), and crun 1.8 fails every container on a
 # hybrid host whose cgroup v2 has a controller ("cgroups in hybrid mode not
@@ -66,6 +73,7 @@ DISABLED_PLUGINS = [
 # fresh cgroup2 mount over it, in this namespace only, is a layout crun takes.
 _PRIVATE_MOUNTS = """
 mount --bind "$0" /var/lib || exit
+mkdir -p /run/containerd && mount --bind "$1" /run/containerd && shift || exit
 [ "$(stat -f -c %T /sys/fs/cgroup)" = cgroup2fs ] || mount -t cgroup2 cgroup2 /sys/fs/cgroup || exit
 exec "$@"
 """
@@ -126,6 +134,7 @@ class Containerd:
         self.log_path = log_path or base / "containerd.log"
         self.config = base / "config.toml"
         self.var_lib = base / "var-lib"  # /var/lib for containerd and its children
+        self.run_dir = base / "run-containerd"  # their /run/containerd
         self.sockets: Path | None = None  # a short dir: unix socket paths have 107 bytes at most
         self.address = ""
         self.snapshotter = os.environ.get("YOGURT_CRI_SNAPSHOTTER", "")  # else: overlayfs if it works here
@@ -157,7 +166,7 @@ class Containerd:
         import grpc
 
         self.api, api_grpc = stubs()
-        for d in (self.cni_conf_dir, self.var_lib, self.base / "root", self.base / "state"):
+        for d in (self.cni_conf_dir, self.var_lib, self.run_dir, self.base / "root", self.base / "state"):
             d.mkdir(parents=True, exist_ok=True)
         self.sockets = Path(tempfile.mkdtemp(prefix="yogurt-ctrd-"))
         self.address = str(self.sockets / "containerd.sock")
@@ -166,7 +175,7 @@ class Containerd:
         _loopback_up()
         log = open(self.log_path, "ab")  # noqa: SIM115 - the daemon keeps it
         argv = ["unshare", "--mount", "--propagation", "private", "--",
-                "sh", "-c", _PRIVATE_MOUNTS, str(self.var_lib),
+                "sh", "-c", _PRIVATE_MOUNTS, str(self.var_lib), str(self.run_dir),
                 "containerd", "--config", str(self.config)]  # fmt: skip
         self.proc = subprocess.Popen(
             argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True

@@ -8,20 +8,33 @@ runs in one private mount namespace held open by a `sleep` process, where
   /var/lib/cni) and /var/tmp (where `podman import` stages) live on one tmpfs:
   the VM's root file system is read-only 9p, on which podman's bolt database
   fails anyway, and the tmpfs goes away with the namespace;
+- /run/netns (where podman binds the containers' network namespaces) and
+  /run/crun (crun's state) are on that tmpfs too: on a host whose /run is a
+  disk directory, not a tmpfs, nothing of them can outlive the test;
 - the cgroup v2 `unified` mount of a v1/v2 hybrid host is hidden, because crun
   refuses hybrid mode, and a cgroup2 is mounted where there is none at all.
 
+Containers run without cgroups (`cgroups = "disabled"`, as the containerd
+harness runs crun): the node's cgroups are not the test's, and with them
+podman would leave its libpod_parent/ cgroups behind in every v1 hierarchy of
+the host (and, in the VM, flip memcg's kmem static key: see tests/vm/run.sh).
+
 Being one namespace for all commands matters: `podman run -d` mounts the
-container's root there and `podman stop` later unmounts it there.
+container's root there and `podman stop` later unmounts it there. Leaving it
+waits until every process in it has ended (conmon and the `podman container
+cleanup` it runs outlive `podman rm`), killing those that will not: then the
+namespace, and every mount in it, is gone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +46,12 @@ set -eu
 if mountpoint -q /sys/fs/cgroup/unified; then umount /sys/fs/cgroup/unified; fi
 mountpoint -q /sys/fs/cgroup || mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t tmpfs -o mode=0700 podman "$0"
-mkdir -p "$0/storage" "$0/run" "$0/libpod" "$0/var-lib/cni" "$0/var-tmp"
+mkdir -p "$0/storage" "$0/run" "$0/libpod" "$0/var-lib/cni" "$0/var-tmp" "$0/netns" "$0/crun"
 mount --bind "$0/var-lib" /var/lib
 mount --bind "$0/var-tmp" /var/tmp
+mkdir -p /run/netns /run/crun
+mount --bind "$0/netns" /run/netns
+mount --bind "$0/crun" /run/crun
 echo ready
 exec sleep infinity
 """
@@ -60,6 +76,9 @@ class Podman:
 # (Debian's own containers.conf, which this file replaces, does the same).
 default_sysctls = ["net.ipv4.ping_group_range=0 0"]
 default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
+# No cgroups: crun runs the containers with --cgroup-manager=disabled and
+# conmon stays where it is (see the module docstring).
+cgroups = "disabled"
 
 [network]
 network_backend = "cni"
@@ -85,6 +104,8 @@ runroot = "{self.tmpfs}/run"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
         self.env.update(CONTAINERS_CONF=str(conf), CONTAINERS_STORAGE_CONF=str(storage))
         self.holder: subprocess.Popen[str] | None = None
+        self.mnt_ns = ""  # the namespace's /proc/<pid>/ns/mnt link
+        self.survivors: list[str] = []  # processes that had to be killed on exit (a clean run: none)
 
     def __enter__(self) -> Podman:
         argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", _HOLDER, str(self.tmpfs)]
@@ -94,15 +115,46 @@ runroot = "{self.tmpfs}/run"
             self.holder.kill()
             _, err = self.holder.communicate()
             raise RuntimeError(f"podman's mount namespace: {err.strip()}")
+        self.mnt_ns = os.readlink(f"/proc/{self.holder.pid}/ns/mnt")
         return self
 
     def __exit__(self, *exc: object) -> None:
+        assert self.holder is not None
+        holder = self.holder.pid
+        # Open, the namespace's file keeps the namespace and so its inode
+        # number (which `mnt_ns` names) from going to another one meanwhile.
+        pin = os.open(f"/proc/{holder}/ns/mnt", os.O_RDONLY) if self.holder.poll() is None else -1
         try:
-            self("rm", "--all", "--force", "--time", "0", check=False)
+            try:
+                self("rm", "--all", "--force", "--time", "0", check=False)
+                _wait_gone(lambda: self._processes().keys() - {holder}, timeout=300)
+            finally:
+                self.holder.send_signal(signal.SIGKILL)
+                self.holder.wait()
+                found = self._processes()
+                self.survivors += [f"{pid} {cmd}" for pid, cmd in found.items()]
+                for pid in found:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                _wait_gone(lambda: self._processes().keys(), timeout=60)
         finally:
-            assert self.holder is not None
-            self.holder.send_signal(signal.SIGKILL)
-            self.holder.wait()
+            if pin >= 0:
+                os.close(pin)
+
+    def _processes(self) -> dict[int, str]:
+        """pid -> command line of every live process in the namespace (the holder's too)."""
+        found = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:  # a zombie has left its namespaces: readlink fails for it
+                if os.readlink(f"/proc/{entry}/ns/mnt") != self.mnt_ns:
+                    continue
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    found[int(entry)] = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            except OSError:
+                continue  # gone meanwhile
+        return found
 
     def _argv(self, args: tuple[str, ...]) -> list[str]:
         assert self.holder is not None, "use Podman as a context manager"
@@ -135,3 +187,10 @@ runroot = "{self.tmpfs}/run"
         assert self.holder is not None
         results = Path(f"/proc/{self.holder.pid}/root/var/lib/cni/results")
         return sorted(p.name for p in results.iterdir()) if results.exists() else []
+
+
+def _wait_gone(pids: Callable[[], Iterable[int]], timeout: float) -> None:
+    """Until pids() is empty, or timeout seconds have passed."""
+    end = time.monotonic() + timeout
+    while any(True for _ in pids()) and time.monotonic() < end:
+        time.sleep(0.1)

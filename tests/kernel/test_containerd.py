@@ -22,6 +22,7 @@ from conftest import BINARY, Node, binary_bin_dir, ifindex, plugin_log, require_
 
 from cni_yogurt.line import naming
 
+pytestmark = pytest.mark.runtime  # the plugin picks its backend, as on a node
 require_binary("test_containerd.py")
 if cri.missing():
     pytest.fail("test_containerd.py: " + "; ".join(cri.missing()), pytrace=False)

@@ -10,12 +10,14 @@ in the ADD result (a netkit device in L3 mode has the all-zero one).
 
 from __future__ import annotations
 
+import pytest
 from conftest import Node, ifindex, require_binary
 from images import rootfs_tar
 from podman import Podman
 
 from cni_yogurt.line import naming
 
+pytestmark = pytest.mark.runtime  # the plugin picks its backend, as on a node
 require_binary("test_podman.py", ("podman", "install Debian's podman (4.x), without netavark"))
 
 IMAGE = "localhost/yogurt-busybox:1"
@@ -62,6 +64,8 @@ def test_podman_containers_talk_over_the_line_and_leave_nothing(node: Node) -> N
             left = podman("ps", "--all", "--format", "{{.Names}}").stdout.split()
             assert name not in left, f"--rm did not remove {name}"
         assert podman.cached_results() == []
+    # Leaving waited for every process of podman's namespace (conmon, its cleanup) to end by itself.
+    assert not podman.survivors, f"processes of podman survived it: {podman.survivors}"
 
     # ADD and DEL of both containers reached dist/yogurt and succeeded.
     seen = node.plugin_events(set(ids))
