@@ -50,7 +50,7 @@ def demo(keep: bool = False) -> int:
         print(kind.detail if not kind.ok else "host-local IPAM plugin not found")
         print("fix:", kind.fix if not kind.ok else "apt-get install containernetworking-plugins")
         return 1
-    print(f"yogurt phone demo on Linux {os.uname().release}, backend: {kind.detail}")
+    print(f"yogurt phone demo, backend: {kind.detail}")
     report = Report()
     conf = _conf(tempfile.mkdtemp(prefix="yogurt-demo-ipam-"))
     one, two = yogurts = [lab.Netns("yogurt-1"), lab.Netns("yogurt-2")]
