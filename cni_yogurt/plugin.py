@@ -253,15 +253,26 @@ def status(inv: Invocation) -> None:
 
 
 def gc(inv: Invocation) -> None:
-    """Remove every end, link pin and device the runtime no longer knows."""
+    """Remove every end, link pin, device and IP lease the runtime no longer knows."""
     conf, log = inv.conf, inv.log
     valid = {attachment_key(c, i) for c, i in conf.valid_attachments or ()}
     pins, registry = Pins.under(conf.bpffs_dir), Registry(conf.state_dir)
+    ipam = _ipam(inv)
     ends = registry.snapshot().values()
     stale = [e for e in ends if e.network == conf.name and e.key not in valid]
     keep = {e.host_ifname for e in ends if e.network != conf.name or e.key in valid}
+    failed: list[str] = []
     with Rtnl() as host:
         for end in stale:
+            if ipam is not None:
+                # The lease first: an end whose lease cannot be released stays, for the next GC.
+                try:
+                    ipam.release(end.container_id, end.ifname)
+                except CNIError as err:
+                    log.error("gc: IPAM DEL failed", end=end.key, error=err.msg, details=err.details)
+                    failed.append(f"{end.key}: {err.msg}")
+                    keep.add(end.host_ifname)
+                    continue
             wiring.leave(registry, pins, end.key)
             log.info("gc: removed end", end=end.key, line=end.line)
         # Devices and pins no line knows of: left by a crash, or by ends just removed.
@@ -272,6 +283,7 @@ def gc(inv: Invocation) -> None:
                     host.delete_link(link["index"])
     for name in datapath.pinned_link_names(pins) - keep:
         datapath.detach(pins, name)
-    ipam = _ipam(inv)
+    if failed:
+        raise CNIError(Code.IPAM_FAILED, "GC could not release every IP lease", "; ".join(failed))
     if ipam is not None:
         ipam.gc()

@@ -7,6 +7,7 @@ passed on to the runtime unchanged.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -145,6 +146,19 @@ class IPAM:
 
     def delete(self) -> None:
         self._run("DEL")
+
+    def release(self, container_id: str, ifname: str) -> None:
+        """DEL for another attachment than this invocation's: what GC owes an end it removes,
+        since a delegate older than 1.1.0 (Debian 12's host-local) has no GC of its own."""
+        other = copy.copy(self)
+        other._environ = {
+            **self._environ,
+            "CNI_CONTAINERID": container_id,
+            "CNI_IFNAME": ifname,
+            "CNI_NETNS": "",
+            "CNI_ARGS": "",
+        }
+        other._run("DEL")
 
     def check(self) -> None:
         self._run("CHECK")
