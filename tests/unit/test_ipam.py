@@ -116,6 +116,25 @@ def test_host_local_second_container_gets_other_addresses(tmp_path: Path, host_l
     assert len(leases(tmp_path)) == 4
 
 
+def test_release_frees_another_attachments_leases(tmp_path: Path, host_local: Path) -> None:
+    """What GC does for each end it removes, with Debian's host-local (which has no GC)."""
+    conf = host_local_conf("1.1.0", tmp_path)
+    delegate(conf, host_local.parent).add()  # ctr-1/eth0
+    environ = {
+        **ENVIRON,
+        "CNI_CONTAINERID": "ctr-2",
+        "CNI_COMMAND": "ADD",
+        "CNI_PATH": str(host_local.parent),
+    }
+    data = json.dumps(conf).encode()
+    IPAM(netconf.parse(conf), parse_env(environ), environ, data).add()
+    assert sorted(set(leases(tmp_path).values())) == ["ctr-1\neth0", "ctr-2\neth0"]
+    gc_environ = {"CNI_COMMAND": "GC", "CNI_PATH": str(host_local.parent)}
+    gc = IPAM(netconf.parse(conf), parse_env(gc_environ), gc_environ, data)
+    gc.release("ctr-2", "eth0")
+    assert set(leases(tmp_path).values()) == {"ctr-1\neth0"}
+
+
 def test_host_local_error_passed_through(tmp_path: Path, host_local: Path) -> None:
     conf = conf_with_ipam({"type": "host-local", "dataDir": str(tmp_path), "ranges": "nope"})
     err = ipam_error(delegate(conf, host_local.parent).add)
