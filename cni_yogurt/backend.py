@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from cni_yogurt.datapath import Pins, program_id
+from cni_yogurt.faults import crash_point
 from cni_yogurt.kernel import bpf, tc
 from cni_yogurt.kernel.netlink import Rtnl
 from cni_yogurt.kernel.netns import create_in
@@ -173,6 +174,7 @@ def attach(backend: Backend, pins: Pins, pair: Pair) -> None:
                 rtnl.add_bpf_filter(index, tc.INGRESS, prog_fd, f"yogurt_{hook.program}")
         finally:
             os.close(prog_fd)
+        crash_point(f"add:link-{hook.name}")
 
 
 def _attach_link(pins: Pins, pair: Pair, hook: Hook, prog_fd: int) -> None:

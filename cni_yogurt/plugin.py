@@ -24,6 +24,7 @@ from cni_yogurt.cni.ipam import IPAM, find_plugin
 from cni_yogurt.cni.result import Interface, IPConfig, Result, parse_result
 from cni_yogurt.cni.skel import Invocation
 from cni_yogurt.datapath import PairMap, Pins
+from cni_yogurt.faults import crash_point
 from cni_yogurt.kernel.netlink import Rtnl, link_kind
 from cni_yogurt.kernel.netns import open_netns
 from cni_yogurt.line import naming, wiring
@@ -68,6 +69,7 @@ def add(inv: Invocation) -> Result:
     try:
         wiring.reserve(registry, end)
         undo.append(("leave line", lambda: wiring.leave(registry, pins, end.key)))
+        crash_point("add:reserved")
         try:
             datapath.ensure_loaded(pins, conf.state_dir)
         except Exception as exc:
@@ -84,6 +86,7 @@ def add(inv: Invocation) -> Result:
         assert host_link is not None and cont_link is not None
         end.host_ifindex, end.peer_ifindex = host_link["index"], cont_link["index"]
         undo.append(("delete device", lambda: host.delete_link(end.host_ifindex)))
+        crash_point("add:device")
 
         undo.append(("detach programs", lambda: datapath.detach(pins, host_ifname)))
         pair = backend.Pair(host_ifname, end.host_ifindex, end.peer_ifindex, host, cont, netns_fd)
@@ -97,8 +100,11 @@ def add(inv: Invocation) -> Result:
         if ipam is not None:
             ipam_result = ipam.add()
             undo.append(("IPAM DEL", ipam.delete))
+            crash_point("add:ipam")
         _configure_container(cont, end.peer_ifindex, ipam_result)
+        crash_point("add:configured")
         partner = wiring.connect(registry, pins, end)
+        crash_point("add:wired")
     except BaseException:
         for what, step in reversed(undo):
             try:
@@ -151,20 +157,28 @@ def _configure_container(cont: Rtnl, index: int, ipam_result: Result) -> None:
 
 
 def delete(inv: Invocation) -> None:
-    """Idempotent: succeeds for a gone netns, a gone device or an attachment never added."""
+    """Idempotent: succeeds for a gone netns, a gone device or an attachment never added.
+
+    The end stays on record (marked leaving) until device, pins and lease are gone:
+    killed half-way, the next DEL or a GC still finds what to clean up."""
     env, conf = inv.env, inv.conf
     pins, registry = Pins.under(conf.bpffs_dir), Registry(conf.state_dir)
     host_ifname = naming.host_ifname(env.container_id, env.ifname)
+    key = attachment_key(env.container_id, env.ifname)
     with Rtnl() as host:
         link = host.link(host_ifname)
         index = link["index"] if link is not None and link_kind(link) in backend.DEVICE_KINDS else 0
-        wiring.leave(registry, pins, attachment_key(env.container_id, env.ifname), index)
+        wiring.hang_up(registry, pins, key, index)
+        crash_point("del:left")
         datapath.detach(pins, host_ifname)
+        crash_point("del:detached")
         if index:
             host.delete_link(index)  # takes the container end with it
+        crash_point("del:device")
     ipam = _ipam(inv)
     if ipam is not None:
         ipam.delete()
+    wiring.forget(registry, key)
 
 
 def check(inv: Invocation) -> None:

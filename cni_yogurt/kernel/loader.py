@@ -11,6 +11,7 @@ import os
 import secrets
 from pathlib import Path
 
+from cni_yogurt.faults import crash_point
 from cni_yogurt.kernel import bpf, headers
 
 SOURCE_NAME = "yogurt.bpf.c"
@@ -47,6 +48,7 @@ def compile_and_pin(map_pin: str, programs: dict[str, str], cache_dir: str) -> N
     try:
         loaded = {pin: module.load_func(fn, bcc.BPF.SCHED_CLS) for pin, fn in programs.items()}
         bpf.obj_pin(module[MAP_NAME].map_fd, map_pin)
+        crash_point("add:loading")
         for pin, fn in loaded.items():
             bpf.obj_pin(fn.fd, pin)
     finally:

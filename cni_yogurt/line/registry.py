@@ -29,6 +29,7 @@ class End:
     host_ifindex: int = 0
     peer_ifindex: int = 0
     ready: bool = False  # device, programs and addresses are in place
+    leaving: bool = False  # DEL has hung it up and is tearing it down
     device: str = "netkit"  # backend: the pair's link kind, "netkit" | "veth"
     attach: str = "netkit"  # how its programs attach: "netkit" | "tcx" | "tc"
 
@@ -80,4 +81,5 @@ class Registry:
 
 
 def others_on_line(ends: dict[str, End], end: End) -> list[End]:
-    return [e for e in ends.values() if e.line == end.line and e.key != end.key]
+    """The other ends that hold a place on this end's line (one being deleted holds none)."""
+    return [e for e in ends.values() if e.line == end.line and e.key != end.key and not e.leaving]

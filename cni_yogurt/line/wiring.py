@@ -42,8 +42,27 @@ def connect(registry: Registry, pins: Pins, end: End) -> End | None:
         return partner
 
 
+def hang_up(registry: Registry, pins: Pins, key: str, host_ifindex: int = 0) -> None:
+    """DEL's first step: cut the end's map entries, so the partner fails closed at once, and
+    keep its record, marked leaving, until the device and the lease are gone too (forget):
+    a DEL killed half-way leaves an end that GC still knows to clean up."""
+    with registry.transaction() as ends:
+        end = ends.get(key)
+        ifindex = end.host_ifindex if end is not None else host_ifindex
+        if ifindex and pins.loaded():
+            with PairMap(pins) as pairs:
+                pairs.cut(ifindex)
+        if end is not None:
+            end.ready, end.leaving = False, True
+
+
+def forget(registry: Registry, key: str) -> None:
+    with registry.transaction() as ends:
+        ends.pop(key, None)
+
+
 def leave(registry: Registry, pins: Pins, key: str, host_ifindex: int = 0) -> End | None:
-    """Drop an end: its map entries go first, so the partner fails closed at once."""
+    """Drop an end at once: its map entries go first, so the partner fails closed at once."""
     with registry.transaction() as ends:
         end = ends.pop(key, None)
         ifindex = end.host_ifindex if end is not None else host_ifindex
