@@ -9,7 +9,7 @@ KERNEL_RUN = $(if $(filter 1,$(HAVE_NETKIT)),,bash tests/vm/run.sh)
 # What only netkit shows, in the VM: the wire, the verbs, lines, and one real runtime.
 VM_TESTS = tests/kernel/test_wire.py tests/kernel/test_verbs.py tests/kernel/test_lines.py tests/kernel/test_cnitool.py
 
-.PHONY: deps venv lint unit kernel kernel-native kernel-vm test demo binary cnitool cri-stubs bench clean
+.PHONY: deps venv lint unit kernel kernel-native kernel-vm test demo binary cnitool cri-stubs bench bench-deps bench-vm clean
 
 deps:  ## system packages (Debian/Ubuntu); the VM's kernel comes in tests/vm/fetch-kernel.sh
 	@bash packaging/install-deps.sh
@@ -57,8 +57,21 @@ cnitool:  ## .cache/cnitool/bin/cnitool, built offline from Debian's golang-gith
 cri-stubs: venv  ## .cache/cri/api_pb2*.py: CRI client from Debian trixie's cri-api proto (test_containerd.py)
 	@bash packaging/build-cri-stubs.sh >/dev/null
 
-bench: binary  ## sizes, VERSION and ADD/DEL times vs ptp; ADD/DEL where netkit is (else in the VM)
-	$(KERNEL_RUN) $(PY) packaging/bench.py $(BENCH_ARGS)
+# The bench installs its own tools (not install-deps.sh: the tests need none of them).
+BENCH_APT = iperf3 sockperf
+bench-deps: venv
+	@command -v iperf3 >/dev/null && command -v sockperf >/dev/null || { export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -q $(BENCH_APT) >/dev/null || { apt-get update -q && apt-get install -y -q $(BENCH_APT); }; }
+	@$(PY) -c 'import matplotlib' 2>/dev/null || \
+		$(PY) -m pip install -q -e '.[bench]' --config-settings editable_mode=compat
+
+bench: bench-deps binary  ## natively, yogurt vs ptp + host-local: verbs, 500 lines, 200 parallel ADDs, the wire -> docs/bench/
+	$(PY) packaging/bench.py $(BENCH_ARGS)
+
+# In the VM every exec takes seconds: the wire only, fewer and shorter rounds.
+BENCH_VM_ARGS ?= --only wire --wire-rounds 5 --wire-seconds 5 --rr-seconds 2
+bench-vm: bench-deps binary  ## the wire on netkit, in the emulated VM -> docs/bench/vm/
+	bash tests/vm/run.sh $(PY) packaging/bench.py --out docs/bench/vm $(BENCH_VM_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache build dist *.egg-info

@@ -1,290 +1,207 @@
-"""Side-by-side start-up and ADD/DEL figures: yogurt (venv, one-file binary) vs the reference ptp plugin.
+"""yogurt against the reference ptp + host-local, side by side in one run: verbs, scale, the wire.
 
-Run as root with the venv's python:
+Run as root with the venv's python (`make bench` installs iperf3, sockperf and
+matplotlib first):
 
-    .venv/bin/python packaging/bench.py [--json [FILE]] [-n RUNS] [-c CYCLES]
+    .venv/bin/python packaging/bench.py [--out DIR] [--only version,verbs,scale,burst,wire] ...
 
-Every plugin is exec'd exactly as a runtime execs it (cni_yogurt.lab.run_plugin),
-so the figures include process start-up, which is most of what a CNI plugin costs.
-yogurt's ADD/DEL need netkit; on a kernel without it they are skipped (ptp's
-still run): run it in the VM for everything
-(`bash tests/vm/run.sh .venv/bin/python packaging/bench.py`).  Emulation makes
-every absolute time there slow, which is why ptp runs side by side.
+Natively it measures the backend this kernel gives yogurt (netkit where the
+kernel has it, else veth); in the netkit VM (`make bench-vm`) the same code
+runs, where only ratios mean anything.  Figures (every one an exec, as a
+runtime does it, plugins taking turns in every round):
+
+  VERSION, ADD, CHECK, DEL, DEL of nothing: venv entry point, dist/yogurt, ptp (+ `python3 -c pass`);
+  ADD/DEL with N lines (2N ends) already up on the node;  GC with those 2N stale ends;
+  200 ADDs for 100 lines, 20 at a time (wired right? leftovers after 200 DELs?), against ptp;
+  the wire: iperf3 + sockperf between two containers on a line vs two ptp containers.
+
+Writes bench.md, bench.json and bench.png into --out (docs/bench by default).
+Everything it makes (netns `ybn*`, networks `ybench-*`, its own bpffs/state dirs,
+subnets 10.201-203.0.0/16) is removed at the end, even after a failure.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import shutil
-import statistics
+import platform
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # the checkout's cni_yogurt, even without the editable install
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path[:0] = [str(REPO), str(HERE)]  # the checkout's cni_yogurt; the bench_* modules
 
-from cni_yogurt import health, lab  # noqa: E402
-from cni_yogurt.datapath import Pins, unload  # noqa: E402
+import bench_report  # noqa: E402
+import bench_verbs  # noqa: E402
+import bench_wire  # noqa: E402
+from bench_verbs import BenchError, Plugin, Samples, log, timed  # noqa: E402
 
-VM_HINT = "bash tests/vm/run.sh .venv/bin/python packaging/bench.py"
+from cni_yogurt import backend, health, lab  # noqa: E402
 
-
-class BenchError(RuntimeError):
-    pass
-
-
-@dataclass
-class Plugin:
-    key: str
-    label: str
-    exe: list[str]
-    type: str  # the netconf "type": yogurt or ptp
-    subnet: str
-    size: int | None  # bytes to ship; None for the venv (an interpreter plus packages)
-    figures: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def is_yogurt(self) -> bool:
-        return self.type == "yogurt"
+SECTIONS = ("version", "verbs", "scale", "burst", "wire")
 
 
-def stats(seconds: list[float]) -> dict[str, float]:
-    ms = [s * 1000 for s in seconds]
+def machine() -> dict[str, Any]:
+    cpu = "unknown CPU"
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    os_name = platform.system()
+    with contextlib.suppress(OSError):
+        os_name = platform.freedesktop_os_release()["PRETTY_NAME"]
+    if health.probe_netkit().ok:
+        kind = "netkit"
+    else:
+        kind = "veth + tcx" if backend.tcx_supported() else "veth + tc (clsact)"
     return {
-        "mean_ms": round(statistics.mean(ms), 1),
-        "median_ms": round(statistics.median(ms), 1),
-        "n": len(ms),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "os": os_name,
+        "kernel": platform.release(),
+        "backend": kind,
+        "where": "emulated VM (no KVM)" if os.environ.get("YOGURT_VM_REPO") else "native",
     }
 
 
-def timed(command: str, plugin: Plugin, conf: dict[str, Any], **kw: Any) -> float:
-    start = time.perf_counter()
-    run = lab.run_plugin(command, conf, exe=plugin.exe, **kw)
-    elapsed = time.perf_counter() - start
-    if run.rc != 0:
-        raise BenchError(f"{plugin.label} {command} failed (rc {run.rc}): {run.out} {run.stderr.strip()}")
-    return elapsed
-
-
-def bench_version(found: list[Plugin], runs: int) -> None:
-    conf = {"cniVersion": "1.0.0"}
-    times: dict[str, list[float]] = {p.key: [] for p in found}
-    for i in range(3 + runs):
-        # Round robin, so a burst of load on the machine hits every plugin alike;
-        # the first rounds only warm the page cache (a node execs a plugin it has run before).
-        for plugin in found:
-            elapsed = timed("VERSION", plugin, conf)
-            if i >= 3:
-                times[plugin.key].append(elapsed)
-    for plugin in found:
-        plugin.figures["version"] = stats(times[plugin.key])
-
-
-@contextmanager
-def scratch(plugin: Plugin) -> Iterator[dict[str, Any]]:
-    """A network config with its own IPAM dataDir (and, for yogurt, bpffs/state dirs), removed afterwards."""
-    tmp = tempfile.mkdtemp(prefix=f"yogurt-bench-{plugin.key}-")
-    conf: dict[str, Any] = {
-        "cniVersion": "1.0.0",
-        "name": f"bench-{plugin.key}",
-        "type": plugin.type,
-        "ipam": {"type": "host-local", "dataDir": f"{tmp}/ipam", "ranges": [[{"subnet": plugin.subnet}]]},
-    }
-    # IPv4 only: ptp waits for IPv6 DAD to settle, which would measure a timer, not the plugin.
-    if plugin.is_yogurt:
-        conf.update(
-            bpffsDir=f"/sys/fs/bpf/cni-yogurt-bench-{plugin.key}",
-            stateDir=f"/run/cni-yogurt-bench-{plugin.key}",
-            logFile=f"{tmp}/yogurt.log",
-        )
-        pins = Pins.under(conf["bpffsDir"])
-        unload(pins)  # left by an interrupted run: the first ADD must find nothing pinned
-        shutil.rmtree(conf["stateDir"], ignore_errors=True)
-    try:
-        yield conf
-    finally:
-        if plugin.is_yogurt:
-            unload(pins)
-            shutil.rmtree(conf["bpffsDir"], ignore_errors=True)
-            shutil.rmtree(conf["stateDir"], ignore_errors=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def cycle(plugin: Plugin, conf: dict[str, Any], cni_path: str, tag: str) -> tuple[list[float], list[float]]:
-    """Two containers on one network (for yogurt: both ends of one line): ADD both, DEL both."""
-    pair = [lab.Netns(f"ygb{os.getpid() % 100000}{tag}{i}") for i in (1, 2)]
-    adds: list[float] = []
-    dels: list[float] = []
-    added: list[lab.Netns] = []
-    try:
-        for ns in pair:
-            ns.create()
-            added.append(ns)  # before ADD: a failed ADD may leave state that DEL must clear
-            adds.append(timed("ADD", plugin, conf, container_id=ns.name, netns=ns.path, cni_path=cni_path))
-        while added:
-            ns = added.pop()
-            dels.append(timed("DEL", plugin, conf, container_id=ns.name, netns=ns.path, cni_path=cni_path))
-    finally:
-        for ns in reversed(added):  # only after a failure; DEL is idempotent
-            lab.run_plugin(
-                "DEL", conf, exe=plugin.exe, container_id=ns.name, netns=ns.path, cni_path=cni_path
-            )
-        for ns in pair:
-            ns.delete()
-    return adds, dels
-
-
-def bench_add_del(found: list[Plugin], cycles: int, cni_path: str) -> None:
-    with ExitStack() as stack:
-        confs = {p.key: stack.enter_context(scratch(p)) for p in found}
-        # A warm-up cycle each; for yogurt its first ADD is the cold path (bcc
-        # compiles and pins the programs), which a node pays once per boot.
-        for plugin in found:
-            print(f"bench: {plugin.label}: first ADD/DEL", file=sys.stderr, flush=True)
-            adds, _ = cycle(plugin, confs[plugin.key], cni_path, f"{plugin.key}w")
-            if plugin.is_yogurt:
-                plugin.figures["first_add"] = stats(adds[:1])
-        all_adds: dict[str, list[float]] = {p.key: [] for p in found}
-        all_dels: dict[str, list[float]] = {p.key: [] for p in found}
-        for i in range(cycles):
-            print(f"bench: ADD/DEL cycle {i + 1}/{cycles}", file=sys.stderr, flush=True)
-            for plugin in found:  # round robin, as for VERSION
-                adds, dels = cycle(plugin, confs[plugin.key], cni_path, f"{plugin.key}{i}")
-                all_adds[plugin.key] += adds
-                all_dels[plugin.key] += dels
-    for plugin in found:
-        adds, dels = all_adds[plugin.key], all_dels[plugin.key]
-        plugin.figures["add"] = stats(adds)
-        plugin.figures["del"] = stats(dels)
-        # One container's whole life: its ADD plus its DEL.
-        plugin.figures["add_del"] = stats([a + d for a, d in zip(adds, dels, strict=True)])
-
-
-def plugins(binary: Path, ptp: Path | None) -> tuple[list[Plugin], list[str]]:
-    found: list[Plugin] = []
-    notes: list[str] = []
-    venv_yogurt = Path(sys.prefix, "bin", "yogurt")
-    if not venv_yogurt.exists():
-        venv_yogurt = REPO / ".venv" / "bin" / "yogurt"
-    found.append(Plugin("venv", "yogurt (venv)", [str(venv_yogurt)], "yogurt", "10.231.0.0/24", None))
+def plugins(binary: Path) -> list[Plugin]:
+    found = []
+    entry = Path(sys.prefix, "bin", "yogurt")
+    if not entry.exists():
+        entry = REPO / ".venv" / "bin" / "yogurt"
+    found.append(Plugin("venv", "yogurt (entry point)", [str(entry)], "yogurt", "10.201.0.0/16"))
     if binary.exists():
         found.append(
-            Plugin("bin", "yogurt (binary)", [str(binary)], "yogurt", "10.232.0.0/24", binary.stat().st_size)
+            Plugin(
+                "bin", "yogurt (dist/yogurt)", [str(binary)], "yogurt", "10.202.0.0/16", binary.stat().st_size
+            )
         )
     else:
-        notes.append(f"{binary} missing: `make binary` builds it")
-    if ptp is not None:
-        found.append(Plugin("ptp", "ptp (reference)", [str(ptp)], "ptp", "10.233.0.0/24", ptp.stat().st_size))
-    else:
-        notes.append("ptp not found: apt-get install containernetworking-plugins")
-    return found, notes
-
-
-def find_ptp() -> Path | None:
-    for directory in lab.CNI_PATH_DEFAULT.split(":"):
-        if os.access(path := os.path.join(directory, "ptp"), os.X_OK):
-            return Path(path)
-    return None
-
-
-def fmt_ms(fig: dict[str, float] | None) -> str:
-    """mean / median, in ms, or in s once emulation makes them long."""
-    if fig is None:
-        return "-"
-    scale, unit = (1000, "s") if fig["mean_ms"] >= 1000 else (1, "ms")
-    mean, median = fig["mean_ms"] / scale, fig["median_ms"] / scale
-    if fig["n"] == 1:
-        return f"{mean:.1f} {unit}"
-    return f"{mean:.1f} / {median:.1f} {unit}" if unit == "ms" else f"{mean:.2f} / {median:.2f} {unit}"
-
-
-def table(found: list[Plugin]) -> str:
-    rows = [
-        ("", [p.label for p in found]),
-        ("size", [f"{p.size / 2**20:.1f} MiB" if p.size else "- (python + venv)" for p in found]),
-        ("VERSION mean / median", [fmt_ms(p.figures.get("version")) for p in found]),
-    ]
-    if any("add" in p.figures for p in found):
-        rows += [
-            ("ADD mean / median", [fmt_ms(p.figures.get("add")) for p in found]),
-            ("DEL mean / median", [fmt_ms(p.figures.get("del")) for p in found]),
-            ("ADD+DEL mean / median", [fmt_ms(p.figures.get("add_del")) for p in found]),
-            ("first ADD after boot", [fmt_ms(p.figures.get("first_add")) for p in found]),
-        ]
-    width = [max(len(r[0]) for r in rows)] + [max(len(r[1][i]) for r in rows) for i in range(len(found))]
-    lines = [
-        "  ".join(c.ljust(w) for c, w in zip([name, *cells], width, strict=True)) for name, cells in rows
-    ]
-    return "\n".join(line.rstrip() for line in lines)
+        log(f"{binary} missing (`make binary`): no one-file figures")
+    ptp = next(
+        (Path(d, "ptp") for d in lab.CNI_PATH_DEFAULT.split(":") if os.access(Path(d, "ptp"), os.X_OK)), None
+    )
+    if ptp is None:
+        raise BenchError("ptp not found: apt-get install containernetworking-plugins")
+    found.append(Plugin("ptp", "ptp + host-local", [str(ptp)], "ptp", "10.203.0.0/16", ptp.stat().st_size))
+    return found
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("-n", "--runs", type=int, default=30, help="VERSION execs per plugin (default 30)")
-    parser.add_argument(
-        "-c", "--cycles", type=int, default=10, help="ADD/DEL cycles of 2 containers (default 10)"
-    )
-    parser.add_argument("--binary", type=Path, default=REPO / "dist" / "yogurt", help="the one-file binary")
-    parser.add_argument(
-        "--json",
-        nargs="?",
-        const="-",
-        metavar="FILE",
-        help="figures as JSON: on stdout instead of the table, or into FILE as well",
-    )
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "bench")
+    parser.add_argument("--binary", type=Path, default=REPO / "dist" / "yogurt")
+    parser.add_argument("--only", default=",".join(SECTIONS), help=f"sections, of {','.join(SECTIONS)}")
+    parser.add_argument("-n", "--rounds", type=int, default=30, help="rounds of VERSION and of ADD/CHECK/DEL")
+    parser.add_argument("--lines", type=int, default=500, help="lines already up for the scale figures")
+    parser.add_argument("--burst", type=int, default=200, help="parallel ADDs (two per line), 20 at a time")
+    parser.add_argument("--wire-rounds", type=int, default=10)
+    parser.add_argument("--wire-seconds", type=int, default=10, help="iperf3 run length")
+    parser.add_argument("--rr-seconds", type=int, default=3, help="sockperf ping-pong run length")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench needs root (netns, netlink, bpf)", file=sys.stderr)
         return 1
-
-    found, notes = plugins(args.binary, find_ptp())
-    netkit = health.probe_netkit()
+    only = set(args.only.split(","))
+    if unknown := only - set(SECTIONS):
+        parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
     cni_path = lab.have_host_local()
-    report: dict[str, Any] = {"kernel": os.uname().release, "runs": args.runs, "cycles": args.cycles}
     if cni_path is None:
-        notes.append(
-            "no ADD/DEL figures: host-local IPAM missing (apt-get install containernetworking-plugins)"
-        )
-    elif not netkit.ok:
-        notes.append(f"no yogurt ADD/DEL figures: they must come from a netkit kernel; try `{VM_HINT}`")
+        raise BenchError("host-local not found: apt-get install containernetworking-plugins")
+    if "wire" in only and (missing := bench_wire.tools_missing()):
+        raise BenchError(f"{', '.join(missing)} missing: `make bench` installs them")
 
-    print(f"bench: VERSION x{args.runs}", file=sys.stderr, flush=True)
-    bench_version(found, args.runs)
-    measured: list[Plugin] = []
-    for plugin in found:
-        # ptp runs on any kernel; yogurt needs netkit.
-        if cni_path is None:
-            plugin.figures["add_del_status"] = "skipped: no host-local IPAM plugin"
-        elif plugin.is_yogurt and not netkit.ok:
-            plugin.figures["add_del_status"] = f"skipped: {netkit.detail}"
-        else:
-            plugin.figures["add_del_status"] = "measured"
-            measured.append(plugin)
-    if measured and cni_path is not None:
-        bench_add_del(measured, args.cycles, cni_path)
-
-    report["plugins"] = [{"name": p.label, "exe": p.exe[0], "size_bytes": p.size, **p.figures} for p in found]
-    report["notes"] = notes
-    if args.json:
-        text = json.dumps(report, indent=1)
-        if args.json == "-":
-            print(text)
-            return 0
-        Path(args.json).write_text(text + "\n", encoding="utf-8")
-    print(f"Linux {report['kernel']}; VERSION x{args.runs}, ADD/DEL {args.cycles} cycles of 2 containers")
-    print(table(found))
-    for note in notes:
-        print(f"note: {note}")
+    started = time.perf_counter()
+    found = plugins(args.binary)
+    yogurts = [p for p in found if p.is_yogurt]
+    ptp = found[-1]
+    samples = Samples()
+    report: dict[str, Any] = {
+        "machine": machine(),
+        "rounds": args.rounds,
+        "labels": {p.key: p.label for p in found} | {"python": "python3 -c pass"},
+        "sizes": {p.key: p.size for p in found},
+        "notes": [],
+    }
+    log(f"{report['machine']}")
+    with bench_verbs.scratch() as s:
+        if "version" in only:
+            timed(f"VERSION x{args.rounds}", lambda: bench_verbs.version(found, args.rounds, samples))
+        if "verbs" in only:
+            timed(
+                f"ADD/CHECK/DEL x{args.rounds}",
+                lambda: bench_verbs.verbs(found, args.rounds, s, samples, cni_path),
+            )
+            timed("DEL of nothing", lambda: bench_verbs.del_nothing(found, args.rounds, s, samples, cni_path))
+        if "scale" in only:
+            conf, fill_s = timed(
+                f"{args.lines} lines up", lambda: bench_verbs.fill(yogurts[0], s, args.lines)
+            )
+            tag = f" @{args.lines} lines"
+            report.update(fill_s=fill_s, scale_lines=args.lines, scale_add_row=f"ADD{tag}")
+            report["scale_rows"] = [f"ADD{tag}", f"DEL{tag}"]
+            # The entry point and ptp take turns again, now with the node full.
+            timed(
+                f"ADD/DEL with {args.lines} lines up",
+                lambda: bench_verbs.verbs([yogurts[0], ptp], args.rounds, s, samples, cni_path, tag),
+            )
+            stale = timed("GC", lambda: bench_verbs.gc_all(yogurts[0], conf, s, samples, cni_path))
+            gc_row = f"GC ({stale} stale ends)"
+            report["gc"] = {"stale": stale, "seconds": samples.data[yogurts[0].key][gc_row][0]}
+        if "burst" in only:
+            report["bursts"] = {}
+            for plugin in (yogurts[0], ptp):
+                b = timed(
+                    f"{plugin.label}: {args.burst} ADDs, 20 at a time",
+                    lambda p=plugin: bench_verbs.burst(p, s, cni_path, args.burst),
+                )
+                report["bursts"][plugin.key] = vars(b)
+        if "wire" in only:
+            wires = timed(
+                "wire",
+                lambda: bench_wire.bench(
+                    [yogurts[0], ptp], s, cni_path, args.wire_rounds, args.wire_seconds, args.rr_seconds
+                ),
+            )
+            report["wire"] = {
+                "rounds": args.wire_rounds,
+                "seconds": args.wire_seconds,
+                "rr_seconds": args.rr_seconds,
+                "links": [
+                    {
+                        "label": "yogurt line" if i == 0 else "ptp (veth + routing)",
+                        "gbps": w.gbps,
+                        "cpu_s_per_gb": w.cpu_s_per_gb,
+                        "rr_us": w.rr_us,
+                        "rr_p99_us": w.rr_p99_us,
+                    }
+                    for i, w in enumerate(wires)
+                ],
+            }
+    report["figures"] = {
+        key: {fig: bench_report.summary_ms(v) for fig, v in figs.items()}
+        for key, figs in samples.data.items()
+    }
+    report["elapsed_s"] = round(time.perf_counter() - started, 1)
+    report["samples_s"] = samples.data
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    text = bench_report.markdown(report)
+    (args.out / "bench.md").write_text(text, encoding="utf-8")
+    try:
+        bench_report.png(report, samples.data, args.out / "bench.png")
+    except ImportError:
+        log("matplotlib missing (`make bench` installs it): no PNG")
+    print(text)
+    log(f"done in {report['elapsed_s']} s: {args.out}/bench.md, bench.png, bench.json")
     return 0
 
 
