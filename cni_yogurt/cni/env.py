@@ -46,17 +46,31 @@ def validate_container_id(value: str) -> None:
         )
 
 
+def _utf8(value: str) -> bool:
+    """False for text decoded from bytes that were not UTF-8 (os.environ's surrogate escapes)."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def validate_ifname(value: str) -> None:
-    """The kernel's dev_valid_name() rules, as the reference skel checks them."""
+    """The kernel's dev_valid_name() rules, as the reference skel checks them; and not `lo`,
+    which exists in every netns, so no plugin can create it."""
     problem = ""
     if not value:
         problem = "is empty"
+    elif not _utf8(value):
+        problem = "is not UTF-8"
     elif len(value.encode()) > IFNAMSIZ - 1:
-        problem = f"is longer than {IFNAMSIZ - 1} characters"
+        problem = f"is longer than {IFNAMSIZ - 1} bytes"
     elif value in (".", ".."):
         problem = "is '.' or '..'"
-    elif any(c in value for c in "/:") or any(c.isspace() for c in value):
-        problem = "contains '/', ':' or whitespace"
+    elif any(c in value for c in "/:\0") or any(c.isspace() for c in value):
+        problem = "contains '/', ':', NUL or whitespace"
+    elif value == "lo":
+        problem = "is the loopback device every netns has"
     if problem:
         raise CNIError(Code.INVALID_ENV, "invalid interface name", f"CNI_IFNAME {value!r} {problem}")
 

@@ -48,7 +48,7 @@ def _delegate_error(plugin: str, command: str, stdout: bytes, returncode: int) -
     try:
         obj = json.loads(stdout)
         return CNIError(int(obj["code"]), str(obj.get("msg", "")), str(obj.get("details", "")))
-    except (ValueError, KeyError, TypeError, RecursionError):
+    except (ValueError, KeyError, TypeError, RecursionError, OverflowError):  # Overflow: "code": 1e999
         detail = stdout.decode(errors="replace").strip()[:500]
         return CNIError(
             Code.IPAM_FAILED, f"IPAM plugin {plugin} {command} failed (exit {returncode})", detail

@@ -157,6 +157,13 @@ def _optional_int(obj: dict[str, Any], key: str, what: str) -> int | None:
     return value
 
 
+def _text(value: Any, key: str, what: str) -> str:
+    """Addresses are strings: ipaddress would take an integer (or true) for one."""
+    if not isinstance(value, str):
+        raise _bad(what, f"{key} must be a string, got {value!r}")
+    return value
+
+
 def _string_list(obj: dict[str, Any], key: str, what: str) -> list[str]:
     value = obj.get(key, [])
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -182,16 +189,18 @@ def parse_result(obj: Any, what: str = "result") -> Result:
         ]
         ips = [
             IPConfig(
-                address=ipaddress.ip_interface(ip["address"]),
-                gateway=ipaddress.ip_address(ip["gateway"]) if ip.get("gateway") else None,
+                address=ipaddress.ip_interface(_text(ip["address"], "address", what)),
+                gateway=ipaddress.ip_address(_text(ip["gateway"], "gateway", what))
+                if ip.get("gateway")
+                else None,
                 interface=_optional_int(ip, "interface", what),
             )
             for ip in obj.get("ips") or []
         ]
         routes = [
             Route(
-                dst=ipaddress.ip_network(r["dst"], strict=False),
-                gw=ipaddress.ip_address(r["gw"]) if r.get("gw") else None,
+                dst=ipaddress.ip_network(_text(r["dst"], "dst", what), strict=False),
+                gw=ipaddress.ip_address(_text(r["gw"], "gw", what)) if r.get("gw") else None,
                 **{key: _optional_int(r, key, what) for key in _ROUTE_1_1_FIELDS},
             )
             for r in obj.get("routes") or []
