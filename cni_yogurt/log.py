@@ -50,8 +50,10 @@ class _Sink:
 def open_log_file(path: str) -> TextIO | None:
     try:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        return open(path, "a", encoding="utf-8")  # noqa: SIM115  (lives as long as the process)
-    except OSError as exc:
+        # Created root-only (whatever the runtime's umask): container ids and errors, not for everyone.
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        return open(fd, "a", encoding="utf-8")  # noqa: SIM115  (lives as long as the process)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL or unencodable character in the path
         sys.stderr.write(f"cni-yogurt: cannot open log file {path}: {exc}\n")
         return None
 
