@@ -11,7 +11,8 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import Any
 
 from cni_yogurt.lock import locked
 
@@ -42,6 +43,11 @@ class End:
         return self.host_ifindex, self.peer_ifindex
 
 
+def _fields(end: End) -> dict[str, Any]:
+    """An end as a plain dict: every field is a scalar, so a shallow copy is enough (asdict deep-copies)."""
+    return dict(vars(end))
+
+
 def attachment_key(container_id: str, ifname: str) -> str:
     return f"{container_id}/{ifname}"
 
@@ -61,8 +67,11 @@ class Registry:
 
     def _write(self, ends: dict[str, End]) -> None:
         tmp = f"{self.path}.{os.getpid()}.tmp"
+        # json.dumps without indent: the C encoder (json.dump and indent take the pure-Python one),
+        # so that a node with a thousand ends still saves in about a millisecond.
+        text = json.dumps({"ends": {k: _fields(v) for k, v in sorted(ends.items())}})
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"ends": {k: asdict(v) for k, v in sorted(ends.items())}}, f, indent=1)
+            f.write(text)
         os.replace(tmp, self.path)
 
     @contextmanager
@@ -70,9 +79,9 @@ class Registry:
         """The ends, locked; changes made to the dict are saved on a clean exit."""
         with locked(self.lock_path):
             ends = self._read()
-            before = {k: asdict(v) for k, v in ends.items()}
+            before = {k: _fields(v) for k, v in ends.items()}
             yield ends
-            if {k: asdict(v) for k, v in ends.items()} != before:
+            if {k: _fields(v) for k, v in ends.items()} != before:
                 self._write(ends)
 
     def snapshot(self) -> dict[str, End]:
