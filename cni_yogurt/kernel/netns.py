@@ -8,8 +8,11 @@ just long enough to create the socket, and switch straight back.
 from __future__ import annotations
 
 import ctypes
+import errno
+import fcntl
 import os
 import socket
+import stat
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -25,9 +28,29 @@ def setns(fd: int) -> None:
         raise OSError(err, f"setns: {os.strerror(err)}")
 
 
+NS_GET_NSTYPE = 0xB703
+
+
 def open_netns(path: str) -> int:
-    """An fd for a netns path; raises FileNotFoundError if it is gone."""
-    return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    """An fd for a netns path; raises FileNotFoundError if it is gone, and
+    OSError(EINVAL) if it is something else (a file, a directory, another namespace)."""
+    try:
+        # nsfs files (and bind mounts of them) are regular files; anything else
+        # (a FIFO would block, a device could act) is not opened at all.
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise OSError(errno.EINVAL, f"{path} is not a network namespace")
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except ValueError as exc:  # NUL bytes or unencodable text in the path
+        raise OSError(errno.EINVAL, f"invalid netns path: {exc}") from exc
+    try:
+        if fcntl.ioctl(fd, NS_GET_NSTYPE) != CLONE_NEWNET:
+            raise OSError(errno.EINVAL, f"{path} is not a network namespace")
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno == errno.ENOTTY:  # a plain file: no namespace ioctls at all
+            raise OSError(errno.EINVAL, f"{path} is not a network namespace") from exc
+        raise
+    return fd
 
 
 def create_in(netns_fd: int, factory: Callable[[], T]) -> T:
@@ -46,18 +69,10 @@ def create_in(netns_fd: int, factory: Callable[[], T]) -> T:
 def is_netns(path: str) -> bool:
     """True if `path` is a network namespace (an nsfs file or bind mount of one)."""
     try:
-        fd = open_netns(path)
+        os.close(open_netns(path))
     except OSError:
         return False
-    try:
-        # NS_GET_NSTYPE (0xb703) answers CLONE_NEWNET for a netns fd.
-        import fcntl
-
-        return fcntl.ioctl(fd, 0xB703) == CLONE_NEWNET
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
+    return True
 
 
 def netlink_route_socket() -> socket.socket:
