@@ -11,7 +11,7 @@ from contextlib import contextmanager
 @contextmanager
 def locked(path: str) -> Iterator[None]:
     """Hold an exclusive flock on `path` (created if missing) for the block."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)  # the state dir: root-only
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)

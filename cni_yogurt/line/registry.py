@@ -70,7 +70,9 @@ class Registry:
         # json.dumps without indent: the C encoder (json.dump and indent take the pure-Python one),
         # so that a node with a thousand ends still saves in about a millisecond.
         text = json.dumps({"ends": {k: _fields(v) for k, v in sorted(ends.items())}})
-        with open(tmp, "w", encoding="utf-8") as f:
+        # Root-only whatever the runtime's umask: whoever can write it can rewire lines.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with open(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, self.path)
 
