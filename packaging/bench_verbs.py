@@ -292,8 +292,22 @@ def fill(plugin: Plugin, s: Scratch, lines: int, netns_count: int = 10) -> tuple
 
 
 def gc_all(plugin: Plugin, conf: dict[str, Any], s: Scratch, samples: Samples, cni_path: str) -> int:
-    """GC with no valid attachment: every end of `conf`'s network is stale."""
+    """GC with no valid attachment: every end of `conf`'s network is stale.
+
+    GC also removes every yogurt device on the host that its stateDir does not know, so it
+    runs only when the bench's own are the only ones (no kernel tests running alongside);
+    returns 0 when it did not run."""
     registry = Registry(STATE)
+    ours = {e.host_ifname for e in registry.snapshot().values()}
+    with Rtnl() as host:
+        others = [
+            name
+            for link in host.links()
+            if naming.is_ours(name := link.get_attr("IFLA_IFNAME")) and name not in ours
+        ]
+    if others:
+        log(f"GC skipped: {len(others)} yogurt devices of someone else on this host ({others[0]}...)")
+        return 0
     stale = sum(1 for e in registry.snapshot().values() if e.network == conf["name"])
     elapsed, out = run(
         plugin,
