@@ -63,16 +63,16 @@ class Partner:
     peer_ifindex: int
 
 
-def ensure_loaded(pins: Pins, state_dir: str) -> None:
-    """Load and pin programs + map unless another ADD (or boot) already did."""
+def ensure_loaded(pins: Pins, state_dir: str) -> bool:
+    """Load and pin programs + map unless another ADD (or boot) already did; True if this call loaded them."""
     if pins.loaded():
-        return
+        return False
     from cni_yogurt.kernel import bpffs
     from cni_yogurt.lock import locked
 
     with locked(os.path.join(state_dir, "load.lock")):
         if pins.loaded():
-            return  # a parallel first ADD compiled while we waited
+            return False  # a parallel first ADD compiled while we waited
         from cni_yogurt.kernel import loader
 
         bpffs.ensure_mounted(pins.root)
@@ -83,6 +83,7 @@ def ensure_loaded(pins: Pins, state_dir: str) -> None:
         os.makedirs(pins.links_dir, exist_ok=True)
         # "primary" last: the guard's pin completes the set (see Pins.loaded).
         loader.compile_and_pin(pins.pairs, {pins.prog(name): fn for name, fn in PROGRAMS.items()}, state_dir)
+    return True
 
 
 def detach(pins: Pins, host_ifname: str) -> None:

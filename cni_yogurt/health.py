@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from cni_yogurt.datapath import Pins
 from cni_yogurt.kernel import bpffs
+from cni_yogurt.line.registry import Registry
 
 
 @dataclass
@@ -84,12 +85,21 @@ def check_source() -> Finding:
     )
 
 
-def check_programs(bpffs_dir: str) -> Finding:
+def check_programs(bpffs_dir: str, state_dir: str) -> Finding:
     from cni_yogurt.kernel import headers
 
     pins = Pins.under(bpffs_dir)
     if pins.loaded():
         return Finding("programs", True, f"programs and pairing map pinned in {pins.root}")
+    ends = Registry(state_dir).snapshot().values()  # no `recover`: a damaged file reads as empty
+    orphans = [e.key for e in ends if e.pins == pins.root and e.ready]
+    if orphans:
+        return Finding(
+            "programs",
+            False,
+            f"{len(orphans)} live ends lost their programs: {pins.root} is gone (removed, bpffs unmounted)",
+            "none needed: the next ADD or GC loads them again and re-attaches every live end",
+        )
     if importlib.util.find_spec("bcc") is None:
         return Finding(
             "programs",
@@ -111,6 +121,38 @@ def check_programs(bpffs_dir: str) -> Finding:
     )
 
 
+def check_state(state_dir: str) -> Finding:
+    registry = Registry(state_dir)
+    damage = registry.damage()
+    if damage is not None:
+        return Finding(
+            "state",
+            False,
+            f"{registry.path} is damaged ({damage})",
+            "none needed: the next ADD, DEL or GC rebuilds it from the devices and the map "
+            f"(and keeps the damaged file as {registry.path}.damaged)",
+        )
+    return Finding("state", True, f"line registry {registry.path} is readable")
+
+
+def check_pin_versions(bpffs_dir: str) -> Finding:
+    """Pins of another ABI: ends added by another release, which cannot be wired to ends of this one."""
+    current = os.path.basename(Pins.under(bpffs_dir).root)
+    try:
+        others = sorted(d for d in os.listdir(bpffs_dir) if d.startswith("v") and d != current)
+    except OSError:
+        others = []
+    if others:
+        return Finding(
+            "pins",
+            False,
+            f"{bpffs_dir} also holds {', '.join(others)} of another release; "
+            f"its ends cannot be wired to ends of this one ({current})",
+            "DEL and ADD those containers again, then remove the old directory",
+        )
+    return Finding("pins", True, f"only this release's pins ({current})")
+
+
 def check_privileges() -> Finding:
     if os.geteuid() == 0:
         return Finding("privileges", True, "running as root")
@@ -127,5 +169,7 @@ def node_findings(
         check_backend(state_dir, mode, veth_attach, cached),
         check_bpffs(bpffs_dir),
         check_source(),
-        check_programs(bpffs_dir),
+        check_programs(bpffs_dir, state_dir),
+        check_state(state_dir),
+        check_pin_versions(bpffs_dir),
     ]

@@ -27,7 +27,7 @@ from cni_yogurt.datapath import PairMap, Pins
 from cni_yogurt.faults import crash_point
 from cni_yogurt.kernel.netlink import Rtnl, link_kind
 from cni_yogurt.kernel.netns import open_netns
-from cni_yogurt.line import naming, wiring
+from cni_yogurt.line import naming, recovery, repair, wiring
 from cni_yogurt.line.registry import End, Registry, attachment_key
 
 ZERO_MAC = "00:00:00:00:00:00"  # L3 netkit has no MAC; podman still wants the field
@@ -49,6 +49,17 @@ def _kernel_error(what: str, exc: OSError) -> CNIError:
     return CNIError(code, f"{what}: {exc.strerror or exc}", f"errno {exc.errno}")
 
 
+def _node(inv: Invocation) -> tuple[Pins, Registry]:
+    """The pins and the line registry of this config; a damaged registry heals from the kernel."""
+    pins = Pins.under(inv.conf.bpffs_dir)
+    registry = Registry(
+        inv.conf.state_dir,
+        recover=lambda: recovery.rebuild(pins, inv.conf.state_dir),
+        on_heal=lambda what: inv.log.error("line registry healed", detail=what),
+    )
+    return pins, registry
+
+
 def _mac(link: Any) -> str:
     mac = link.get_attr("IFLA_ADDRESS")
     return str(mac) if mac else ZERO_MAC
@@ -60,9 +71,11 @@ def add(inv: Invocation) -> Result:
     if ipam is not None:
         find_plugin(ipam.type, env.path)  # a missing IPAM plugin fails before anything exists
     netns_fd = _open_netns(env.netns)
-    pins, registry = Pins.under(conf.bpffs_dir), Registry(conf.state_dir)
+    pins, registry = _node(inv)
     host_ifname = naming.host_ifname(env.container_id, env.ifname)
-    end = End(env.container_id, env.ifname, conf.line_for(env), conf.name, env.netns, host_ifname)
+    end = End(
+        env.container_id, env.ifname, conf.line_for(env), conf.name, env.netns, host_ifname, pins=pins.root
+    )
     undo: list[tuple[str, Callable[[], object]]] = []
     # Both sockets outlive the rollback below, which needs them.
     host, cont = Rtnl(), Rtnl.in_netns(netns_fd)
@@ -71,7 +84,9 @@ def add(inv: Invocation) -> Result:
         undo.append(("leave line", lambda: wiring.leave(registry, pins, end.key)))
         crash_point("add:reserved")
         try:
-            datapath.ensure_loaded(pins, conf.state_dir)
+            if datapath.ensure_loaded(pins, conf.state_dir):
+                # Loaded anew under live ends (pins removed, bpffs unmounted): give them the new programs.
+                repair.reattach(registry, pins, log)
         except Exception as exc:
             raise CNIError(Code.DATAPATH, "cannot load the yogurt BPF programs", str(exc)) from exc
         kind = backend.resolve(conf.mode, conf.veth_attach, conf.state_dir)
@@ -94,7 +109,8 @@ def add(inv: Invocation) -> Result:
             backend.attach(kind, pins, pair)
         except OSError as exc:
             raise _kernel_error(f"cannot attach programs to {host_ifname} ({kind.attach})", exc) from exc
-        host.set_up(end.host_ifindex)
+        # The label lets a damaged registry be rebuilt from the kernel (line/recovery.py).
+        host.set_up(end.host_ifindex, alias=recovery.alias(end, conf.state_dir))
 
         ipam_result = Result()
         if ipam is not None:
@@ -161,14 +177,14 @@ def delete(inv: Invocation) -> None:
 
     The end stays on record (marked leaving) until device, pins and lease are gone:
     killed half-way, the next DEL or a GC still finds what to clean up."""
-    env, conf = inv.env, inv.conf
-    pins, registry = Pins.under(conf.bpffs_dir), Registry(conf.state_dir)
+    env = inv.env
+    pins, registry = _node(inv)
     host_ifname = naming.host_ifname(env.container_id, env.ifname)
     key = attachment_key(env.container_id, env.ifname)
     with Rtnl() as host:
         link = host.link(host_ifname)
         index = link["index"] if link is not None and link_kind(link) in backend.DEVICE_KINDS else 0
-        wiring.hang_up(registry, pins, key, index)
+        wiring.hang_up(registry, pins, env.container_id, env.ifname, index)
         crash_point("del:left")
         datapath.detach(pins, host_ifname)
         crash_point("del:detached")
@@ -186,13 +202,15 @@ def check(inv: Invocation) -> None:
     prev = conf.prev_result
     if prev is None:
         raise CNIError(Code.INVALID_CONFIG, "required prevResult missing")
-    pins, registry = Pins.under(conf.bpffs_dir), Registry(conf.state_dir)
+    pins, registry = _node(inv)
     host_ifname = naming.host_ifname(env.container_id, env.ifname)
     netns_fd = _open_netns(env.netns)
     problems: list[str] = []
     try:
         with Rtnl() as host, Rtnl.in_netns(netns_fd) as cont:
-            end = registry.snapshot().get(attachment_key(env.container_id, env.ifname))
+            with registry.transaction() as ends:
+                key = attachment_key(env.container_id, env.ifname)
+                end = ends.get(key) or recovery.adopt(ends, env.container_id, env.ifname)
             if end is None:
                 raise CNIError(Code.CHECK_FAILED, f"{env.container_id}/{env.ifname} is on no line")
             kind = backend.BY_ATTACH.get(end.attach)
@@ -269,16 +287,32 @@ def status(inv: Invocation) -> None:
 def gc(inv: Invocation) -> None:
     """Remove every end, link pin, device and IP lease the runtime no longer knows."""
     conf, log = inv.conf, inv.log
-    valid = {attachment_key(c, i) for c, i in conf.valid_attachments or ()}
-    pins, registry = Pins.under(conf.bpffs_dir), Registry(conf.state_dir)
+    attachments = conf.valid_attachments or ()
+    valid = {attachment_key(c, i) for c, i in attachments}
+    pins, registry = _node(inv)
     ipam = _ipam(inv)
-    ends = registry.snapshot().values()
+    with registry.transaction() as known:
+        for c, i in attachments:  # ends a damaged registry lost their names
+            recovery.adopt(known, c, i)
+        ends = list(known.values())
     stale = [e for e in ends if e.network == conf.name and e.key not in valid]
     keep = {e.host_ifname for e in ends if e.network != conf.name or e.key in valid}
+    keep |= {naming.host_ifname(c, i) for c, i in attachments}
+    live = [e for e in ends if e.key in valid and e.pins == pins.root and e.ready]
+    if live and not pins.loaded():
+        # Their programs were lost under them (pins removed, bpffs unmounted): load and re-attach.
+        try:
+            if datapath.ensure_loaded(pins, conf.state_dir):
+                log.warning(
+                    "gc: programs were gone under live ends; re-attached",
+                    ends=repair.reattach(registry, pins, log),
+                )
+        except Exception as exc:
+            raise CNIError(Code.DATAPATH, "cannot load the yogurt BPF programs", str(exc)) from exc
     failed: list[str] = []
     with Rtnl() as host:
         for end in stale:
-            if ipam is not None:
+            if ipam is not None and end.container_id != recovery.ANONYMOUS:
                 # The lease first: an end whose lease cannot be released stays, for the next GC.
                 try:
                     ipam.release(end.container_id, end.ifname)
@@ -289,10 +323,15 @@ def gc(inv: Invocation) -> None:
                     continue
             wiring.leave(registry, pins, end.key)
             log.info("gc: removed end", end=end.key, line=end.line)
-        # Devices and pins no line knows of: left by a crash, or by ends just removed.
+        # Devices and pins no line knows of: left by a crash, or by ends just removed;
+        # a device labelled for another network or registry is not this GC's business.
+        tag = recovery.state_tag(conf.state_dir)
         for link in host.links():
             name = link.get_attr("IFLA_IFNAME")
-            if naming.is_ours(name) and name not in keep and link_kind(link) in backend.DEVICE_KINDS:
+            if not naming.is_ours(name) or name in keep or link_kind(link) not in backend.DEVICE_KINDS:
+                continue
+            label = recovery.parse_alias(link.get_attr("IFLA_IFALIAS")) or {}
+            if label.get("n", conf.name) == conf.name and label.get("d", tag) == tag:
                 with contextlib.suppress(OSError):
                     host.delete_link(link["index"])
     for name in datapath.pinned_link_names(pins) - keep:

@@ -34,7 +34,8 @@ def _problems(pins: Pins, end: End) -> list[str]:
 
 def collect(bpffs_dir: str, state_dir: str) -> dict[str, Any]:
     pins = Pins.under(bpffs_dir)
-    ends = Registry(state_dir).snapshot()
+    registry = Registry(state_dir)  # read only: a damaged file reads as empty, and says so
+    ends = registry.snapshot()
     pairs = {}
     if pins.loaded():
         with PairMap(pins) as pair_map:
@@ -58,7 +59,12 @@ def collect(bpffs_dir: str, state_dir: str) -> dict[str, Any]:
                 "wired_to_ifindex": partner.host_ifindex if partner else None,
             }
         )
-    return {"programs_loaded": pins.loaded(), "pins": pins.root, "lines": dict(lines)}
+    return {
+        "programs_loaded": pins.loaded(),
+        "pins": pins.root,
+        "registry_damage": registry.damage(),
+        "lines": dict(lines),
+    }
 
 
 def status(bpffs_dir: str, state_dir: str, as_json: bool) -> int:
@@ -67,6 +73,8 @@ def status(bpffs_dir: str, state_dir: str, as_json: bool) -> int:
         print(json.dumps(report, indent=1))
         return 0
     print(f"programs: {'loaded' if report['programs_loaded'] else 'not loaded'} ({report['pins']})")
+    if report["registry_damage"]:
+        print(f"line registry damaged ({report['registry_damage']}): the next ADD, DEL or GC rebuilds it")
     if not report["lines"]:
         print("no lines")
     for line, ends in sorted(report["lines"].items()):

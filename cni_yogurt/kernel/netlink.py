@@ -19,6 +19,7 @@ from pyroute2.netlink import (
     NLM_F_CREATE,
     NLM_F_DUMP,
     NLM_F_EXCL,
+    NLM_F_REPLACE,
     NLM_F_REQUEST,
     NLMSG_DONE,
     NLMSG_ERROR,
@@ -142,13 +143,17 @@ class Rtnl:
         msg["attrs"] = attrs
         self.request(msg, RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL)
 
-    def set_up(self, index: int, mtu: int | None = None) -> None:
+    def set_up(self, index: int, mtu: int | None = None, alias: str | None = None) -> None:
         msg = ifinfmsg()
         msg["index"] = index
         msg["flags"] = IFF_UP
         msg["change"] = IFF_UP
+        attrs: list[tuple[str, Any]] = []
         if mtu:
-            msg["attrs"] = [("IFLA_MTU", mtu)]
+            attrs.append(("IFLA_MTU", mtu))
+        if alias is not None:
+            attrs.append(("IFLA_IFALIAS", alias))
+        msg["attrs"] = attrs
         self.request(msg, RTM_NEWLINK)
 
     def delete_link(self, index: int) -> bool:
@@ -237,8 +242,9 @@ class Rtnl:
                 raise
 
     def add_bpf_filter(self, index: int, parent: int, prog_fd: int, name: str) -> None:
+        """Our one filter per direction (fixed handle and priority), replacing one already there."""
         self.request(
-            tc.bpf_filter_msg(index, parent, prog_fd, name), tc.RTM_NEWTFILTER, NLM_F_CREATE | NLM_F_EXCL
+            tc.bpf_filter_msg(index, parent, prog_fd, name), tc.RTM_NEWTFILTER, NLM_F_CREATE | NLM_F_REPLACE
         )
 
     def bpf_filter_ids(self, index: int, parent: int) -> list[int]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +33,7 @@ class End:
     leaving: bool = False  # DEL has hung it up and is tearing it down
     device: str = "netkit"  # backend: the pair's link kind, "netkit" | "veth"
     attach: str = "netkit"  # how its programs attach: "netkit" | "tcx" | "tc"
+    pins: str = ""  # the pin dir (<bpffsDir>/v<ABI>) of its programs and map
 
     @property
     def key(self) -> str:
@@ -53,17 +54,57 @@ def attachment_key(container_id: str, ifname: str) -> str:
 
 
 class Registry:
-    def __init__(self, state_dir: str) -> None:
+    """lines.json under its lock.  `recover` rebuilds the ends from the kernel when the
+    file is damaged (line/recovery.py); `on_heal` hears about it (the verb's log)."""
+
+    def __init__(
+        self,
+        state_dir: str,
+        recover: Callable[[], dict[str, End]] | None = None,
+        on_heal: Callable[[str], None] | None = None,
+    ) -> None:
         self.path = os.path.join(state_dir, "lines.json")
         self.lock_path = os.path.join(state_dir, "lines.lock")
+        self._recover = recover
+        self._on_heal = on_heal
 
     def _read(self) -> dict[str, End]:
         try:
             with open(self.path, encoding="utf-8") as f:
                 raw = json.load(f)
+            return {str(key): End(**value) for key, value in raw["ends"].items()}
         except FileNotFoundError:
             return {}
-        return {key: End(**value) for key, value in raw.get("ends", {}).items()}
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+            return self._heal(f"{type(exc).__name__}: {exc}")
+
+    def _heal(self, why: str) -> dict[str, End]:
+        """Move the damaged file aside and save what the kernel shows instead (lock held).
+        Without `recover` (a reader, not a verb) the file is left as it is and reads as empty."""
+        if self._recover is None:
+            return {}
+        aside = f"{self.path}.damaged"
+        os.replace(self.path, aside)
+        ends = self._recover()
+        self._write(ends)
+        if self._on_heal is not None:
+            self._on_heal(
+                f"{self.path} was damaged ({why}); rebuilt {len(ends)} ends from the kernel; kept {aside}"
+            )
+        return ends
+
+    def damage(self) -> str | None:
+        """What is wrong with lines.json, without healing it (for `yogurt doctor`)."""
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                raw = json.load(f)
+            for value in raw["ends"].values():
+                End(**value)
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return None
 
     def _write(self, ends: dict[str, End]) -> None:
         tmp = f"{self.path}.{os.getpid()}.tmp"

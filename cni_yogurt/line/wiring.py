@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from cni_yogurt.cni.errors import CNIError, Code
 from cni_yogurt.datapath import PairMap, Pins
-from cni_yogurt.line.registry import End, Registry, others_on_line
+from cni_yogurt.line.recovery import adopt
+from cni_yogurt.line.registry import End, Registry, attachment_key, others_on_line
 
 MAX_ENDS = 2
 
@@ -12,7 +13,7 @@ MAX_ENDS = 2
 def reserve(registry: Registry, end: End) -> None:
     """Claim a place on the line before anything is created; a full line fails here."""
     with registry.transaction() as ends:
-        if end.key in ends:
+        if end.key in ends or adopt(ends, end.container_id, end.ifname):
             held = ends[end.key]
             raise CNIError(
                 Code.ALREADY_ATTACHED,
@@ -42,12 +43,12 @@ def connect(registry: Registry, pins: Pins, end: End) -> End | None:
         return partner
 
 
-def hang_up(registry: Registry, pins: Pins, key: str, host_ifindex: int = 0) -> None:
+def hang_up(registry: Registry, pins: Pins, container_id: str, ifname: str, host_ifindex: int = 0) -> None:
     """DEL's first step: cut the end's map entries, so the partner fails closed at once, and
     keep its record, marked leaving, until the device and the lease are gone too (forget):
     a DEL killed half-way leaves an end that GC still knows to clean up."""
     with registry.transaction() as ends:
-        end = ends.get(key)
+        end = ends.get(attachment_key(container_id, ifname)) or adopt(ends, container_id, ifname)
         ifindex = end.host_ifindex if end is not None else host_ifindex
         if ifindex and pins.loaded():
             with PairMap(pins) as pairs:
