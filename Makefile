@@ -7,7 +7,8 @@ PY := $(VENV)/bin/python
 HAVE_NETKIT = $(shell $(PY) -c 'from cni_yogurt.health import probe_netkit; print(int(probe_netkit().ok))' 2>/dev/null)
 KERNEL_RUN = $(if $(filter 1,$(HAVE_NETKIT)),,bash tests/vm/run.sh)
 # What only netkit shows, in the VM: the wire, the verbs, lines, and one real runtime.
-VM_TESTS = tests/kernel/test_wire.py tests/kernel/test_verbs.py tests/kernel/test_lines.py tests/kernel/test_cnitool.py
+VM_TESTS = tests/kernel/test_wire.py tests/kernel/test_counters.py tests/kernel/test_verbs.py tests/kernel/test_lines.py \
+	tests/kernel/test_cnitool.py
 
 .PHONY: deps venv lint unit kernel kernel-native kernel-vm test demo binary cnitool cri-stubs bench bench-deps bench-vm clean
 

@@ -28,11 +28,19 @@
 //
 // Either way the sender marks what it redirects in skb->cb (which, unlike
 // skb->mark, survives netkit's scrubbing and the netns crossing) and the
-// guard passes nothing else.  The mark is a secret chosen at load time
-// (YOGURT_SECRET, a -D define) plus the sender's host-side ifindex; the guard
-// checks that the sender is really paired with this device.  netkit's
-// verdicts have the values of tc's (PASS = TC_ACT_OK, DROP = TC_ACT_SHOT,
-// REDIRECT = TC_ACT_REDIRECT), so one guard serves both backends.
+// guard passes nothing else.  The mark is a 64-bit secret chosen at load time
+// (YOGURT_SECRET_LO/HI, -D defines) in cb[0..1] plus the sender's host-side
+// ifindex in cb[2]; the guard checks that the sender is really paired with
+// this device.  On the host's own transmit and forward paths the same cb
+// words hold what the IPv4/IPv6 layers left there (IPCB/IP6CB: option and
+// extension header offsets a remote sender may choose), so 64 bits stand
+// between those and a pass, not 32.  netkit's verdicts have the values of
+// tc's (PASS = TC_ACT_OK, DROP = TC_ACT_SHOT, REDIRECT = TC_ACT_REDIRECT), so
+// one guard serves both backends.
+//
+// Every end's two devices have the same ifindex (the plugin asks for it when
+// it makes the pair), so the guard, which sees the container-side device,
+// finds its own end's counters under the same key as the sender.
 
 #include <uapi/linux/bpf.h>
 
@@ -44,8 +52,8 @@
 #define NETKIT_REDIRECT 7
 #endif
 
-#ifndef YOGURT_SECRET
-#error "YOGURT_SECRET must be defined at load time"
+#if !defined(YOGURT_SECRET_LO) || !defined(YOGURT_SECRET_HI)
+#error "YOGURT_SECRET_LO and YOGURT_SECRET_HI must be defined at load time"
 #endif
 
 // One entry per wired end, keyed by its host-side ifindex.
@@ -56,16 +64,42 @@ struct yogurt_end {
 
 BPF_HASH(yogurt_pairs, u32, struct yogurt_end, 65536);
 
+// What each end's programs did, per CPU; one entry per end, made by ADD.
+struct yogurt_counters {
+    u64 redirected_packets;  // sent to the partner
+    u64 redirected_bytes;
+    u64 drop_not_wired;      // the container sent while its line had no partner
+    u64 drop_unmarked;       // towards the container without the mark: host-sent or injected
+    u64 drop_wrong_sender;   // marked, but by an end that is not this one's partner (any more)
+};
+
+BPF_PERCPU_HASH(yogurt_counters, u32, struct yogurt_counters, 65536);
+
+// An end's counters on this CPU; NULL for a device ADD did not make (then nothing is counted).
+static __always_inline struct yogurt_counters *counters_of(u32 end)
+{
+    return yogurt_counters.lookup(&end);
+}
+
 // The partner of the host-side device `self`, with the mark written; NULL if
 // the end is not (or no longer) on a wired line.
 static __always_inline struct yogurt_end *mark_for_partner(struct __sk_buff *skb, u32 self)
 {
     struct yogurt_end *end = yogurt_pairs.lookup(&self);
+    struct yogurt_counters *count = counters_of(self);
 
-    if (!end)
+    if (!end) {
+        if (count)
+            count->drop_not_wired++;
         return 0;
-    skb->cb[0] = YOGURT_SECRET;
-    skb->cb[1] = self;
+    }
+    skb->cb[0] = YOGURT_SECRET_LO;
+    skb->cb[1] = YOGURT_SECRET_HI;
+    skb->cb[2] = self;
+    if (count) {
+        count->redirected_packets++;
+        count->redirected_bytes += skb->len;
+    }
     return end;
 }
 
@@ -98,15 +132,24 @@ int yogurt_veth_peer(struct __sk_buff *skb)
 // to the peer before running the program).
 int yogurt_primary(struct __sk_buff *skb)
 {
-    u32 sender = skb->cb[1];
+    u32 self = skb->ifindex;
+    u32 sender = skb->cb[2];
+    struct yogurt_counters *count = counters_of(self);
     struct yogurt_end *end;
 
-    if (skb->cb[0] != YOGURT_SECRET)
-        return NETKIT_DROP;  // host-originated or injected
+    if (skb->cb[0] != YOGURT_SECRET_LO || skb->cb[1] != YOGURT_SECRET_HI) {
+        if (count)
+            count->drop_unmarked++;  // host-originated, forwarded or injected
+        return NETKIT_DROP;
+    }
     end = yogurt_pairs.lookup(&sender);
-    if (!end || end->partner_peer_ifindex != skb->ifindex)
-        return NETKIT_DROP;  // sender is not this device's partner (any more)
+    if (!end || end->partner_peer_ifindex != self) {
+        if (count)
+            count->drop_wrong_sender++;  // not this device's partner (any more)
+        return NETKIT_DROP;
+    }
     skb->cb[0] = 0;
     skb->cb[1] = 0;
+    skb->cb[2] = 0;
     return NETKIT_PASS;
 }

@@ -147,14 +147,33 @@ def resolve(mode: str, veth_attach: str, state_dir: str) -> Backend:
 # -- the device edge --------------------------------------------------------
 
 
+# ifindexes we ask for: far above what the kernel hands out by itself, within int32.
+_INDEX_BASE, _INDEX_SPAN = 1 << 24, (1 << 30) - (1 << 24)
+
+
 def create_pair(
     backend: Backend, host: Rtnl, host_ifname: str, ifname: str, netns_fd: int, mtu: int | None
-) -> None:
-    """The pair, its peer already in the container's netns as `ifname`, closed to traffic."""
-    if backend.device == "netkit":
-        host.create_netkit(host_ifname, ifname, netns_fd, mtu)
-    else:
-        host.create_veth(host_ifname, ifname, netns_fd, mtu)
+) -> int:
+    """The pair, its peer already in the container's netns as `ifname`, closed to traffic;
+    returns the ifindex both ends share.
+
+    Both ends get one ifindex, unique in the host netns: the guard sees only the
+    container-side device, whose kernel-chosen ifindex (2 in most containers) would
+    not tell ends apart, and it must find its own end's counters."""
+    start = int(host_ifname[-8:], 16)  # naming.host_ifname ends in hex: a stable first guess
+    for attempt in range(16):
+        index = _INDEX_BASE + (start + attempt * 7919) % _INDEX_SPAN
+        try:
+            if backend.device == "netkit":
+                host.create_netkit(host_ifname, ifname, netns_fd, mtu, index)
+            else:
+                host.create_veth(host_ifname, ifname, netns_fd, mtu, index)
+            return index
+        except OSError as exc:
+            # EEXIST: that ifindex (or our name) is taken in the host netns; EBUSY: in the container's.
+            if exc.errno not in (errno.EEXIST, errno.EBUSY) or host.link(host_ifname) is not None:
+                raise
+    raise OSError(errno.EEXIST, f"no free ifindex for {host_ifname} after 16 tries")
 
 
 # -- the attach edge --------------------------------------------------------

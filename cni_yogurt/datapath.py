@@ -4,7 +4,8 @@ Layout under `<bpffsDir>/v<ABI>/` (the ABI number changes whenever the
 programs or the map layout change, so an upgraded plugin never mixes with
 objects an older one pinned):
 
-    prog_peer  prog_primary  pairs          loaded once per node, by bcc
+    prog_peer prog_veth_peer prog_primary      loaded once per node, by bcc
+    pairs counters                             the pairing map, per-end counters
     links/<host-ifname>_peer|_primary       one pair of links per device
 
 A link must be pinned: an unpinned BPF link detaches when the plugin
@@ -23,11 +24,12 @@ from dataclasses import dataclass
 
 from cni_yogurt.kernel import bpf
 
-ABI = 2  # 2: the veth sender program (prog_veth_peer)
+ABI = 3  # 2: the veth sender program (prog_veth_peer); 3: 64-bit mark, counters
 _KEY = struct.Struct("=I")
 _VALUE = struct.Struct("=II")
-# Pinned program name -> function in bpf/yogurt.bpf.c.
+# Pinned program name -> function in bpf/yogurt.bpf.c; the same for maps.
 PROGRAMS = {"peer": "yogurt_peer", "veth_peer": "yogurt_veth_peer", "primary": "yogurt_primary"}
+MAPS = {"pairs": "yogurt_pairs", "counters": "yogurt_counters"}
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,10 @@ class Pins:
         return os.path.join(self.root, "pairs")
 
     @property
+    def counters(self) -> str:
+        return os.path.join(self.root, "counters")
+
+    @property
     def links_dir(self) -> str:
         return os.path.join(self.root, "links")
 
@@ -54,7 +60,7 @@ class Pins:
         return os.path.join(self.links_dir, f"{host_ifname}_{hook}")
 
     def loaded(self) -> bool:
-        return all(os.path.exists(p) for p in (self.pairs, *map(self.prog, PROGRAMS)))
+        return all(os.path.exists(p) for p in (self.pairs, self.counters, *map(self.prog, PROGRAMS)))
 
 
 @dataclass(frozen=True)
@@ -77,12 +83,13 @@ def ensure_loaded(pins: Pins, state_dir: str) -> bool:
 
         bpffs.ensure_mounted(pins.root)
         # Leftovers of an interrupted load were never used by any device.
-        for path in (pins.pairs, *map(pins.prog, PROGRAMS)):
+        for path in (pins.pairs, pins.counters, *map(pins.prog, PROGRAMS)):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
         os.makedirs(pins.links_dir, exist_ok=True)
         # "primary" last: the guard's pin completes the set (see Pins.loaded).
-        loader.compile_and_pin(pins.pairs, {pins.prog(name): fn for name, fn in PROGRAMS.items()}, state_dir)
+        maps = {pins.pairs: MAPS["pairs"], pins.counters: MAPS["counters"]}
+        loader.compile_and_pin(maps, {pins.prog(name): fn for name, fn in PROGRAMS.items()}, state_dir)
     return True
 
 
@@ -111,6 +118,61 @@ def program_id(pins: Pins, program: str) -> int:
 def unload(pins: Pins) -> None:
     """Remove every pin (tests, `yogurt` admin); devices lose their programs."""
     shutil.rmtree(pins.root, ignore_errors=True)
+
+
+COUNTER_FIELDS = (
+    "redirected_packets",
+    "redirected_bytes",
+    "drop_not_wired",
+    "drop_unmarked",
+    "drop_wrong_sender",
+)
+_COUNTERS = struct.Struct("=5Q")  # struct yogurt_counters, one per possible CPU
+
+
+def possible_cpus() -> int:
+    """How many values a per-CPU map holds per key (the kernel's possible CPUs, e.g. "0-1")."""
+    with open("/sys/devices/system/cpu/possible", encoding="ascii") as f:
+        spans = f.read().strip().split(",")
+    total = 0
+    for span in spans:
+        first, _, last = span.partition("-")
+        total += int(last or first) - int(first) + 1
+    return total
+
+
+class CounterMap:
+    """Per-end counters of the programs (a per-CPU hash keyed by host-side ifindex)."""
+
+    def __init__(self, pins: Pins) -> None:
+        self._cpus = possible_cpus()
+        self._map = bpf.Map.open_pinned(pins.counters, _KEY.size, _COUNTERS.size * self._cpus)
+
+    def __enter__(self) -> CounterMap:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._map.close()
+
+    def start(self, host_ifindex: int) -> None:
+        """Zero an end's counters; the programs count only for ends that have an entry."""
+        self._map.update(_KEY.pack(host_ifindex), bytes(_COUNTERS.size * self._cpus))
+
+    def stop(self, host_ifindex: int) -> None:
+        self._map.delete(_KEY.pack(host_ifindex))
+
+    def get(self, host_ifindex: int) -> dict[str, int] | None:
+        raw = self._map.lookup(_KEY.pack(host_ifindex))
+        if raw is None:
+            return None
+        totals = [0] * len(COUNTER_FIELDS)
+        for cpu in range(self._cpus):
+            for i, value in enumerate(_COUNTERS.unpack_from(raw, cpu * _COUNTERS.size)):
+                totals[i] += value
+        return dict(zip(COUNTER_FIELDS, totals, strict=True))
+
+    def keys(self) -> list[int]:
+        return [_KEY.unpack(k)[0] for k in self._map.keys()]  # noqa: SIM118  (a bpf.Map, not a dict)
 
 
 class PairMap:

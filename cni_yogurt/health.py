@@ -17,6 +17,8 @@ class Finding:
     ok: bool
     detail: str
     fix: str = ""
+    # False: worth a look (`yogurt doctor` says so) but ADD works, and heals it where it can.
+    fatal: bool = True
 
 
 def probe_netkit() -> Finding:
@@ -99,6 +101,7 @@ def check_programs(bpffs_dir: str, state_dir: str) -> Finding:
             False,
             f"{len(orphans)} live ends lost their programs: {pins.root} is gone (removed, bpffs unmounted)",
             "none needed: the next ADD or GC loads them again and re-attaches every live end",
+            fatal=False,
         )
     if importlib.util.find_spec("bcc") is None:
         return Finding(
@@ -131,6 +134,7 @@ def check_state(state_dir: str) -> Finding:
             f"{registry.path} is damaged ({damage})",
             "none needed: the next ADD, DEL or GC rebuilds it from the devices and the map "
             f"(and keeps the damaged file as {registry.path}.damaged)",
+            fatal=False,
         )
     return Finding("state", True, f"line registry {registry.path} is readable")
 
@@ -149,6 +153,7 @@ def check_pin_versions(bpffs_dir: str) -> Finding:
             f"{bpffs_dir} also holds {', '.join(others)} of another release; "
             f"its ends cannot be wired to ends of this one ({current})",
             "DEL and ADD those containers again, then remove the old directory",
+            fatal=False,
         )
     return Finding("pins", True, f"only this release's pins ({current})")
 

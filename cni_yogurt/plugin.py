@@ -60,6 +60,19 @@ def _node(inv: Invocation) -> tuple[Pins, Registry]:
     return pins, registry
 
 
+def _no_ipv6_on_host_side(host_ifname: str) -> None:
+    """The host has nothing to say on the wire: without IPv6 its stack sends no router
+    solicitation, MLD or DAD into it (the guard would drop them, counted as "unmarked")."""
+    path = f"/proc/sys/net/ipv6/conf/{host_ifname}/disable_ipv6"
+    with contextlib.suppress(FileNotFoundError), open(path, "w", encoding="ascii") as f:  # no IPv6 at all
+        f.write("1")
+
+
+def _stop_counters(pins: Pins, host_ifindex: int) -> None:
+    with datapath.CounterMap(pins) as counters:
+        counters.stop(host_ifindex)
+
+
 def _mac(link: Any) -> str:
     mac = link.get_attr("IFLA_ADDRESS")
     return str(mac) if mac else ZERO_MAC
@@ -101,16 +114,22 @@ def add(inv: Invocation) -> Result:
         assert host_link is not None and cont_link is not None
         end.host_ifindex, end.peer_ifindex = host_link["index"], cont_link["index"]
         undo.append(("delete device", lambda: host.delete_link(end.host_ifindex)))
+        # The label says whose it is: a damaged registry is rebuilt from it (line/recovery.py),
+        # and GC sweeps only devices labelled for its own registry and network.
+        host.set_alias(end.host_ifindex, recovery.alias(end, conf.state_dir))
         crash_point("add:device")
 
         undo.append(("detach programs", lambda: datapath.detach(pins, host_ifname)))
         pair = backend.Pair(host_ifname, end.host_ifindex, end.peer_ifindex, host, cont, netns_fd)
         try:
+            with datapath.CounterMap(pins) as counters:
+                counters.start(end.host_ifindex)
+            undo.append(("stop counters", lambda: _stop_counters(pins, end.host_ifindex)))
             backend.attach(kind, pins, pair)
         except OSError as exc:
             raise _kernel_error(f"cannot attach programs to {host_ifname} ({kind.attach})", exc) from exc
-        # The label lets a damaged registry be rebuilt from the kernel (line/recovery.py).
-        host.set_up(end.host_ifindex, alias=recovery.alias(end, conf.state_dir))
+        _no_ipv6_on_host_side(host_ifname)
+        host.set_up(end.host_ifindex)
 
         ipam_result = Result()
         if ipam is not None:
@@ -272,7 +291,7 @@ def status(inv: Invocation) -> None:
     conf = inv.conf
     findings = health.node_findings(conf.bpffs_dir, conf.state_dir, conf.mode, conf.veth_attach)
     inv.log.info("status", **{f.name: f.detail for f in findings})
-    failed = [f for f in findings if not f.ok]
+    failed = [f for f in findings if not f.ok and f.fatal]
     if failed:
         raise CNIError(
             Code.NOT_AVAILABLE,
@@ -322,20 +341,52 @@ def gc(inv: Invocation) -> None:
                     keep.add(end.host_ifname)
                     continue
             wiring.leave(registry, pins, end.key)
+            link = host.link(end.host_ifname)
+            if link is not None and link_kind(link) in backend.DEVICE_KINDS:
+                host.delete_link(link["index"])  # labelled or not (a crash before ADD labelled it)
             log.info("gc: removed end", end=end.key, line=end.line)
         # Devices and pins no line knows of: left by a crash, or by ends just removed;
         # a device labelled for another network or registry is not this GC's business.
+        # Swept under the registry lock, keeping every end on record by then: an ADD reserves
+        # its end before it makes its device and pins its links. A device has no label from
+        # its creation until its ADD attached the programs: unlabelled, it may be an ADD in
+        # flight for another registry (stateDir), whose lock this GC does not hold, so only
+        # the devices of ends this GC removed are its own. Pins go with their device, or
+        # when it is gone. (Swept from the first read alone, GC deleted the devices and
+        # unpinned the links of ADDs running in parallel, and unpinned every link of another
+        # registry's ends on the same bpffsDir: veth ends lost their guard.)
         tag = recovery.state_tag(conf.state_dir)
-        for link in host.links():
-            name = link.get_attr("IFLA_IFNAME")
-            if not naming.is_ours(name) or name in keep or link_kind(link) not in backend.DEVICE_KINDS:
-                continue
-            label = recovery.parse_alias(link.get_attr("IFLA_IFALIAS")) or {}
-            if label.get("n", conf.name) == conf.name and label.get("d", tag) == tag:
-                with contextlib.suppress(OSError):
-                    host.delete_link(link["index"])
-    for name in datapath.pinned_link_names(pins) - keep:
-        datapath.detach(pins, name)
+        removed = {e.host_ifname for e in stale} - keep
+        with registry.transaction() as now:
+            keep |= {e.host_ifname for e in now.values()}
+            devices = {
+                link.get_attr("IFLA_IFNAME"): link
+                for link in host.links()
+                if naming.is_ours(link.get_attr("IFLA_IFNAME")) and link_kind(link) in backend.DEVICE_KINDS
+            }
+
+            def sweep(name: str) -> bool:
+                if name in keep:
+                    return False
+                if name not in devices:
+                    return True  # pins of a device that is gone
+                label = recovery.parse_alias(devices[name].get_attr("IFLA_IFALIAS"))
+                if label is None:
+                    return name in removed
+                return label.get("n", conf.name) == conf.name and label.get("d", tag) == tag
+
+            for name, link in devices.items():
+                if sweep(name):
+                    with contextlib.suppress(OSError):
+                        host.delete_link(link["index"])
+            if pins.loaded():  # counters of devices that are gone (deleted by hand, or above)
+                present = {link["index"] for link in host.links()}
+                with datapath.CounterMap(pins) as counters:
+                    for index in set(counters.keys()) - present:
+                        counters.stop(index)
+            for name in datapath.pinned_link_names(pins):
+                if sweep(name):
+                    datapath.detach(pins, name)
     if failed:
         raise CNIError(Code.IPAM_FAILED, "GC could not release every IP lease", "; ".join(failed))
     if ipam is not None:

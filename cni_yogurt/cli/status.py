@@ -8,7 +8,7 @@ from collections import defaultdict
 from typing import Any
 
 from cni_yogurt import backend
-from cni_yogurt.datapath import PairMap, Pins
+from cni_yogurt.datapath import CounterMap, PairMap, Pins
 from cni_yogurt.kernel.netlink import Rtnl
 from cni_yogurt.kernel.netns import open_netns
 from cni_yogurt.line.registry import End, Registry
@@ -37,9 +37,12 @@ def collect(bpffs_dir: str, state_dir: str) -> dict[str, Any]:
     registry = Registry(state_dir)  # read only: a damaged file reads as empty, and says so
     ends = registry.snapshot()
     pairs = {}
+    counts: dict[int, dict[str, int] | None] = {}
     if pins.loaded():
         with PairMap(pins) as pair_map:
             pairs = dict(pair_map.items())
+        with CounterMap(pins) as counter_map:
+            counts = {e.host_ifindex: counter_map.get(e.host_ifindex) for e in ends.values()}
     lines: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for end in ends.values():
         problems = _problems(pins, end) if pins.loaded() and end.host_ifindex else []
@@ -57,6 +60,7 @@ def collect(bpffs_dir: str, state_dir: str) -> dict[str, Any]:
                 "attached": not problems and pins.loaded(),
                 "problems": problems,
                 "wired_to_ifindex": partner.host_ifindex if partner else None,
+                "counters": counts.get(end.host_ifindex),
             }
         )
     return {
@@ -86,4 +90,11 @@ def status(bpffs_dir: str, state_dir: str, as_json: bool) -> int:
                 f"  {e['end']:<40} {e['host_ifname']} (ifindex {e['host_ifindex']}, "
                 f"{e['backend']}/{e['attach']}) {attach}"
             )
+            c = e["counters"]
+            if c:
+                print(
+                    f"    sent {c['redirected_packets']} packets / {c['redirected_bytes']} bytes; dropped: "
+                    f"{c['drop_not_wired']} not wired, {c['drop_unmarked']} unmarked (host or injected), "
+                    f"{c['drop_wrong_sender']} wrong sender"
+                )
     return 0

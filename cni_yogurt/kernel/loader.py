@@ -15,7 +15,6 @@ from cni_yogurt.faults import crash_point
 from cni_yogurt.kernel import bpf, headers
 
 SOURCE_NAME = "yogurt.bpf.c"
-MAP_NAME = "yogurt_pairs"
 
 
 def source_path() -> Path:
@@ -27,13 +26,18 @@ def source_path() -> Path:
 
 
 def new_secret() -> int:
-    """The cb mark: random per load, never 0 (a zeroed cb must not pass)."""
-    return secrets.randbits(32) or 1
+    """The cb mark: 64 random bits per load, never 0 (a zeroed cb must not pass)."""
+    return secrets.randbits(64) or 1
 
 
-def compile_and_pin(map_pin: str, programs: dict[str, str], cache_dir: str) -> None:
-    """Load the programs ({pin path: function}) and the pairing map; pin the
-    map first and the programs in order: all pins present means "complete"."""
+def secret_flags(secret: int) -> list[str]:
+    """The mark as the two cb words the programs compare (cb[0] low, cb[1] high)."""
+    return [f"-DYOGURT_SECRET_LO={secret & 0xFFFFFFFF}U", f"-DYOGURT_SECRET_HI={secret >> 32}U"]
+
+
+def compile_and_pin(maps: dict[str, str], programs: dict[str, str], cache_dir: str) -> None:
+    """Load the programs ({pin path: function}) and their maps ({pin path: map}); pin
+    the maps first and the programs in order: all pins present means "complete"."""
     source = source_path()
     if not source.is_file():
         raise FileNotFoundError(f"the BPF source {source} is missing: reinstall cni-yogurt")
@@ -42,12 +46,11 @@ def compile_and_pin(map_pin: str, programs: dict[str, str], cache_dir: str) -> N
         os.environ["BCC_KERNEL_SOURCE"] = kernel_source
     import bcc  # heavy: LLVM
 
-    module = bcc.BPF(
-        text=source.read_text(encoding="utf-8"), cflags=[f"-DYOGURT_SECRET={new_secret()}U", "-w"]
-    )
+    module = bcc.BPF(text=source.read_text(encoding="utf-8"), cflags=[*secret_flags(new_secret()), "-w"])
     try:
         loaded = {pin: module.load_func(fn, bcc.BPF.SCHED_CLS) for pin, fn in programs.items()}
-        bpf.obj_pin(module[MAP_NAME].map_fd, map_pin)
+        for pin, name in maps.items():
+            bpf.obj_pin(module[name].map_fd, pin)
         crash_point("add:loading")
         for pin, fn in loaded.items():
             bpf.obj_pin(fn.fd, pin)

@@ -70,6 +70,7 @@ def link_info(
     peer_name: str,
     peer_netns_fd: int | None = None,
     *,
+    peer_index: int = 0,
     mode: int = NETKIT_L3,
     policy: int = NETKIT_DROP,
     peer_policy: int = NETKIT_DROP,
@@ -86,7 +87,7 @@ def link_info(
                 "IFLA_INFO_DATA",
                 {
                     "attrs": [
-                        ("IFLA_NETKIT_PEER_INFO", {"attrs": peer_attrs}),
+                        ("IFLA_NETKIT_PEER_INFO", {"index": peer_index, "attrs": peer_attrs}),
                         ("IFLA_NETKIT_MODE", mode),
                         ("IFLA_NETKIT_POLICY", policy),
                         ("IFLA_NETKIT_PEER_POLICY", peer_policy),

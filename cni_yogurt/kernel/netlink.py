@@ -117,12 +117,15 @@ class Rtnl:
         return self.request(ifinfmsg(), RTM_GETLINK, NLM_F_DUMP)
 
     def create_netkit(
-        self, name: str, peer_name: str, peer_netns_fd: int | None, mtu: int | None = None
+        self, name: str, peer_name: str, peer_netns_fd: int | None, mtu: int | None = None, index: int = 0
     ) -> None:
-        """A netkit pair, both ends in blackhole: closed until programs decide otherwise."""
-        self._create_pair(name, netkit.link_info(peer_name, peer_netns_fd), mtu)
+        """A netkit pair, both ends in blackhole: closed until programs decide otherwise.
+        `index`: both ends get this ifindex (0: the kernel picks each)."""
+        self._create_pair(name, netkit.link_info(peer_name, peer_netns_fd, peer_index=index), mtu, index)
 
-    def create_veth(self, name: str, peer_name: str, peer_netns_fd: int, mtu: int | None = None) -> None:
+    def create_veth(
+        self, name: str, peer_name: str, peer_netns_fd: int, mtu: int | None = None, index: int = 0
+    ) -> None:
         """A veth pair, both ends down: nothing crosses before programs are attached and ends set up."""
         peer: list[tuple[str, Any]] = [("IFLA_IFNAME", peer_name), ("IFLA_NET_NS_FD", peer_netns_fd)]
         if mtu:
@@ -130,30 +133,34 @@ class Rtnl:
         info = {
             "attrs": [
                 ("IFLA_INFO_KIND", "veth"),
-                ("IFLA_INFO_DATA", {"attrs": [("VETH_INFO_PEER", {"attrs": peer})]}),
+                ("IFLA_INFO_DATA", {"attrs": [("VETH_INFO_PEER", {"index": index, "attrs": peer})]}),
             ]
         }
-        self._create_pair(name, info, mtu)
+        self._create_pair(name, info, mtu, index)
 
-    def _create_pair(self, name: str, link_info: dict[str, Any], mtu: int | None) -> None:
+    def _create_pair(self, name: str, link_info: dict[str, Any], mtu: int | None, index: int) -> None:
         msg = ifinfmsg()
+        msg["index"] = index  # the kernel gives the peer this one too only when both ask for it
         attrs: list[tuple[str, Any]] = [("IFLA_IFNAME", name), ("IFLA_LINKINFO", link_info)]
         if mtu:
             attrs.append(("IFLA_MTU", mtu))
         msg["attrs"] = attrs
         self.request(msg, RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL)
 
-    def set_up(self, index: int, mtu: int | None = None, alias: str | None = None) -> None:
+    def set_up(self, index: int, mtu: int | None = None) -> None:
         msg = ifinfmsg()
         msg["index"] = index
         msg["flags"] = IFF_UP
         msg["change"] = IFF_UP
-        attrs: list[tuple[str, Any]] = []
         if mtu:
-            attrs.append(("IFLA_MTU", mtu))
-        if alias is not None:
-            attrs.append(("IFLA_IFALIAS", alias))
-        msg["attrs"] = attrs
+            msg["attrs"] = [("IFLA_MTU", mtu)]
+        self.request(msg, RTM_NEWLINK)
+
+    def set_alias(self, index: int, alias: str) -> None:
+        """The interface alias (`ip link` shows it); the kernel ignores one given at creation."""
+        msg = ifinfmsg()
+        msg["index"] = index
+        msg["attrs"] = [("IFLA_IFALIAS", alias)]
         self.request(msg, RTM_NEWLINK)
 
     def delete_link(self, index: int) -> bool:

@@ -13,7 +13,7 @@ import os
 from typing import Any
 
 from cni_yogurt import backend
-from cni_yogurt.datapath import PairMap, Pins
+from cni_yogurt.datapath import CounterMap, PairMap, Pins
 from cni_yogurt.kernel.netlink import Rtnl
 from cni_yogurt.kernel.netns import open_netns
 from cni_yogurt.line.registry import End, Registry
@@ -54,6 +54,8 @@ def _attach(host: Rtnl, pins: Pins, end: End) -> None:
     try:
         with Rtnl.in_netns(netns_fd) as cont:
             pair = backend.Pair(end.host_ifname, end.host_ifindex, end.peer_ifindex, host, cont, netns_fd)
+            with CounterMap(pins) as counters:
+                counters.start(end.host_ifindex)
             backend.attach(kind, pins, pair)
     finally:
         os.close(netns_fd)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cni_yogurt.cni.errors import CNIError, Code
-from cni_yogurt.datapath import PairMap, Pins
+from cni_yogurt.datapath import CounterMap, PairMap, Pins
 from cni_yogurt.line.recovery import adopt
 from cni_yogurt.line.registry import End, Registry, attachment_key, others_on_line
 
@@ -50,9 +50,7 @@ def hang_up(registry: Registry, pins: Pins, container_id: str, ifname: str, host
     with registry.transaction() as ends:
         end = ends.get(attachment_key(container_id, ifname)) or adopt(ends, container_id, ifname)
         ifindex = end.host_ifindex if end is not None else host_ifindex
-        if ifindex and pins.loaded():
-            with PairMap(pins) as pairs:
-                pairs.cut(ifindex)
+        _cut(pins, ifindex)
         if end is not None:
             end.ready, end.leaving = False, True
 
@@ -66,8 +64,14 @@ def leave(registry: Registry, pins: Pins, key: str, host_ifindex: int = 0) -> En
     """Drop an end at once: its map entries go first, so the partner fails closed at once."""
     with registry.transaction() as ends:
         end = ends.pop(key, None)
-        ifindex = end.host_ifindex if end is not None else host_ifindex
-        if ifindex and pins.loaded():
-            with PairMap(pins) as pairs:
-                pairs.cut(ifindex)
+        _cut(pins, end.host_ifindex if end is not None else host_ifindex)
         return end
+
+
+def _cut(pins: Pins, ifindex: int) -> None:
+    """Take an end out of the maps: pairing (both directions) and counters."""
+    if ifindex and pins.loaded():
+        with PairMap(pins) as pairs:
+            pairs.cut(ifindex)
+        with CounterMap(pins) as counters:
+            counters.stop(ifindex)

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import socket
-import struct
-from collections.abc import Callable
 
 import pytest
 from conftest import Node, Phone, addresses, ifindex
+from frames import inject, receives, udp_datagram
 
 from cni_yogurt import backend, lab
 from cni_yogurt.datapath import program_id
 from cni_yogurt.kernel.netlink import Rtnl
-from cni_yogurt.kernel.netns import create_in, open_netns
-
-PACKET_QDISC_BYPASS = 20  # <linux/if_packet.h>: skip the qdisc layer, and with it tc egress
-SOL_PACKET = 263
+from cni_yogurt.kernel.netns import open_netns
 
 
 def test_two_ends_ping_and_talk_tcp_both_ways_v4_and_v6(phone: Phone) -> None:
@@ -72,77 +66,16 @@ def test_a_container_cannot_reach_the_host(phone: Phone) -> None:
         os.system(f"ip addr del 10.42.0.253/24 dev {phone.host_one}")
 
 
-def _udp_datagram(src: str, dst: str, port: int, payload: bytes) -> bytes:
-    """An IPv4/UDP packet (L3 netkit devices carry no link-layer header)."""
-    udp = struct.pack("!HHHH", 5555, port, 8 + len(payload), 0) + payload
-    total = 20 + len(udp)
-    header = struct.pack(
-        "!BBHHHBBH4s4s",
-        0x45,
-        0,
-        total,
-        1,
-        0,
-        64,
-        socket.IPPROTO_UDP,
-        0,
-        socket.inet_aton(src),
-        socket.inet_aton(dst),
-    )
-    words = struct.unpack("!10H", header)
-    csum = sum(words)
-    csum = (csum & 0xFFFF) + (csum >> 16)
-    csum = ~((csum & 0xFFFF) + (csum >> 16)) & 0xFFFF
-    return header[:10] + struct.pack("!H", csum) + header[12:] + udp
-
-
-def _inject(netns: lab.Netns | None, device: str, packet: bytes, dst_mac: str, bypass: bool = False) -> None:
-    """Send an IPv4 packet out of `device` from an AF_PACKET socket, as anyone with CAP_NET_RAW can."""
-
-    def make() -> socket.socket:
-        return socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
-
-    if netns is None:
-        sock = make()
-    else:
-        fd = open_netns(netns.path)
-        sock = create_in(fd, make)
-        os.close(fd)
-    # With bypass, the frame goes straight to the driver: no qdisc, no tc egress.
-    sock.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, int(bypass))
-    # The link-layer destination (veth: the container's MAC; netkit, L3, has none).
-    address = (device, 0x0800, 0, 0, bytes.fromhex(dst_mac.replace(":", "")))
-    # a dropped frame may surface as ENOBUFS on the sender
-    with sock, contextlib.suppress(OSError):
-        sock.sendto(packet, address)
-
-
-def _receives(netns: lab.Netns, address: str, port: int, send: Callable[[], None]) -> bytes | None:
-    fd = open_netns(netns.path)
-    sock = create_in(fd, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
-    os.close(fd)
-    with sock:
-        sock.bind((address, port))
-        sock.settimeout(1.5)
-        send()
-        try:
-            return sock.recv(100)
-        except TimeoutError:
-            return None
-
-
 @pytest.mark.parametrize("bypass", [False, True], ids=["via-qdisc", "qdisc-bypass"])
 def test_frame_injected_by_the_host_never_arrives(phone: Phone, bypass: bool) -> None:
     one, two, a4, b4 = phone.one, phone.two, phone.a4, phone.b4
     port = 7777 + bypass
-    packet = _udp_datagram(a4, b4, port, b"from the host")
-    sent = _receives(two, b4, port, lambda: _inject(None, phone.host_two, packet, phone.mac_two, bypass))
+    packet = udp_datagram(a4, b4, port, b"from the host")
+    sent = receives(two, b4, port, lambda: inject(None, phone.host_two, packet, phone.mac_two, bypass))
     assert sent is None
     # control: the very same datagram written by the partner into its own eth0 arrives
-    forged_by_partner = _udp_datagram(a4, b4, port + 10, b"from yogurt one")
-    got = _receives(
-        two, b4, port + 10, lambda: _inject(one, "eth0", forged_by_partner, phone.mac_two, bypass)
-    )
+    forged_by_partner = udp_datagram(a4, b4, port + 10, b"from yogurt one")
+    got = receives(two, b4, port + 10, lambda: inject(one, "eth0", forged_by_partner, phone.mac_two, bypass))
     assert got == b"from yogurt one"
 
 
