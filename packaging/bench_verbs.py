@@ -283,7 +283,14 @@ def fill(plugin: Plugin, s: Scratch, lines: int, netns_count: int = 10) -> tuple
         ns, ifname = nss[idx % netns_count], f"e{idx // netns_count}"
         cid = f"ybench-fill-{idx}"
         s.track(plugin, conf, cid, ns.path, ifname)
-        _in_process("ADD", conf, cid, ns.path, ifname, f"fill{idx // 2}")
+        try:
+            _in_process("ADD", conf, cid, ns.path, ifname, f"fill{idx // 2}")
+        except BenchError as exc:
+            # Background only, not a figure: another session's GC on this host removes devices
+            # its own stateDir does not know (ours), so one retry after a DEL.
+            log(f"fill: {exc}; DEL and one retry")
+            _in_process("DEL", conf, cid, ns.path, ifname, f"fill{idx // 2}")
+            _in_process("ADD", conf, cid, ns.path, ifname, f"fill{idx // 2}")
 
     with ThreadPoolExecutor(8) as pool:
         for future in [pool.submit(one, idx) for idx in range(2 * lines)]:
