@@ -107,13 +107,14 @@ def add(inv: Invocation) -> Result:
         if cont.link(env.ifname) is not None:
             raise CNIError(Code.KERNEL, f"interface {env.ifname} already exists in {env.netns}")
         try:
-            backend.create_pair(kind, host, host_ifname, env.ifname, netns_fd, conf.mtu)
+            index = backend.create_pair(kind, host, host_ifname, env.ifname, netns_fd, conf.mtu)
         except OSError as exc:
             raise _kernel_error(f"cannot create {kind.device} pair {host_ifname}", exc) from exc
+        undo.append(("delete device", lambda: host.delete_link(index)))
         host_link, cont_link = host.link(host_ifname), cont.link(env.ifname)
-        assert host_link is not None and cont_link is not None
+        if host_link is None or cont_link is None:  # someone deleted it (or its netns) right away
+            raise CNIError(Code.KERNEL, f"the new {kind.device} pair {host_ifname} vanished")
         end.host_ifindex, end.peer_ifindex = host_link["index"], cont_link["index"]
-        undo.append(("delete device", lambda: host.delete_link(end.host_ifindex)))
         # The label says whose it is: a damaged registry is rebuilt from it (line/recovery.py),
         # and GC sweeps only devices labelled for its own registry and network.
         host.set_alias(end.host_ifindex, recovery.alias(end, conf.state_dir))
