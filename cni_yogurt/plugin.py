@@ -266,14 +266,18 @@ def check(inv: Invocation) -> None:
 
 
 def _line_problems(registry: Registry, pins: Pins, env: Any, host_ifindex: int) -> list[str]:
-    ends = registry.snapshot()
-    end = ends.get(attachment_key(env.container_id, env.ifname))
-    if end is None:
-        return ["attachment is on no line"]
-    if end.host_ifindex != host_ifindex:
-        return [f"line records ifindex {end.host_ifindex}, device has {host_ifindex}"]
-    partner = next((o for o in ends.values() if o.line == end.line and o.key != end.key and o.ready), None)
-    with PairMap(pins) as pairs:
+    # The line and the map are read under the one lock that ADD wires and DEL cuts under:
+    # read apart, CHECK of a healthy end whose partner was just going or coming saw half
+    # of that change ("map wires X but line has no partner") and failed (test_load.py).
+    with registry.transaction() as ends, PairMap(pins) as pairs:
+        end = ends.get(attachment_key(env.container_id, env.ifname))
+        if end is None:
+            return ["attachment is on no line"]
+        if end.host_ifindex != host_ifindex:
+            return [f"line records ifindex {end.host_ifindex}, device has {host_ifindex}"]
+        partner = next(
+            (o for o in ends.values() if o.line == end.line and o.key != end.key and o.ready), None
+        )
         mine = pairs.get(end.host_ifindex)
         if partner is None:
             return [] if mine is None else [f"map wires {end.key} but line {end.line!r} has no partner"]
