@@ -204,9 +204,11 @@ def delete(inv: Invocation) -> None:
     with Rtnl() as host:
         link = host.link(host_ifname)
         index = link["index"] if link is not None and link_kind(link) in backend.DEVICE_KINDS else 0
-        wiring.hang_up(registry, pins, env.container_id, env.ifname, index)
+        own = wiring.hang_up(registry, pins, env.container_id, env.ifname, index)
         crash_point("del:left")
-        datapath.detach(pins, host_ifname)
+        datapath.detach(own, host_ifname)
+        if own != pins:
+            datapath.detach(pins, host_ifname)  # and any of this release's, to be sure
         crash_point("del:detached")
         if index:
             host.delete_link(index)  # takes the container end with it

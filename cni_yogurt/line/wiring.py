@@ -43,16 +43,19 @@ def connect(registry: Registry, pins: Pins, end: End) -> End | None:
         return partner
 
 
-def hang_up(registry: Registry, pins: Pins, container_id: str, ifname: str, host_ifindex: int = 0) -> None:
+def hang_up(registry: Registry, pins: Pins, container_id: str, ifname: str, host_ifindex: int = 0) -> Pins:
     """DEL's first step: cut the end's map entries, so the partner fails closed at once, and
     keep its record, marked leaving, until the device and the lease are gone too (forget):
-    a DEL killed half-way leaves an end that GC still knows to clean up."""
+    a DEL killed half-way leaves an end that GC still knows to clean up.  Returns the pins
+    the end was added with (an older release's, after an upgrade)."""
     with registry.transaction() as ends:
         end = ends.get(attachment_key(container_id, ifname)) or adopt(ends, container_id, ifname)
         ifindex = end.host_ifindex if end is not None else host_ifindex
-        _cut(pins, ifindex)
+        own = _pins_of(end, pins)
+        _cut(own, ifindex)
         if end is not None:
             end.ready, end.leaving = False, True
+        return own
 
 
 def forget(registry: Registry, key: str) -> None:
@@ -64,8 +67,13 @@ def leave(registry: Registry, pins: Pins, key: str, host_ifindex: int = 0) -> En
     """Drop an end at once: its map entries go first, so the partner fails closed at once."""
     with registry.transaction() as ends:
         end = ends.pop(key, None)
-        _cut(pins, end.host_ifindex if end is not None else host_ifindex)
+        _cut(_pins_of(end, pins), end.host_ifindex if end is not None else host_ifindex)
         return end
+
+
+def _pins_of(end: End | None, default: Pins) -> Pins:
+    """Where an end's map entries and links are: the pin dir it was added with, if it says."""
+    return Pins(end.pins) if end is not None and end.pins else default
 
 
 def _cut(pins: Pins, ifindex: int) -> None:
