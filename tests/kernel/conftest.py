@@ -256,9 +256,9 @@ def node(tmp_path: Any, backend: str | None) -> Iterator[Node]:
 class Phone:
     """Two ends of one line, wired, shared by the tests that only observe it."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, subnet4: str = "10.42.0.0/24", subnet6: str = "fd42::/64") -> None:
         self.node = node
-        self.conf = node.conf()
+        self.conf = node.conf(subnet4=subnet4, subnet6=subnet6)
         self.one, self.two = node.netns(), node.netns()
         self.r1, self.r2 = node.add(self.conf, self.one), node.add(self.conf, self.two)
         self.a4, self.a6 = addresses(self.r1)
@@ -274,10 +274,14 @@ class Phone:
 
 
 @pytest.fixture(scope="module")
-def phone(tmp_path_factory: pytest.TempPathFactory, backend: str | None) -> Iterator[Phone]:
+def phone(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, backend: str | None
+) -> Iterator[Phone]:
+    """One per test module; a module whose tests route host traffic to the phone names its own
+    subnets (PHONE_SUBNETS), so that two modules' host routes never collide."""
     n = Node(tmp_path_factory.mktemp("phone"), backend)
     with _must_leave_nothing(n, "the phone"):
-        p = Phone(n)
+        p = Phone(n, *getattr(request.module, "PHONE_SUBNETS", ()))
         yield p
         p.hang_up()
 

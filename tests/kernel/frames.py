@@ -61,8 +61,10 @@ def inject(netns: lab.Netns | None, device: str, packet: bytes, dst_mac: str, by
 
 
 def receives(netns: lab.Netns, address: str, port: int, send: Callable[[], None]) -> bytes | None:
+    """What a UDP socket on address:port in `netns` gets while `send()` runs (None: nothing)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
     fd = open_netns(netns.path)
-    sock = create_in(fd, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    sock = create_in(fd, lambda: socket.socket(family, socket.SOCK_DGRAM))
     os.close(fd)
     with sock:
         sock.bind((address, port))
