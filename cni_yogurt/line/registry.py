@@ -53,6 +53,10 @@ def attachment_key(container_id: str, ifname: str) -> str:
     return f"{container_id}/{ifname}"
 
 
+# What reading a truncated, garbage or foreign lines.json raises.
+DAMAGED = (ValueError, TypeError, KeyError, AttributeError, RecursionError)
+
+
 class Registry:
     """lines.json under its lock.  `recover` rebuilds the ends from the kernel when the
     file is damaged (line/recovery.py); `on_heal` hears about it (the verb's log)."""
@@ -68,14 +72,18 @@ class Registry:
         self._recover = recover
         self._on_heal = on_heal
 
+    def _load(self) -> dict[str, End]:
+        """The ends in lines.json; raises FileNotFoundError, or one of DAMAGED if it is not ours to read."""
+        with open(self.path, encoding="utf-8") as f:
+            raw = json.load(f)
+        return {str(key): End(**value) for key, value in raw["ends"].items()}
+
     def _read(self) -> dict[str, End]:
         try:
-            with open(self.path, encoding="utf-8") as f:
-                raw = json.load(f)
-            return {str(key): End(**value) for key, value in raw["ends"].items()}
+            return self._load()
         except FileNotFoundError:
             return {}
-        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+        except DAMAGED as exc:
             return self._heal(f"{type(exc).__name__}: {exc}")
 
     def _heal(self, why: str) -> dict[str, End]:
@@ -96,13 +104,10 @@ class Registry:
     def damage(self) -> str | None:
         """What is wrong with lines.json, without healing it (for `yogurt doctor`)."""
         try:
-            with open(self.path, encoding="utf-8") as f:
-                raw = json.load(f)
-            for value in raw["ends"].values():
-                End(**value)
+            self._load()
         except FileNotFoundError:
             return None
-        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+        except DAMAGED as exc:
             return f"{type(exc).__name__}: {exc}"
         return None
 
