@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -30,7 +30,7 @@ from cni_yogurt.datapath import Pins, program_id
 from cni_yogurt.faults import crash_point
 from cni_yogurt.kernel import bpf, tc
 from cni_yogurt.kernel.netlink import Rtnl
-from cni_yogurt.kernel.netns import create_in
+from cni_yogurt.kernel.netns import create_in, open_netns
 
 DEVICE_KINDS = ("netkit", "veth")
 T = TypeVar("T")
@@ -91,6 +91,19 @@ class Pair:
         return self.cont if hook.on_container_side else self.host
 
 
+@contextlib.contextmanager
+def opened_pair(
+    host: Rtnl, host_ifname: str, host_ifindex: int, peer_ifindex: int, netns: str
+) -> Iterator[Pair]:
+    """A recorded end's pair, with a socket in its container's netns (OSError if that is gone)."""
+    netns_fd = open_netns(netns)
+    try:
+        with Rtnl.in_netns(netns_fd) as cont:
+            yield Pair(host_ifname, host_ifindex, peer_ifindex, host, cont, netns_fd)
+    finally:
+        os.close(netns_fd)
+
+
 # -- choosing ---------------------------------------------------------------
 
 
@@ -135,9 +148,12 @@ def tcx_supported() -> bool:
     return True
 
 
-def resolve(mode: str, veth_attach: str, state_dir: str) -> Backend:
-    """The backend an ADD uses: the config's choice, else netkit where the kernel has it."""
-    if mode == "netkit" or (mode == "auto" and netkit_supported(state_dir)):
+def resolve(mode: str, veth_attach: str, state_dir: str, netkit: bool | None = None) -> Backend:
+    """The backend an ADD uses: the config's choice, else netkit where the kernel has it.
+    `netkit`: whether it has, if the caller already asked (else the per-boot answer)."""
+    if mode == "auto" and netkit is None:
+        netkit = netkit_supported(state_dir)
+    if mode == "netkit" or (mode == "auto" and netkit):
         return NETKIT
     if veth_attach == "auto":
         return VETH_TCX if tcx_supported() else VETH_TC

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from collections import defaultdict
 from typing import Any
 
 from cni_yogurt import backend
 from cni_yogurt.datapath import CounterMap, PairMap, Pins
 from cni_yogurt.kernel.netlink import Rtnl
-from cni_yogurt.kernel.netns import open_netns
 from cni_yogurt.line.registry import End, Registry
 
 
@@ -19,17 +17,13 @@ def _problems(pins: Pins, end: End) -> list[str]:
     if kind is None:
         return [f"unknown attach method {end.attach!r}"]
     try:
-        netns_fd = open_netns(end.netns)
-    except OSError as exc:
-        return [f"cannot open netns {end.netns}: {exc}"]
-    try:
-        with Rtnl() as host, Rtnl.in_netns(netns_fd) as cont:
-            pair = backend.Pair(end.host_ifname, end.host_ifindex, end.peer_ifindex, host, cont, netns_fd)
+        with (
+            Rtnl() as host,
+            backend.opened_pair(host, end.host_ifname, end.host_ifindex, end.peer_ifindex, end.netns) as pair,
+        ):
             return backend.attach_problems(kind, pins, pair)
     except OSError as exc:
-        return [f"cannot query programs: {exc}"]
-    finally:
-        os.close(netns_fd)
+        return [f"cannot query programs of {end.key} (netns {end.netns}): {exc}"]
 
 
 def collect(bpffs_dir: str, state_dir: str) -> dict[str, Any]:

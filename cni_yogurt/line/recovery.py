@@ -19,6 +19,7 @@ import json
 import os
 from typing import Any
 
+from cni_yogurt.backend import DEVICE_KINDS
 from cni_yogurt.datapath import PairMap, Pins
 from cni_yogurt.kernel.netlink import Rtnl, link_kind
 from cni_yogurt.line import naming
@@ -26,7 +27,6 @@ from cni_yogurt.line.registry import End
 
 IFALIASZ = 255  # the kernel's limit, NUL excluded
 ANONYMOUS = "?"  # container_id of an end whose identity did not fit: no real ID starts with it
-DEVICE_KINDS = ("netkit", "veth")
 
 
 def state_tag(state_dir: str) -> str:

@@ -9,13 +9,11 @@ registry, so lines work again without anyone re-adding containers.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from cni_yogurt import backend
 from cni_yogurt.datapath import CounterMap, PairMap, Pins
 from cni_yogurt.kernel.netlink import Rtnl
-from cni_yogurt.kernel.netns import open_netns
 from cni_yogurt.line.registry import End, Registry
 
 
@@ -50,12 +48,7 @@ def _device_is_there(host: Rtnl, end: End) -> bool:
 
 def _attach(host: Rtnl, pins: Pins, end: End) -> None:
     kind = backend.BY_ATTACH[end.attach]
-    netns_fd = open_netns(end.netns)
-    try:
-        with Rtnl.in_netns(netns_fd) as cont:
-            pair = backend.Pair(end.host_ifname, end.host_ifindex, end.peer_ifindex, host, cont, netns_fd)
-            with CounterMap(pins) as counters:
-                counters.start(end.host_ifindex)
-            backend.attach(kind, pins, pair)
-    finally:
-        os.close(netns_fd)
+    with backend.opened_pair(host, end.host_ifname, end.host_ifindex, end.peer_ifindex, end.netns) as pair:
+        with CounterMap(pins) as counters:
+            counters.start(end.host_ifindex)
+        backend.attach(kind, pins, pair)
