@@ -41,8 +41,9 @@ def check_backend(state_dir: str, mode: str, veth_attach: str, cached: bool = Tr
     from cni_yogurt import backend
 
     netkit = backend.netkit_supported(state_dir) if cached else backend.probe_netkit() is None
+    kind = backend.resolve(mode, veth_attach, state_dir, netkit)
     release = os.uname().release
-    if mode == "netkit" or (mode == "auto" and netkit):
+    if kind is backend.NETKIT:
         if netkit:
             return Finding("backend", True, f"netkit (Linux {release})")
         return Finding(
@@ -51,15 +52,14 @@ def check_backend(state_dir: str, mode: str, veth_attach: str, cached: bool = Tr
             f'"mode": "netkit" but Linux {release} cannot create netkit devices',
             'boot a kernel >= 6.7 with CONFIG_NETKIT, or set "mode" to "auto" or "veth"',
         )
-    tcx = backend.tcx_supported()
-    if veth_attach == "tcx" and not tcx:
+    if kind is backend.VETH_TCX and not backend.tcx_supported():
         return Finding(
             "backend",
             False,
             f"veth with tcx, but Linux {release} has no tcx",
             'set "vethAttach" to "auto" or "tc"',
         )
-    how = "tcx links" if veth_attach == "tcx" or (veth_attach == "auto" and tcx) else "clsact + cls_bpf"
+    how = "tcx links" if kind is backend.VETH_TCX else "clsact + cls_bpf"
     why = "" if mode == "veth" else f"; no netkit in Linux {release}"
     return Finding("backend", True, f"veth, programs attached with {how}{why}")
 
