@@ -68,6 +68,18 @@ def _no_ipv6_on_host_side(host_ifname: str) -> None:
         f.write("1")
 
 
+def _ensure_programs(pins: Pins, registry: Registry, inv: Invocation) -> None:
+    """Load the programs unless they are pinned; loaded anew under live ends (pins removed,
+    bpffs unmounted, or the first ADD after boot, with none), give those the new programs."""
+    try:
+        if datapath.ensure_loaded(pins, inv.conf.state_dir):
+            repaired = repair.reattach(registry, pins, inv.log)
+            if repaired:
+                inv.log.warning("programs were gone under live ends; re-attached", ends=repaired)
+    except Exception as exc:
+        raise CNIError(Code.DATAPATH, "cannot load the yogurt BPF programs", str(exc)) from exc
+
+
 def _stop_counters(pins: Pins, host_ifindex: int) -> None:
     with datapath.CounterMap(pins) as counters:
         counters.stop(host_ifindex)
@@ -96,12 +108,7 @@ def add(inv: Invocation) -> Result:
         wiring.reserve(registry, end)
         undo.append(("leave line", lambda: wiring.leave(registry, pins, end.key)))
         crash_point("add:reserved")
-        try:
-            if datapath.ensure_loaded(pins, conf.state_dir):
-                # Loaded anew under live ends (pins removed, bpffs unmounted): give them the new programs.
-                repair.reattach(registry, pins, log)
-        except Exception as exc:
-            raise CNIError(Code.DATAPATH, "cannot load the yogurt BPF programs", str(exc)) from exc
+        _ensure_programs(pins, registry, inv)
         kind = backend.resolve(conf.mode, conf.veth_attach, conf.state_dir)
         end.device, end.attach = kind.device, kind.attach
         if cont.link(env.ifname) is not None:
@@ -324,17 +331,8 @@ def gc(inv: Invocation) -> None:
     stale = [e for e in ends if e.network == conf.name and e.key not in valid]
     keep = {e.host_ifname for e in ends if e.network != conf.name or e.key in valid}
     keep |= {naming.host_ifname(c, i) for c, i in attachments}
-    live = [e for e in ends if e.key in valid and e.pins == pins.root and e.ready]
-    if live and not pins.loaded():
-        # Their programs were lost under them (pins removed, bpffs unmounted): load and re-attach.
-        try:
-            if datapath.ensure_loaded(pins, conf.state_dir):
-                log.warning(
-                    "gc: programs were gone under live ends; re-attached",
-                    ends=repair.reattach(registry, pins, log),
-                )
-        except Exception as exc:
-            raise CNIError(Code.DATAPATH, "cannot load the yogurt BPF programs", str(exc)) from exc
+    if any(e.key in valid and e.pins == pins.root and e.ready for e in ends):
+        _ensure_programs(pins, registry, inv)  # live ends whose programs may have been lost under them
     failed: list[str] = []
     with Rtnl() as host:
         for end in stale:
@@ -355,15 +353,14 @@ def gc(inv: Invocation) -> None:
         # Devices and pins no line knows of: left by a crash, or by ends just removed;
         # a device labelled for another network or registry is not this GC's business.
         # Swept under the registry lock, keeping every end on record by then: an ADD reserves
-        # its end before it makes its device and pins its links. A device has no label from
-        # its creation until its ADD attached the programs: unlabelled, it may be an ADD in
-        # flight for another registry (stateDir), whose lock this GC does not hold, so only
-        # the devices of ends this GC removed are its own. Pins go with their device, or
-        # when it is gone. (Swept from the first read alone, GC deleted the devices and
-        # unpinned the links of ADDs running in parallel, and unpinned every link of another
-        # registry's ends on the same bpffsDir: veth ends lost their guard.)
+        # its end before it makes its device and pins its links. A device is unlabelled from
+        # its creation until its ADD labels it, one netlink request later: unlabelled, it may be
+        # an ADD in flight for another registry (stateDir), whose lock this GC does not hold, so
+        # it is left alone (the devices of the ends removed above are gone already). Pins go
+        # with their device, or when it is gone. (Swept from the first read alone, GC deleted
+        # the devices and unpinned the links of ADDs running in parallel, and unpinned every
+        # link of another registry's ends on the same bpffsDir: veth ends lost their guard.)
         tag = recovery.state_tag(conf.state_dir)
-        removed = {e.host_ifname for e in stale} - keep
         with registry.transaction() as now:
             keep |= {e.host_ifname for e in now.values()}
             devices = {
@@ -379,7 +376,7 @@ def gc(inv: Invocation) -> None:
                     return True  # pins of a device that is gone
                 label = recovery.parse_alias(devices[name].get_attr("IFLA_IFALIAS"))
                 if label is None:
-                    return name in removed
+                    return False
                 return label.get("n", conf.name) == conf.name and label.get("d", tag) == tag
 
             for name, link in devices.items():
