@@ -331,6 +331,16 @@ class Answer:
     calls: list[str]
 
 
+def minimal_conf(log_dir: Path, version: str = LATEST, log_file: str = "log.jsonl") -> dict[str, Any]:
+    """The smallest valid config, logging into the test's own dir."""
+    return {"cniVersion": version, "name": "fuzznet", "type": "yogurt", "logFile": str(log_dir / log_file)}
+
+
+def assert_refused(answer: Answer, code: int) -> None:
+    """An error answer with this spec code: exit 1, the error JSON on stdout."""
+    assert answer.rc == 1 and answer.out is not None and answer.out["code"] == code, answer
+
+
 def invoke(environ: dict[str, str], stdin: bytes, verbs: Verbs | None = None) -> Answer:
     """skel.run as the executable runs it; asserts what holds for every answer."""
     verbs = verbs or Verbs()
@@ -395,12 +405,7 @@ def test_every_verb_and_version_with_valid_input(
     log_dir: Path, command: str, version: str, data: st.DataObject
 ) -> None:
     """Valid env, a valid config with unknown keys added: success exactly where the verb exists."""
-    conf: dict[str, Any] = {
-        "cniVersion": version,
-        "name": "fuzznet",
-        "type": "yogurt",
-        "logFile": str(log_dir / "log.jsonl"),
-    }
+    conf = minimal_conf(log_dir, version)
     reserved = set(conf) | {"ipam", "prevResult", "dns", "args", "runtimeConfig", "cniVersions", "mtu"}
     reserved |= {"line", "bpffsDir", "stateDir", "mode", "vethAttach", "cni.dev/valid-attachments"}
     reserved |= {"cni.dev/attachments"}
@@ -415,10 +420,10 @@ def test_every_verb_and_version_with_valid_input(
             "supportedVersions": [*SUPPORTED_VERSIONS],
         }
     elif missing:
-        assert answer.rc == 1 and answer.out is not None and answer.out["code"] == Code.INVALID_ENV
+        assert_refused(answer, Code.INVALID_ENV)
         assert answer.out["cniVersion"] == version
     elif not at_least(version, VERB_SINCE[command]):
-        assert answer.rc == 1 and answer.out is not None and answer.out["code"] == Code.INCOMPATIBLE_VERSION
+        assert_refused(answer, Code.INCOMPATIBLE_VERSION)
     else:
         assert answer.rc == 0, answer
         if command == "ADD":
@@ -453,10 +458,10 @@ def container_id_invalid(value: str) -> bool:
 @given(ifname=env_text, container_id=env_text)
 def test_hostile_names_are_env_errors(log_dir: Path, command: str, ifname: str, container_id: str) -> None:
     environ = {**CNI_VARS, "CNI_COMMAND": command, "CNI_IFNAME": ifname, "CNI_CONTAINERID": container_id}
-    conf = {"cniVersion": LATEST, "name": "fuzznet", "type": "yogurt", "logFile": str(log_dir / "log.jsonl")}
+    conf = minimal_conf(log_dir)
     answer = invoke(environ, encoded(conf))
     if container_id_invalid(container_id) or kernel_rejects_ifname(ifname):
-        assert answer.rc == 1 and answer.out is not None and answer.out["code"] == Code.INVALID_ENV, answer
+        assert_refused(answer, Code.INVALID_ENV)
     else:
         assert answer.rc == 0, answer
 
@@ -474,7 +479,7 @@ def test_hostile_names_are_env_errors(log_dir: Path, command: str, ifname: str, 
 )
 def test_cni_args_are_env_errors_or_accepted(log_dir: Path, command: str, cni_args: str) -> None:
     environ = {**CNI_VARS, "CNI_COMMAND": command, "CNI_ARGS": cni_args}
-    conf = {"cniVersion": LATEST, "name": "fuzznet", "type": "yogurt", "logFile": str(log_dir / "log.jsonl")}
+    conf = minimal_conf(log_dir)
     answer = invoke(environ, encoded(conf))
     pairs = [p.partition("=") for p in cni_args.split(";") if p]
     malformed = any(not sep or not key for key, sep, _ in pairs)
@@ -482,7 +487,7 @@ def test_cni_args_are_env_errors_or_accepted(log_dir: Path, command: str, cni_ar
     unknown = set(args) - {"YOGURT_LINE", "IgnoreUnknown"}
     ignoring = args.get("IgnoreUnknown", "").lower() in ("1", "true")
     if malformed or (unknown and not ignoring):
-        assert answer.rc == 1 and answer.out is not None and answer.out["code"] == Code.INVALID_ENV, answer
+        assert_refused(answer, Code.INVALID_ENV)
     else:
         assert answer.rc == 0, answer
 
@@ -499,7 +504,7 @@ def test_stdin_that_is_no_json_object_is_a_decode_failure(log_dir: Path, command
         is_object = False
     answer = invoke({**CNI_VARS, "CNI_COMMAND": command}, stdin)
     if not is_object:
-        assert answer.rc == 1 and answer.out is not None and answer.out["code"] == Code.DECODE_FAILURE, answer
+        assert_refused(answer, Code.DECODE_FAILURE)
         assert answer.out["cniVersion"] == LATEST
     else:
         assert answer.rc == 0 or (answer.out is not None and answer.out["code"] in PARSE_CODES), answer
@@ -528,7 +533,7 @@ def test_version_always_answers(stdin: bytes) -> None:
 )
 def test_a_log_file_that_cannot_be_opened_fails_nothing(log_dir: Path, command: str, name: str) -> None:
     """logFile is ours to open: a NUL, an unencodable character, a directory, a name too long."""
-    conf = {"cniVersion": LATEST, "name": "fuzznet", "type": "yogurt", "logFile": str(log_dir / name)}
+    conf = minimal_conf(log_dir, log_file=name)
     answer = invoke({**CNI_VARS, "CNI_COMMAND": command}, encoded(conf))
     assert answer.rc == 0, answer
 
@@ -555,7 +560,7 @@ def test_a_failing_verb_is_error_json_never_a_traceback(
 ) -> None:
     if not at_least(version, VERB_SINCE[command]):
         version = LATEST
-    conf = {"cniVersion": version, "name": "fuzznet", "type": "yogurt", "logFile": str(log_dir / "log.jsonl")}
+    conf = minimal_conf(log_dir, version)
     answer = invoke({**CNI_VARS, "CNI_COMMAND": command}, encoded(conf), Verbs(fail=exc))
     assert answer.rc == 1 and answer.out is not None
     assert answer.out["cniVersion"] == version
