@@ -141,6 +141,7 @@ class Containerd:
         self.proc: subprocess.Popen[bytes] | None = None
         self._had_run_containerd = os.path.exists(os.path.dirname(SHIM_SOCKETS))
         self.mnt_ns = ""
+        self._mnt_ns_fd = -1
         self.pids: dict[int, str] = {}  # sandbox pid -> its start time, to tell pid reuse apart
         self.survivors: list[str] = []
         self.networks: list[str] = []  # names of the CNI networks used, in turn
@@ -185,6 +186,11 @@ class Containerd:
         self.runtime = api_grpc.RuntimeServiceStub(self._channel)
         self.wait(lambda: self._status(lambda c: c.type == "RuntimeReady" and c.status), "the CRI runtime")
         self.mnt_ns = os.readlink(f"/proc/{self.proc.pid}/ns/mnt")
+        # Held open until the survivors are counted: once containerd is gone, the kernel would
+        # give its namespace's inode number (which `mnt_ns` names) to the next new mount
+        # namespace, e.g. an `ip netns exec` of another test, whose processes would then
+        # look like containerd's.
+        self._mnt_ns_fd = os.open(f"/proc/{self.proc.pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
         self._import_pause()
 
     def stop(self, timeout: float = DEADLINE) -> None:
@@ -214,6 +220,9 @@ class Containerd:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         _wait_gone(list(found), timeout=60)
+        if self._mnt_ns_fd >= 0:
+            os.close(self._mnt_ns_fd)
+            self._mnt_ns_fd = -1
         self.proc = None
         self._remove_socket_dirs()
 
