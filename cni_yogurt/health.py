@@ -108,7 +108,8 @@ def check_programs(bpffs_dir: str, state_dir: str) -> Finding:
             "programs",
             False,
             "programs not loaded and bcc's Python module is missing",
-            "apt-get install python3-bpfcc",
+            "apt-get install python3-bpfcc, and run the plugin with the distribution's python3 "
+            "(a venv made from /usr/bin/python3 with --system-site-packages)",
         )
     found = headers.describe()
     if found is None:
