@@ -28,10 +28,14 @@
 //
 // Either way the sender marks what it redirects in skb->cb (which, unlike
 // skb->mark, survives netkit's scrubbing and the netns crossing) and the
-// guard passes nothing else.  The mark is a 64-bit secret chosen at load time
-// (YOGURT_SECRET_LO/HI, -D defines) in cb[0..1] plus the sender's host-side
-// ifindex in cb[2]; the guard checks that the sender is really paired with
-// this device.  On the host's own transmit and forward paths the same cb
+// guard passes nothing else.  The mark is a 64-bit secret in cb[0..1] plus
+// the sender's host-side ifindex in cb[2]; the guard checks that the sender
+// is really paired with this device.  The secret lives in a map (yogurt_mark)
+// rather than in the code: a new release's loader copies it from the old
+// pins, so old and new programs agree on the mark while live lines move from
+// one to the other (cni_yogurt/line/moving.py).  The mark's layout is part of
+// that contract: a release that changes it must accept the old one while
+// lines move.  On the host's own transmit and forward paths the same cb
 // words hold what the IPv4/IPv6 layers left there (IPCB/IP6CB: option and
 // extension header offsets a remote sender may choose), so 64 bits stand
 // between those and a pass, not 32.  netkit's verdicts have the values of
@@ -52,9 +56,22 @@
 #define NETKIT_REDIRECT 7
 #endif
 
-#if !defined(YOGURT_SECRET_LO) || !defined(YOGURT_SECRET_HI)
-#error "YOGURT_SECRET_LO and YOGURT_SECRET_HI must be defined at load time"
-#endif
+// The secret: random per node, written by the loader before any program is
+// pinned; never 0 (a zeroed cb must not pass; both programs check).  An array lookup of a
+// constant key is inlined by the verifier: no helper call per packet.
+struct yogurt_mark {
+    u32 lo;  // cb[0]
+    u32 hi;  // cb[1]
+};
+
+BPF_ARRAY(yogurt_mark, struct yogurt_mark, 1);
+
+static __always_inline struct yogurt_mark *the_mark(void)
+{
+    u32 zero = 0;
+
+    return yogurt_mark.lookup(&zero);
+}
 
 // One entry per wired end, keyed by its host-side ifindex.
 struct yogurt_end {
@@ -87,14 +104,15 @@ static __always_inline struct yogurt_end *mark_for_partner(struct __sk_buff *skb
 {
     struct yogurt_end *end = yogurt_pairs.lookup(&self);
     struct yogurt_counters *count = counters_of(self);
+    struct yogurt_mark *mark = the_mark();
 
-    if (!end) {
+    if (!end || !mark || !(mark->lo | mark->hi)) {
         if (count)
             count->drop_not_wired++;
         return 0;
     }
-    skb->cb[0] = YOGURT_SECRET_LO;
-    skb->cb[1] = YOGURT_SECRET_HI;
+    skb->cb[0] = mark->lo;
+    skb->cb[1] = mark->hi;
     skb->cb[2] = self;
     if (count) {
         count->redirected_packets++;
@@ -135,9 +153,10 @@ int yogurt_primary(struct __sk_buff *skb)
     u32 self = skb->ifindex;
     u32 sender = skb->cb[2];
     struct yogurt_counters *count = counters_of(self);
+    struct yogurt_mark *mark = the_mark();
     struct yogurt_end *end;
 
-    if (skb->cb[0] != YOGURT_SECRET_LO || skb->cb[1] != YOGURT_SECRET_HI) {
+    if (!mark || !(mark->lo | mark->hi) || skb->cb[0] != mark->lo || skb->cb[1] != mark->hi) {
         if (count)
             count->drop_unmarked++;  // host-originated, forwarded or injected
         return NETKIT_DROP;

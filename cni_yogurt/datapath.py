@@ -1,11 +1,11 @@
-"""The wire's kernel objects: two pinned programs, the pairing map, per-device links.
+"""The wire's kernel objects: pinned programs, the pairing map, per-device links.
 
 Layout under `<bpffsDir>/v<ABI>/` (the ABI number changes whenever the
-programs or the map layout change, so an upgraded plugin never mixes with
-objects an older one pinned):
+programs or the map layout change, so a new release loads its own objects
+next to an older one's, and line/moving.py moves live ends across):
 
     prog_peer prog_veth_peer prog_primary      loaded once per node, by bcc
-    pairs counters                             the pairing map, per-end counters
+    pairs counters mark                        the pairing map, per-end counters, the secret
     links/<host-ifname>_peer|_primary       one pair of links per device
 
 A link must be pinned: an unpinned BPF link detaches when the plugin
@@ -17,19 +17,26 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from cni_yogurt.faults import test_abi
 from cni_yogurt.kernel import bpf
 
-ABI = 3  # 2: the veth sender program (prog_veth_peer); 3: 64-bit mark, counters
+# 2: the veth sender program (prog_veth_peer); 3: 64-bit mark, counters;
+# 4: the secret in a map, handed on to the next release (upgrade in place).
+ABI = test_abi() or 4
+FIRST_MOVABLE_ABI = 4  # older programs keep their secret in their code: their lines cannot move losslessly
 _KEY = struct.Struct("=I")
 _VALUE = struct.Struct("=II")
+_MARK = struct.Struct("=II")  # struct yogurt_mark: cb[0], cb[1]
+_VERSION_DIR = re.compile(r"v(\d+)")
 # Pinned program name -> function in bpf/yogurt.bpf.c; the same for maps.
 PROGRAMS = {"peer": "yogurt_peer", "veth_peer": "yogurt_veth_peer", "primary": "yogurt_primary"}
-MAPS = {"pairs": "yogurt_pairs", "counters": "yogurt_counters"}
+MAPS = {"pairs": "yogurt_pairs", "counters": "yogurt_counters", "mark": "yogurt_mark"}
 
 
 @dataclass(frozen=True)
@@ -40,16 +47,34 @@ class Pins:
     def under(cls, bpffs_dir: str) -> Pins:
         return cls(os.path.join(bpffs_dir, f"v{ABI}"))
 
+    @property
+    def abi(self) -> int:
+        found = _VERSION_DIR.fullmatch(os.path.basename(self.root))
+        return int(found.group(1)) if found else 0
+
+    def others(self) -> list[Pins]:
+        """Pin dirs of other releases next to this one, newest first."""
+        parent = os.path.dirname(self.root)
+        try:
+            names = os.listdir(parent)
+        except OSError:
+            return []
+        found = [Pins(os.path.join(parent, n)) for n in names if _VERSION_DIR.fullmatch(n)]
+        return sorted((p for p in found if p.root != self.root), key=lambda p: p.abi, reverse=True)
+
     def prog(self, program: str) -> str:
         return os.path.join(self.root, f"prog_{program}")
 
+    def map(self, name: str) -> str:
+        return os.path.join(self.root, name)
+
     @property
     def pairs(self) -> str:
-        return os.path.join(self.root, "pairs")
+        return self.map("pairs")
 
     @property
     def counters(self) -> str:
-        return os.path.join(self.root, "counters")
+        return self.map("counters")
 
     @property
     def links_dir(self) -> str:
@@ -60,7 +85,10 @@ class Pins:
         return os.path.join(self.links_dir, f"{host_ifname}_{hook}")
 
     def loaded(self) -> bool:
-        return all(os.path.exists(p) for p in (self.pairs, self.counters, *map(self.prog, PROGRAMS)))
+        return all(os.path.exists(p) for p in self.objects())
+
+    def objects(self) -> list[str]:
+        return [*map(self.map, MAPS), *map(self.prog, PROGRAMS)]
 
 
 @dataclass(frozen=True)
@@ -83,14 +111,33 @@ def ensure_loaded(pins: Pins, state_dir: str) -> bool:
 
         bpffs.ensure_mounted(pins.root)
         # Leftovers of an interrupted load were never used by any device.
-        for path in (pins.pairs, pins.counters, *map(pins.prog, PROGRAMS)):
+        for path in pins.objects():
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
         os.makedirs(pins.links_dir, exist_ok=True)
+        mark = next(filter(None, map(read_mark, pins.others())), None) or loader.new_secret()
         # "primary" last: the guard's pin completes the set (see Pins.loaded).
-        maps = {pins.pairs: MAPS["pairs"], pins.counters: MAPS["counters"]}
-        loader.compile_and_pin(maps, {pins.prog(name): fn for name, fn in PROGRAMS.items()}, state_dir)
+        loader.compile_and_pin(
+            {pins.map(name): fn for name, fn in MAPS.items()},
+            {pins.prog(name): fn for name, fn in PROGRAMS.items()},
+            state_dir,
+            (MAPS["mark"], _MARK.pack(mark & 0xFFFFFFFF, mark >> 32)),
+        )
     return True
+
+
+def read_mark(pins: Pins) -> int | None:
+    """The secret an older release's programs mark with (None before ABI 4, or if gone):
+    a new release marks with the same one, so lines can move between the two."""
+    try:
+        with bpf.Map.open_pinned(pins.map("mark"), 4, _MARK.size) as mark:
+            raw = mark.lookup(bytes(4))
+    except OSError:
+        return None
+    if raw is None:
+        return None
+    lo, hi = _MARK.unpack(raw)
+    return (hi << 32 | lo) or None
 
 
 def detach(pins: Pins, host_ifname: str) -> None:
@@ -154,9 +201,14 @@ class CounterMap:
     def __exit__(self, *exc: object) -> None:
         self._map.close()
 
-    def start(self, host_ifindex: int) -> None:
-        """Zero an end's counters; the programs count only for ends that have an entry."""
-        self._map.update(_KEY.pack(host_ifindex), bytes(_COUNTERS.size * self._cpus))
+    def start(self, host_ifindex: int, values: bytes | None = None) -> None:
+        """Zero an end's counters (or set them to `values`, as `raw` read them from another
+        release's map); the programs count only for ends that have an entry."""
+        self._map.update(_KEY.pack(host_ifindex), values or bytes(_COUNTERS.size * self._cpus))
+
+    def raw(self, host_ifindex: int) -> bytes | None:
+        """An end's counters as the map holds them, one struct per CPU."""
+        return self._map.lookup(_KEY.pack(host_ifindex))
 
     def stop(self, host_ifindex: int) -> None:
         self._map.delete(_KEY.pack(host_ifindex))

@@ -26,18 +26,16 @@ def source_path() -> Path:
 
 
 def new_secret() -> int:
-    """The cb mark: 64 random bits per load, never 0 (a zeroed cb must not pass)."""
+    """The cb mark: 64 random bits per node, never 0 (a zeroed cb must not pass)."""
     return secrets.randbits(64) or 1
 
 
-def secret_flags(secret: int) -> list[str]:
-    """The mark as the two cb words the programs compare (cb[0] low, cb[1] high)."""
-    return [f"-DYOGURT_SECRET_LO={secret & 0xFFFFFFFF}U", f"-DYOGURT_SECRET_HI={secret >> 32}U"]
-
-
-def compile_and_pin(maps: dict[str, str], programs: dict[str, str], cache_dir: str) -> None:
-    """Load the programs ({pin path: function}) and their maps ({pin path: map}); pin
-    the maps first and the programs in order: all pins present means "complete"."""
+def compile_and_pin(
+    maps: dict[str, str], programs: dict[str, str], cache_dir: str, mark: tuple[str, bytes]
+) -> None:
+    """Load the programs ({pin path: function}) and their maps ({pin path: map}); write
+    the mark (map name, value at key 0) before anything is pinned, then pin the maps
+    first and the programs in order: all pins present means "complete"."""
     source = source_path()
     if not source.is_file():
         raise FileNotFoundError(f"the BPF source {source} is missing: reinstall cni-yogurt")
@@ -46,9 +44,12 @@ def compile_and_pin(maps: dict[str, str], programs: dict[str, str], cache_dir: s
         os.environ["BCC_KERNEL_SOURCE"] = kernel_source
     import bcc  # heavy: LLVM
 
-    module = bcc.BPF(text=source.read_text(encoding="utf-8"), cflags=[*secret_flags(new_secret()), "-w"])
+    module = bcc.BPF(text=source.read_text(encoding="utf-8"), cflags=["-w"])
     try:
         loaded = {pin: module.load_func(fn, bcc.BPF.SCHED_CLS) for pin, fn in programs.items()}
+        mark_map, value = mark
+        table = module[mark_map]
+        bpf.Map(table.map_fd, 4, len(value)).update(bytes(4), value)  # not closed: bcc owns the fd
         for pin, name in maps.items():
             bpf.obj_pin(module[name].map_fd, pin)
         crash_point("add:loading")

@@ -1,0 +1,49 @@
+"""The pin layout across releases, and the bpf(2) attribute for moving a link: pure, no root."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+
+from cni_yogurt import datapath, faults
+from cni_yogurt.datapath import Pins
+from cni_yogurt.kernel import bpf
+
+
+def test_pins_know_their_abi_and_find_other_releases_newest_first(tmp_path: Path) -> None:
+    for name in ("v3", "v12", "v4", "vx", "links", "v"):
+        (tmp_path / name).mkdir()
+    pins = Pins(str(tmp_path / "v4"))
+    assert pins.abi == 4
+    assert [p.abi for p in pins.others()] == [12, 3]
+    assert Pins(str(tmp_path / "links")).abi == 0
+    assert Pins.under(str(tmp_path)).root == str(tmp_path / f"v{datapath.ABI}")
+
+
+def test_no_other_release_where_the_parent_is_missing(tmp_path: Path) -> None:
+    assert Pins(str(tmp_path / "nowhere" / "v4")).others() == []
+
+
+def test_the_pin_set_includes_the_mark() -> None:
+    pins = Pins("/x/v4")
+    assert "/x/v4/mark" in pins.objects()
+    assert pins.objects()[-1] == "/x/v4/prog_primary"  # pinned last: it completes the set
+
+
+@pytest.mark.parametrize(
+    ("value", "abi"), [("5", 5), ("", None), ("0", None), ("-1", None), ("5x", None), ("99999", None)]
+)
+def test_the_test_abi_knob_takes_only_small_positive_numbers(
+    monkeypatch: pytest.MonkeyPatch, value: str, abi: int | None
+) -> None:
+    monkeypatch.setenv("YOGURT_TEST_ABI", value)
+    assert faults.test_abi() == abi
+
+
+def test_link_update_attr_swaps_the_program_of_whatever_the_link_runs() -> None:
+    attr = bpf.link_update_attr(7, 9)
+    assert len(attr) == 128
+    assert struct.unpack_from("=IIII", attr) == (7, 9, 0, 0)  # no BPF_F_REPLACE, no old_prog_fd
+    assert not any(attr[16:])
