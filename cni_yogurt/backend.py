@@ -199,29 +199,55 @@ def attach(backend: Backend, pins: Pins, pair: Pair) -> None:
     """Attach the sender and the guard; pin the links (an unpinned link dies with this process)."""
     os.makedirs(pins.links_dir, exist_ok=True)
     for hook in backend.hooks:
-        prog_fd = bpf.obj_get(pins.prog(hook.program))
-        try:
-            if backend.pins_links:
-                _attach_link(pins, pair, hook, prog_fd)
-            else:
-                rtnl, index = pair.rtnl(hook), pair.ifindex(hook)
-                rtnl.add_clsact(index)
-                rtnl.add_bpf_filter(index, tc.INGRESS, prog_fd, f"yogurt_{hook.program}")
-        finally:
-            os.close(prog_fd)
+        attach_hook(backend, pins, pair, hook)
         crash_point(f"add:link-{hook.name}")
+
+
+def attach_hook(backend: Backend, pins: Pins, pair: Pair, hook: Hook, pinned: str | None = None) -> None:
+    """Give one hook the program pinned in `pins`.  `pinned`: the link it has now (an older
+    release's pin), which keeps its place and is switched in place, and pinned under `pins`
+    instead: BPF_LINK_UPDATE swaps the program atomically, so every packet meets the old
+    program or the new one, never neither.  A tc filter is replaced in place the same way."""
+    prog_fd = bpf.obj_get(pins.prog(hook.program))
+    try:
+        if not backend.pins_links:
+            rtnl, index = pair.rtnl(hook), pair.ifindex(hook)
+            rtnl.add_clsact(index)
+            rtnl.add_bpf_filter(index, tc.INGRESS, prog_fd, f"yogurt_{hook.program}")
+        elif pinned is not None:
+            _update_link(pins, pair.host_ifname, hook, prog_fd, pinned)
+        else:
+            _attach_link(pins, pair, hook, prog_fd)
+    finally:
+        os.close(prog_fd)
 
 
 def _attach_link(pins: Pins, pair: Pair, hook: Hook, prog_fd: int) -> None:
     index = pair.ifindex(hook)
     link_fd = pair.on_side(hook, lambda: bpf.link_create(prog_fd, index, hook.attach_type))
     try:
-        path = pins.link(pair.host_ifname, hook.name)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)  # a stale link of an earlier device with this name
-        bpf.obj_pin(link_fd, path)
+        _pin(link_fd, pins.link(pair.host_ifname, hook.name))
     finally:
         os.close(link_fd)
+
+
+def _update_link(pins: Pins, host_ifname: str, hook: Hook, prog_fd: int, pinned: str) -> None:
+    link_fd = bpf.obj_get(pinned)
+    try:
+        if bpf.link_prog_id(link_fd) != bpf.object_id(prog_fd):
+            bpf.link_update(link_fd, prog_fd)
+        path = pins.link(host_ifname, hook.name)
+        if pinned != path:
+            _pin(link_fd, path)  # pinned twice for a moment: the link never lacks a pin
+            os.unlink(pinned)
+    finally:
+        os.close(link_fd)
+
+
+def _pin(link_fd: int, path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # a stale link of an earlier device with this name
+    bpf.obj_pin(link_fd, path)
 
 
 def attach_problems(backend: Backend, pins: Pins, pair: Pair) -> list[str]:

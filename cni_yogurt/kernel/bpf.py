@@ -23,6 +23,7 @@ OBJ_GET = 7
 OBJ_GET_INFO_BY_FD = 15
 PROG_QUERY = 16
 LINK_CREATE = 28
+LINK_UPDATE = 29
 
 # enum bpf_attach_type
 TCX_INGRESS = 46
@@ -50,6 +51,11 @@ def obj_attr(path_ptr: int, fd: int = 0) -> bytes:
 def link_create_attr(prog_fd: int, ifindex: int, attach_type: int) -> bytes:
     """LINK_CREATE for netkit and tcx (same layout): appended last (no relative_fd, no expected_revision)."""
     return _pad(struct.pack("=IIII", prog_fd, ifindex, attach_type, 0))
+
+
+def link_update_attr(link_fd: int, new_prog_fd: int) -> bytes:
+    """LINK_UPDATE: link_fd, new_prog_fd, flags, old_prog_fd (no BPF_F_REPLACE: whatever it runs now)."""
+    return _pad(struct.pack("=IIII", link_fd, new_prog_fd, 0, 0))
 
 
 def prog_query_attr(ifindex: int, attach_type: int, ids_ptr: int, count: int) -> bytes:
@@ -96,6 +102,11 @@ def obj_pin(fd: int, path: str) -> None:
 
 def link_create(prog_fd: int, ifindex: int, attach_type: int) -> int:
     return _call(LINK_CREATE, link_create_attr(prog_fd, ifindex, attach_type))[0]
+
+
+def link_update(link_fd: int, new_prog_fd: int) -> None:
+    """Swap the program a link runs, atomically: no packet sees neither (netkit, tcx)."""
+    _call(LINK_UPDATE, link_update_attr(link_fd, new_prog_fd))
 
 
 def prog_query(ifindex: int, attach_type: int, capacity: int = 64) -> list[int]:
