@@ -141,19 +141,17 @@ def check_state(state_dir: str) -> Finding:
 
 
 def check_pin_versions(bpffs_dir: str) -> Finding:
-    """Pins of another ABI: ends added by another release, which cannot be wired to ends of this one."""
-    current = os.path.basename(Pins.under(bpffs_dir).root)
-    try:
-        others = sorted(d for d in os.listdir(bpffs_dir) if d.startswith("v") and d != current)
-    except OSError:
-        others = []
+    """Pins of another ABI: ends added by an older release, not yet moved to this one's programs."""
+    pins = Pins.under(bpffs_dir)
+    current = os.path.basename(pins.root)
+    others = [os.path.basename(o.root) for o in pins.others()]
     if others:
         return Finding(
             "pins",
             False,
-            f"{bpffs_dir} also holds {', '.join(others)} of another release; "
-            f"its ends cannot be wired to ends of this one ({current})",
-            "DEL and ADD those containers again, then remove the old directory",
+            f"{bpffs_dir} also holds {', '.join(others)} of another release, next to this one's {current}",
+            "`yogurt upgrade` (or the next ADD or GC) moves live ends onto this release's programs "
+            "in place and removes the older pins once nothing uses them",
             fatal=False,
         )
     return Finding("pins", True, f"only this release's pins ({current})")

@@ -27,7 +27,7 @@ from cni_yogurt.datapath import PairMap, Pins
 from cni_yogurt.faults import crash_point
 from cni_yogurt.kernel.netlink import Rtnl, link_kind
 from cni_yogurt.kernel.netns import open_netns
-from cni_yogurt.line import naming, recovery, repair, wiring
+from cni_yogurt.line import moving, naming, recovery, wiring
 from cni_yogurt.line.registry import End, Registry, attachment_key
 
 ZERO_MAC = "00:00:00:00:00:00"  # L3 netkit has no MAC; podman still wants the field
@@ -69,13 +69,15 @@ def _no_ipv6_on_host_side(host_ifname: str) -> None:
 
 
 def _ensure_programs(pins: Pins, registry: Registry, inv: Invocation) -> None:
-    """Load the programs unless they are pinned; loaded anew under live ends (pins removed,
-    bpffs unmounted, or the first ADD after boot, with none), give those the new programs."""
+    """Load the programs unless they are pinned, and move live ends onto them: ends of an
+    older release (upgrade in place), or ends whose programs were lost with their pins
+    (removed, bpffs unmounted) when this call had to load them again."""
     try:
-        if datapath.ensure_loaded(pins, inv.conf.state_dir):
-            repaired = repair.reattach(registry, pins, inv.log)
-            if repaired:
-                inv.log.warning("programs were gone under live ends; re-attached", ends=repaired)
+        lost = datapath.ensure_loaded(pins, inv.conf.state_dir)
+        if moving.needed(registry, pins, lost):
+            moved = moving.move(registry, pins, inv.log, lost)
+            if moved:
+                inv.log.warning("live ends moved onto this release's programs", ends=moved, pins=pins.root)
     except Exception as exc:
         raise CNIError(Code.DATAPATH, "cannot load the yogurt BPF programs", str(exc)) from exc
 
@@ -331,8 +333,8 @@ def gc(inv: Invocation) -> None:
     stale = [e for e in ends if e.network == conf.name and e.key not in valid]
     keep = {e.host_ifname for e in ends if e.network != conf.name or e.key in valid}
     keep |= {naming.host_ifname(c, i) for c, i in attachments}
-    if any(e.key in valid and e.pins == pins.root and e.ready for e in ends):
-        _ensure_programs(pins, registry, inv)  # live ends whose programs may have been lost under them
+    if any(e.key in valid and e.ready for e in ends):
+        _ensure_programs(pins, registry, inv)  # live ends of an older release, or whose programs were lost
     failed: list[str] = []
     with Rtnl() as host:
         for end in stale:
@@ -388,9 +390,10 @@ def gc(inv: Invocation) -> None:
                 with datapath.CounterMap(pins) as counters:
                     for index in set(counters.keys()) - present:
                         counters.stop(index)
-            for name in datapath.pinned_link_names(pins):
-                if sweep(name):
-                    datapath.detach(pins, name)
+            for where in (pins, *pins.others()):  # an older release's too: it can then go
+                for name in datapath.pinned_link_names(where):
+                    if sweep(name):
+                        datapath.detach(where, name)
     if failed:
         raise CNIError(Code.IPAM_FAILED, "GC could not release every IP lease", "; ".join(failed))
     if ipam is not None:

@@ -20,6 +20,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (
         ("doctor", "can this node run the plugin? (netkit, bpffs, bcc, privileges)"),
         ("status", "lines, their ends and whether their programs are attached"),
+        ("upgrade", "move live lines onto this release's programs in place, then remove older pins"),
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--bpffs-dir", default=DEFAULT_BPFFS_DIR)
@@ -44,6 +45,10 @@ def main(argv: list[str]) -> int:
         from cni_yogurt.cli.status import status
 
         return status(args.bpffs_dir, args.state_dir, args.json)
+    if args.cmd == "upgrade":
+        from cni_yogurt.cli.upgrade import upgrade
+
+        return upgrade(args.bpffs_dir, args.state_dir, args.json)
     if args.cmd == "demo":
         from cni_yogurt.cli.demo import demo
 

@@ -7,7 +7,7 @@ from collections import defaultdict
 from typing import Any
 
 from cni_yogurt import backend
-from cni_yogurt.datapath import CounterMap, PairMap, Pins
+from cni_yogurt.datapath import CounterMap, PairMap, Partner, Pins
 from cni_yogurt.kernel.netlink import Rtnl
 from cni_yogurt.line.registry import End, Registry
 
@@ -26,20 +26,34 @@ def _problems(pins: Pins, end: End) -> list[str]:
         return [f"cannot query programs of {end.key} (netns {end.netns}): {exc}"]
 
 
+def _maps(pins: Pins, ends: list[End]) -> tuple[dict[int, Partner], dict[int, dict[str, int] | None]]:
+    """What one pin dir's maps say about the ends that use it: partners and counters."""
+    if not pins.loaded():
+        return {}, {}
+    with PairMap(pins) as pair_map:
+        pairs = dict(pair_map.items())
+    with CounterMap(pins) as counter_map:
+        counts = {e.host_ifindex: counter_map.get(e.host_ifindex) for e in ends}
+    return pairs, counts
+
+
 def collect(bpffs_dir: str, state_dir: str) -> dict[str, Any]:
     pins = Pins.under(bpffs_dir)
     registry = Registry(state_dir)  # read only: a damaged file reads as empty, and says so
     ends = registry.snapshot()
-    pairs = {}
+    by_pins: dict[Pins, list[End]] = defaultdict(list)
+    for end in ends.values():
+        by_pins[Pins(end.pins) if end.pins else pins].append(end)  # an older release's, until moved
+    pairs: dict[int, Partner] = {}
     counts: dict[int, dict[str, int] | None] = {}
-    if pins.loaded():
-        with PairMap(pins) as pair_map:
-            pairs = dict(pair_map.items())
-        with CounterMap(pins) as counter_map:
-            counts = {e.host_ifindex: counter_map.get(e.host_ifindex) for e in ends.values()}
+    for own, users in by_pins.items():
+        own_pairs, own_counts = _maps(own, users)
+        pairs |= own_pairs
+        counts |= own_counts
     lines: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for end in ends.values():
-        problems = _problems(pins, end) if pins.loaded() and end.host_ifindex else []
+        own = Pins(end.pins) if end.pins else pins
+        problems = _problems(own, end) if own.loaded() and end.host_ifindex else []
         partner = pairs.get(end.host_ifindex)
         lines[end.line].append(
             {
@@ -51,7 +65,8 @@ def collect(bpffs_dir: str, state_dir: str) -> dict[str, Any]:
                 "backend": end.device,
                 "attach": end.attach,
                 "ready": end.ready,
-                "attached": not problems and pins.loaded(),
+                "pins": own.root,
+                "attached": not problems and own.loaded(),
                 "problems": problems,
                 "wired_to_ifindex": partner.host_ifindex if partner else None,
                 "counters": counts.get(end.host_ifindex),
@@ -60,6 +75,7 @@ def collect(bpffs_dir: str, state_dir: str) -> dict[str, Any]:
     return {
         "programs_loaded": pins.loaded(),
         "pins": pins.root,
+        "older_pins": [o.root for o in pins.others()],
         "registry_damage": registry.damage(),
         "lines": dict(lines),
     }
@@ -71,6 +87,8 @@ def status(bpffs_dir: str, state_dir: str, as_json: bool) -> int:
         print(json.dumps(report, indent=1))
         return 0
     print(f"programs: {'loaded' if report['programs_loaded'] else 'not loaded'} ({report['pins']})")
+    if report["older_pins"]:
+        print(f"older release's pins: {', '.join(report['older_pins'])} (`yogurt upgrade` moves their ends)")
     if report["registry_damage"]:
         print(f"line registry damaged ({report['registry_damage']}): the next ADD, DEL or GC rebuilds it")
     if not report["lines"]:
@@ -80,9 +98,10 @@ def status(bpffs_dir: str, state_dir: str, as_json: bool) -> int:
         print(f"line {line}: {len(ends)}/2 ends, {state}")
         for e in ends:
             attach = "attached" if e["attached"] else "NOT attached: " + "; ".join(e["problems"])
+            older = "" if e["pins"] == report["pins"] else f", still on {e['pins']}"
             print(
                 f"  {e['end']:<40} {e['host_ifname']} (ifindex {e['host_ifindex']}, "
-                f"{e['backend']}/{e['attach']}) {attach}"
+                f"{e['backend']}/{e['attach']}{older}) {attach}"
             )
             c = e["counters"]
             if c:

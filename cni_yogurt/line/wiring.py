@@ -52,7 +52,7 @@ def hang_up(registry: Registry, pins: Pins, container_id: str, ifname: str, host
         end = ends.get(attachment_key(container_id, ifname)) or adopt(ends, container_id, ifname)
         ifindex = end.host_ifindex if end is not None else host_ifindex
         own = _pins_of(end, pins)
-        _cut(own, ifindex)
+        _cut(own, pins, ifindex)
         if end is not None:
             end.ready, end.leaving = False, True
         return own
@@ -67,7 +67,7 @@ def leave(registry: Registry, pins: Pins, key: str, host_ifindex: int = 0) -> En
     """Drop an end at once: its map entries go first, so the partner fails closed at once."""
     with registry.transaction() as ends:
         end = ends.pop(key, None)
-        _cut(_pins_of(end, pins), end.host_ifindex if end is not None else host_ifindex)
+        _cut(_pins_of(end, pins), pins, end.host_ifindex if end is not None else host_ifindex)
         return end
 
 
@@ -76,10 +76,12 @@ def _pins_of(end: End | None, default: Pins) -> Pins:
     return Pins(end.pins) if end is not None and end.pins else default
 
 
-def _cut(pins: Pins, ifindex: int) -> None:
-    """Take an end out of the maps: pairing (both directions) and counters."""
-    if ifindex and pins.loaded():
-        with PairMap(pins) as pairs:
-            pairs.cut(ifindex)
-        with CounterMap(pins) as counters:
-            counters.stop(ifindex)
+def _cut(own: Pins, current: Pins, ifindex: int) -> None:
+    """Take an end out of the maps: pairing (both directions) and counters; out of this
+    release's maps too, which a move to them that was cut short may have filled."""
+    for pins in {own, current}:
+        if ifindex and pins.loaded():
+            with PairMap(pins) as pairs:
+                pairs.cut(ifindex)
+            with CounterMap(pins) as counters:
+                counters.stop(ifindex)
