@@ -6,9 +6,11 @@ PY := $(VENV)/bin/python
 # netkit half of the kernel tests); the veth backend runs natively everywhere.
 HAVE_NETKIT = $(shell $(PY) -c 'from cni_yogurt.health import probe_netkit; print(int(probe_netkit().ok))' 2>/dev/null)
 KERNEL_RUN = $(if $(filter 1,$(HAVE_NETKIT)),,bash tests/vm/run.sh)
-# What only netkit shows, in the VM: the wire, the verbs, lines, and one real runtime.
+# What only netkit shows, in the VM: the wire, the verbs, lines, one real runtime, and a
+# live line moving to the next release's programs (netkit's own BPF_LINK_UPDATE).
 VM_TESTS = tests/kernel/test_wire.py tests/kernel/test_counters.py tests/kernel/test_verbs.py tests/kernel/test_lines.py \
-	tests/kernel/test_cnitool.py
+	tests/kernel/test_cnitool.py \
+	'tests/kernel/test_upgrade.py::test_live_line_moves_to_the_next_release_without_losing_a_packet[netkit-ADD]'
 
 .PHONY: deps venv lint unit kernel kernel-native kernel-vm test demo binary cnitool cri-stubs bench bench-deps bench-vm clean
 

@@ -115,9 +115,11 @@ def ping(netns: Netns | None, address: str, count: int = 2, wait: float = 1.0) -
     return int(match.group(1)) if match else 0
 
 
-def _socket_in(netns: Netns | None, family: int) -> socket.socket:
+def socket_in(netns: Netns | None, family: int, kind: int = socket.SOCK_STREAM) -> socket.socket:
+    """A socket of that netns (None: the host's), made there by a thread that joined it."""
+
     def make() -> socket.socket:
-        return socket.socket(family, socket.SOCK_STREAM)
+        return socket.socket(family, kind)
 
     if netns is None:
         return make()
@@ -133,7 +135,7 @@ def tcp_exchange(
 ) -> bool:
     """Listen in one netns, connect from another (None: the host), send a line and get it echoed."""
     family = socket.AF_INET6 if ":" in server_addr else socket.AF_INET
-    server = _socket_in(server_ns, family)
+    server = socket_in(server_ns, family)
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     server.bind((server_addr, port))
     server.listen(1)
@@ -150,7 +152,7 @@ def tcp_exchange(
 
     thread = threading.Thread(target=echo_once, daemon=True)
     thread.start()
-    client = _socket_in(client_ns, family)
+    client = socket_in(client_ns, family)
     client.settimeout(timeout)
     try:
         client.connect((server_addr, port))

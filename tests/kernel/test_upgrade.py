@@ -1,0 +1,239 @@
+"""Upgrade in place: live lines move to a new release's programs without losing a packet.
+
+The next release is this code pinned under another ABI (YOGURT_TEST_ABI=5):
+its own programs, maps and pin dir, loaded by its first ADD (or by `yogurt
+upgrade`) while two containers stream sequenced UDP both ways across a live
+line.  Every datagram must arrive, in order; afterwards the links run the new
+programs, the old pin dir is gone and the ends are recorded on the new one.
+
+Each test runs on a state dir and a bpffs dir of its own: it loads programs
+of two releases there, and other tests (in parallel) must not see them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Node, addresses
+
+from cni_yogurt import lab
+from cni_yogurt.datapath import ABI, Pins, pinned_link_names, program_id, unload
+from cni_yogurt.faults import ENV as CRASH_ENV
+from cni_yogurt.faults import MOVE_POINTS
+from cni_yogurt.kernel import bpf
+from cni_yogurt.line.registry import Registry
+
+NEXT_ABI = ABI + 1
+PORT = 5454
+_SEQ = struct.Struct("!I")
+
+
+class Stream:
+    """Sequenced UDP datagrams from one container to another, about one per millisecond."""
+
+    def __init__(self, sender: lab.Netns, receiver: lab.Netns, address: str) -> None:
+        self.received: list[int] = []
+        self.sent = 0
+        self._stop = threading.Event()
+        self._rx = lab.socket_in(receiver, socket.AF_INET, socket.SOCK_DGRAM)
+        self._rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+        self._rx.bind((address, PORT))
+        self._rx.settimeout(0.2)
+        self._tx = lab.socket_in(sender, socket.AF_INET, socket.SOCK_DGRAM)
+        self._tx.connect((address, PORT))
+        self._threads = [threading.Thread(target=f, daemon=True) for f in (self._send, self._receive)]
+
+    def _send(self) -> None:
+        while not self._stop.is_set():
+            self._tx.send(_SEQ.pack(self.sent) + bytes(64))
+            self.sent += 1
+            time.sleep(0.001)
+
+    def _receive(self) -> None:
+        while not (self._stop.is_set() and len(self.received) >= self.sent):
+            try:
+                data = self._rx.recv(2048)
+            except TimeoutError:
+                if self._stop.is_set():
+                    return  # nothing more in flight
+                continue
+            self.received.append(_SEQ.unpack_from(data)[0])
+
+    def start(self) -> Stream:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def wait_for(self, count: int, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.received) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(self.received) >= count, f"only {len(self.received)} datagrams arrived"
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(10)
+        self._rx.close()
+        self._tx.close()
+
+    def problems(self) -> str:
+        """'' if every datagram sent arrived once and in order; else what went wrong."""
+        if self.received == list(range(self.sent)):
+            return ""
+        lost = sorted(set(range(self.sent)) - set(self.received))
+        out_of_order = sum(1 for a, b in zip(self.received, self.received[1:], strict=False) if b < a)
+        return f"sent {self.sent}, got {len(self.received)}: lost {lost[:20]}, {out_of_order} out of order"
+
+
+@pytest.fixture
+def private(node: Node, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """node.conf() on a state dir and a bpffs dir no other test uses."""
+    bpffs = f"/sys/fs/bpf/cni-yogurt-upgrade-{node.tag}"
+    conf = node.conf(stateDir=str(tmp_path / "state"), bpffsDir=bpffs)
+    node.pins, node.registry = Pins.under(bpffs), Registry(conf["stateDir"])
+    yield conf
+    for pins in (node.pins, Pins(os.path.join(bpffs, f"v{NEXT_ABI}"))):
+        unload(pins)
+    shutil.rmtree(bpffs, ignore_errors=True)
+
+
+def _yogurt(conf: dict[str, Any], *argv: str) -> subprocess.CompletedProcess[str]:
+    where = ["--state-dir", conf["stateDir"], "--bpffs-dir", conf["bpffsDir"]]
+    return subprocess.run(
+        [*lab.self_command(), *argv, *where], capture_output=True, text=True, timeout=600, check=False
+    )
+
+
+def _link_programs(pins: Pins) -> dict[str, int]:
+    """Which program each pinned link of a pin dir runs."""
+    found = {}
+    for name in sorted(os.listdir(pins.links_dir)):
+        fd = bpf.obj_get(os.path.join(pins.links_dir, name))
+        try:
+            found[name] = bpf.link_prog_id(fd)
+        finally:
+            os.close(fd)
+    return found
+
+
+def _sent_by(conf: dict[str, Any], host_ifname: str) -> int:
+    status = json.loads(_yogurt(conf, "status", "--json").stdout)
+    ends = [e for line in status["lines"].values() for e in line if e["host_ifname"] == host_ifname]
+    return int(ends[0]["counters"]["redirected_packets"])
+
+
+@pytest.mark.parametrize("trigger", ["ADD", "upgrade-command"])
+def test_live_line_moves_to_the_next_release_without_losing_a_packet(
+    node: Node, private: dict[str, Any], trigger: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conf = private
+    one, two = node.netns(), node.netns()
+    r1, r2 = node.add(conf, one), node.add(conf, two)
+    (a4, _), (b4, _) = addresses(r1), addresses(r2)
+    host_one = r1["interfaces"][0]["name"]
+    assert lab.ping(one, b4) == 2 and lab.ping(two, a4) == 2  # neighbours resolved before the streams
+    old, new = node.pins, Pins(os.path.join(conf["bpffsDir"], f"v{NEXT_ABI}"))
+    streams = [Stream(one, two, b4).start(), Stream(two, one, a4).start()]
+    try:
+        for stream in streams:
+            stream.wait_for(200)
+        counted_before = _sent_by(conf, host_one)
+
+        monkeypatch.setenv("YOGURT_TEST_ABI", str(NEXT_ABI))  # the next release, from here on
+        if trigger == "ADD":
+            node.add(conf, node.netns(), cni_args="YOGURT_LINE=elsewhere")
+        else:
+            run = _yogurt(conf, "upgrade")
+            assert run.returncode == 0, run.stdout + run.stderr
+            assert "2 live ends moved" in run.stdout, run.stdout
+        node.pins = new
+        moved_at = [len(s.received) for s in streams]
+        for stream, count in zip(streams, moved_at, strict=True):
+            stream.wait_for(count + 200)  # still flowing, on the new programs
+    finally:
+        for stream in streams:
+            stream.stop()
+    for stream in streams:
+        assert not stream.problems(), stream.problems()
+
+    assert not os.path.exists(old.root), "the older release's pins stayed"
+    assert {e.pins for e in Registry(conf["stateDir"]).snapshot().values()} == {new.root}
+    if r1["yogurt"]["attach"] != "tc":  # tc filters have no pins; CHECK below asks the kernel
+        wanted = {program_id(new, "peer"), program_id(new, "veth_peer"), program_id(new, "primary")}
+        links = _link_programs(new)
+        assert {n.rsplit("_", 1)[0] for n in links} >= {host_one, r2["interfaces"][0]["name"]}
+        assert set(links.values()) <= wanted, links
+    for ns, result in ((one, r1), (two, r2)):  # CHECK of the new release: its programs, its map
+        run = node.run("CHECK", {**conf, "prevResult": result}, ns)
+        assert run.rc == 0, run.out
+    assert _sent_by(conf, host_one) >= counted_before  # the counters moved with the end
+    assert lab.ping(one, b4) == 2
+    doctor = _yogurt(conf, "doctor")
+    assert "another release" not in doctor.stdout, doctor.stdout
+    for ns in node.namespaces:
+        node.delete(conf, ns)
+    assert pinned_link_names(new) == set()
+
+
+def test_doctor_names_older_pins_until_they_are_moved(
+    node: Node, private: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conf = private
+    one = node.netns()
+    node.add(conf, one)
+    monkeypatch.setenv("YOGURT_TEST_ABI", str(NEXT_ABI))
+    doctor = _yogurt(conf, "doctor")
+    assert f"also holds v{ABI} of another release" in doctor.stdout, doctor.stdout
+    assert "yogurt upgrade" in doctor.stdout
+    status = json.loads(_yogurt(conf, "status", "--json").stdout)
+    assert status["older_pins"] == [node.pins.root]
+    # The end waits alone on its line: it moves too, and keeps its place.
+    run = _yogurt(conf, "upgrade", "--json")
+    assert run.returncode == 0 and json.loads(run.stdout)["moved"] == 1, run.stdout + run.stderr
+    assert not os.path.exists(node.pins.root)
+    node.pins = Pins(os.path.join(conf["bpffsDir"], f"v{NEXT_ABI}"))
+    two = node.netns()
+    r2 = node.add(conf, two)
+    assert lab.ping(one, addresses(r2)[0]) == 2
+    node.delete(conf, one)
+    node.delete(conf, two)
+
+
+@pytest.mark.parametrize("point", MOVE_POINTS)
+def test_a_move_cut_short_leaves_a_working_line_and_the_next_call_finishes_it(
+    node: Node, private: dict[str, Any], point: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conf = private
+    one, two = node.netns(), node.netns()
+    r1, r2 = node.add(conf, one), node.add(conf, two)
+    (a4, _), (b4, _) = addresses(r1), addresses(r2)
+    monkeypatch.setenv("YOGURT_TEST_ABI", str(NEXT_ABI))
+    monkeypatch.setenv(CRASH_ENV, point)
+    run = _yogurt(conf, "upgrade")
+    assert run.returncode == -9, run.stdout + run.stderr
+    monkeypatch.delenv(CRASH_ENV)
+    # Half moved: after switches 1 and 3 an old program and a new one face each other (the
+    # old sender's mark meets the new guard, or the other way round), and both must agree.
+    assert lab.ping(one, b4) == 2 and lab.ping(two, a4) == 2
+    run = _yogurt(conf, "upgrade")
+    assert run.returncode == 0 and "2 live ends moved" in run.stdout, run.stdout + run.stderr
+    assert not os.path.exists(node.pins.root), "the older release's pins stayed"
+    node.pins = Pins(os.path.join(conf["bpffsDir"], f"v{NEXT_ABI}"))
+    assert lab.ping(one, b4) == 2 and lab.ping(two, a4) == 2
+    for ns, result in ((one, r1), (two, r2)):
+        check = node.run("CHECK", {**conf, "prevResult": result}, ns)
+        assert check.rc == 0, check.out
+    node.delete(conf, one)
+    node.delete(conf, two)
