@@ -52,6 +52,10 @@ class Pins:
         found = _VERSION_DIR.fullmatch(os.path.basename(self.root))
         return int(found.group(1)) if found else 0
 
+    def sibling(self, root: str) -> bool:
+        """Whether a pin dir is under the same bpffsDir (this release's or another's)."""
+        return bool(root) and os.path.dirname(root) == os.path.dirname(self.root)
+
     def others(self) -> list[Pins]:
         """Pin dirs of other releases next to this one, newest first."""
         parent = os.path.dirname(self.root)

@@ -333,7 +333,7 @@ def gc(inv: Invocation) -> None:
     stale = [e for e in ends if e.network == conf.name and e.key not in valid]
     keep = {e.host_ifname for e in ends if e.network != conf.name or e.key in valid}
     keep |= {naming.host_ifname(c, i) for c, i in attachments}
-    if any(e.key in valid and e.ready for e in ends):
+    if any(e.key in valid and e.ready and pins.sibling(e.pins) for e in ends):
         _ensure_programs(pins, registry, inv)  # live ends of an older release, or whose programs were lost
     failed: list[str] = []
     with Rtnl() as host:

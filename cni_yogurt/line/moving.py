@@ -48,16 +48,17 @@ def needed(registry: Registry, pins: Pins, lost: bool) -> bool:
     if not others:
         return False
     ends = registry.snapshot().values()
-    return any(_on_other_pins(e, pins) for e in ends) or any(_unused(o, ends) for o in others)
+    return any(_older_release(e, pins) for e in ends) or any(_unused(o, ends) for o in others)
 
 
 def move(registry: Registry, pins: Pins, log: Any, lost: bool = False) -> int:
     """Move every live end whose programs are an older release's (and, `lost`, every live
-    end: its programs were lost with the pins) onto `pins`; the number of ends moved."""
+    end of `pins`: its programs were lost with them) onto `pins`; the number of ends moved.
+    Ends of another bpffsDir (another network's, on the same stateDir) are not this one's."""
     moved = 0
     with registry.transaction() as ends, Rtnl() as host:
         live = [e for e in ends.values() if e.ready and not e.leaving and _device_is_there(host, e)]
-        movers = [e for e in live if lost or _on_other_pins(e, pins)]
+        movers = [e for e in live if (lost and e.pins == pins.root) or _older_release(e, pins)]
         if movers:
             _prepare_maps(pins, movers, live)
             for line in _by_line(movers).values():
@@ -73,8 +74,9 @@ def move(registry: Registry, pins: Pins, log: Any, lost: bool = False) -> int:
     return moved
 
 
-def _on_other_pins(end: End, pins: Pins) -> bool:
-    return end.ready and not end.leaving and bool(end.pins) and end.pins != pins.root
+def _older_release(end: End, pins: Pins) -> bool:
+    """A live end on another ABI's pins under the same bpffsDir."""
+    return end.ready and not end.leaving and end.pins != pins.root and pins.sibling(end.pins)
 
 
 def _unused(other: Pins, ends: Any) -> bool:

@@ -237,3 +237,33 @@ def test_a_move_cut_short_leaves_a_working_line_and_the_next_call_finishes_it(
         assert check.rc == 0, check.out
     node.delete(conf, one)
     node.delete(conf, two)
+
+
+def test_ends_of_another_bpffs_dir_on_the_same_state_dir_are_left_where_they_are(
+    node: Node, private: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two networks, one stateDir, two bpffsDirs: neither the other's first load (which
+    re-attaches its own live ends) nor its upgrade may take this one's ends."""
+    conf = private
+    elsewhere = {**conf, "name": f"{conf['name']}-b", "bpffsDir": f"{conf['bpffsDir']}-b"}
+    one, two = node.netns(), node.netns()
+    r1 = node.add(conf, one)
+    try:
+        r2 = node.add(elsewhere, two)  # the first ADD on that bpffsDir loads its programs
+        run = node.run("CHECK", {**conf, "prevResult": r1}, one)
+        assert run.rc == 0, run.out  # still on this bpffsDir's programs
+        monkeypatch.setenv("YOGURT_TEST_ABI", str(NEXT_ABI))
+        upgrade = _yogurt(elsewhere, "upgrade", "--json")
+        assert json.loads(upgrade.stdout)["moved"] == 1, upgrade.stdout + upgrade.stderr
+        assert os.path.exists(node.pins.root)  # this bpffsDir's release was not touched
+        monkeypatch.delenv("YOGURT_TEST_ABI")
+        run = node.run("CHECK", {**conf, "prevResult": r1}, one)
+        assert run.rc == 0, run.out
+        monkeypatch.setenv("YOGURT_TEST_ABI", str(NEXT_ABI))
+        run = node.run("CHECK", {**elsewhere, "prevResult": r2}, two)
+        assert run.rc == 0, run.out
+        node.delete(elsewhere, two)
+        monkeypatch.delenv("YOGURT_TEST_ABI")
+        node.delete(conf, one)
+    finally:
+        shutil.rmtree(elsewhere["bpffsDir"], ignore_errors=True)

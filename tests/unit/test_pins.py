@@ -47,3 +47,10 @@ def test_link_update_attr_swaps_the_program_of_whatever_the_link_runs() -> None:
     assert len(attr) == 128
     assert struct.unpack_from("=IIII", attr) == (7, 9, 0, 0)  # no BPF_F_REPLACE, no old_prog_fd
     assert not any(attr[16:])
+
+
+def test_siblings_share_the_bpffs_dir() -> None:
+    pins = Pins("/sys/fs/bpf/a/v4")
+    assert pins.sibling("/sys/fs/bpf/a/v3") and pins.sibling("/sys/fs/bpf/a/v4")
+    assert not pins.sibling("/sys/fs/bpf/b/v3")  # another network's bpffsDir
+    assert not pins.sibling("")  # an end recorded before pins were recorded
