@@ -255,11 +255,14 @@ class PairMap:
         self.set(a[0], Partner(*b))
         self.set(b[0], Partner(*a))
 
-    def cut(self, host_ifindex: int) -> None:
-        """Remove an end and every entry that sends to it: both directions fail closed."""
-        self._map.delete(_KEY.pack(host_ifindex))
+    def cut(self, *host_ifindexes: int) -> None:
+        """Remove ends and every entry that sends to them: both directions fail closed.
+        One pass over the map however many ends go (GC removes hundreds at once)."""
+        gone = set(host_ifindexes)
+        for index in gone:
+            self._map.delete(_KEY.pack(index))
         for key, partner in list(self.items()):
-            if partner.host_ifindex == host_ifindex:
+            if partner.host_ifindex in gone:
                 self._map.delete(_KEY.pack(key))
 
     def items(self) -> Iterator[tuple[int, Partner]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from cni_yogurt.cni.errors import CNIError, Code
 from cni_yogurt.datapath import CounterMap, PairMap, Pins
 from cni_yogurt.line.recovery import adopt
@@ -52,7 +54,7 @@ def hang_up(registry: Registry, pins: Pins, container_id: str, ifname: str, host
         end = ends.get(attachment_key(container_id, ifname)) or adopt(ends, container_id, ifname)
         ifindex = end.host_ifindex if end is not None else host_ifindex
         own = _pins_of(end, pins)
-        _cut(own, pins, ifindex)
+        _cut(pins, [end] if end is not None else [], [ifindex])
         if end is not None:
             end.ready, end.leaving = False, True
         return own
@@ -67,8 +69,16 @@ def leave(registry: Registry, pins: Pins, key: str, host_ifindex: int = 0) -> En
     """Drop an end at once: its map entries go first, so the partner fails closed at once."""
     with registry.transaction() as ends:
         end = ends.pop(key, None)
-        _cut(_pins_of(end, pins), pins, end.host_ifindex if end is not None else host_ifindex)
+        _cut(pins, [end] if end is not None else [], [host_ifindex] if host_ifindex else [])
         return end
+
+
+def leave_all(registry: Registry, pins: Pins, keys: list[str]) -> list[End]:
+    """`leave` for many ends (GC): one registry write and one pass over each map."""
+    with registry.transaction() as ends:
+        gone = [ends.pop(key) for key in keys if key in ends]
+        _cut(pins, gone)
+        return gone
 
 
 def _pins_of(end: End | None, default: Pins) -> Pins:
@@ -76,12 +86,18 @@ def _pins_of(end: End | None, default: Pins) -> Pins:
     return Pins(end.pins) if end is not None and end.pins else default
 
 
-def _cut(own: Pins, current: Pins, ifindex: int) -> None:
-    """Take an end out of the maps: pairing (both directions) and counters; out of this
+def _cut(current: Pins, ends: list[End], indexes: Iterable[int] = ()) -> None:
+    """Take ends out of the maps: pairing (both directions) and counters; out of this
     release's maps too, which a move to them that was cut short may have filled."""
-    for pins in {own, current}:
-        if ifindex and pins.loaded():
+    where: dict[Pins, set[int]] = {current: set(indexes)}
+    for end in ends:
+        for pins in (_pins_of(end, current), current):
+            where.setdefault(pins, set()).add(end.host_ifindex)
+    for pins, found in where.items():
+        found.discard(0)
+        if found and pins.loaded():
             with PairMap(pins) as pairs:
-                pairs.cut(ifindex)
+                pairs.cut(*found)
             with CounterMap(pins) as counters:
-                counters.stop(ifindex)
+                for index in found:
+                    counters.stop(index)
