@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -168,6 +167,8 @@ def program_id(pins: Pins, program: str) -> int:
 
 def unload(pins: Pins) -> None:
     """Remove every pin (tests, `yogurt` admin); devices lose their programs."""
+    import shutil  # not on the hot path: it imports bz2, lzma and zlib
+
     shutil.rmtree(pins.root, ignore_errors=True)
 
 

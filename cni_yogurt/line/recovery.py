@@ -14,7 +14,6 @@ device alone, until a verb that names the attachment adopts it again.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from typing import Any
@@ -31,7 +30,7 @@ ANONYMOUS = "?"  # container_id of an end whose identity did not fit: no real ID
 
 def state_tag(state_dir: str) -> str:
     """Which registry an end belongs to: a node normally has one, tests and benchmarks have more."""
-    return hashlib.sha256(os.path.realpath(state_dir).encode()).hexdigest()[:8]
+    return naming.sha256_hex(os.path.realpath(state_dir).encode())[:8]
 
 
 def alias(end: End, state_dir: str) -> str:
