@@ -319,6 +319,32 @@ def status(inv: Invocation) -> None:
         ipam.status()
 
 
+# Device group ids GC gathers doomed devices in (one per GC process): far from the small
+# numbers people give groups by hand.
+_GC_GROUP_BASE = 0x79000000
+
+
+def _release_leases(ipam: IPAM | None, ends: list[End]) -> list[tuple[End, CNIError | None]]:
+    """IPAM DEL for each end (what DEL would have done), a few delegates at a time:
+    each is an exec, and a thousand of them one by one take seconds."""
+    if ipam is None:
+        return [(end, None) for end in ends]
+
+    def release(end: End) -> tuple[End, CNIError | None]:
+        if end.container_id == recovery.ANONYMOUS:
+            return end, None  # its identity did not fit its label: nothing to name the lease by
+        try:
+            ipam.release(end.container_id, end.ifname)
+        except CNIError as err:
+            return end, err
+        return end, None
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:
+        return list(pool.map(release, ends))
+
+
 def gc(inv: Invocation) -> None:
     """Remove every end, link pin, device and IP lease the runtime no longer knows."""
     conf, log = inv.conf, inv.log
@@ -338,23 +364,25 @@ def gc(inv: Invocation) -> None:
     failed: list[str] = []
     with Rtnl() as host:
         released = []
-        for end in stale:
-            if ipam is not None and end.container_id != recovery.ANONYMOUS:
-                # The lease first: an end whose lease cannot be released stays, for the next GC.
-                try:
-                    ipam.release(end.container_id, end.ifname)
-                except CNIError as err:
-                    log.error("gc: IPAM DEL failed", end=end.key, error=err.msg, details=err.details)
-                    failed.append(f"{end.key}: {err.msg}")
-                    keep.add(end.host_ifname)
-                    continue
-            released.append(end)
-        # All at once: one registry write and one pass over the map for a thousand stale ends.
-        for end in wiring.leave_all(registry, pins, [e.key for e in released]):
+        for end, error in _release_leases(ipam, stale):
+            if error is None:
+                released.append(end)
+                continue
+            # An end whose lease cannot be released stays, for the next GC.
+            log.error("gc: IPAM DEL failed", end=end.key, error=error.msg, details=error.details)
+            failed.append(f"{end.key}: {error.msg}")
+            keep.add(end.host_ifname)
+        # All at once: one registry write, one pass over the map and one batch of device
+        # deletions for a thousand stale ends.
+        gone = wiring.leave_all(registry, pins, [e.key for e in released])
+        doomed = []
+        for end in gone:
             link = host.link(end.host_ifname)
             if link is not None and link_kind(link) in backend.DEVICE_KINDS:
-                host.delete_link(link["index"])  # labelled or not (a crash before ADD labelled it)
+                doomed.append(link["index"])  # labelled or not (a crash before ADD labelled it)
             log.info("gc: removed end", end=end.key, line=end.line)
+        group = _GC_GROUP_BASE | os.getpid() & 0xFFFFFF
+        host.delete_links(doomed, group)
         # Devices and pins no line knows of: left by a crash, or by ends just removed;
         # a device labelled for another network or registry is not this GC's business.
         # Swept under the registry lock, keeping every end on record by then: an ADD reserves
@@ -384,10 +412,8 @@ def gc(inv: Invocation) -> None:
                     return False
                 return label.get("n", conf.name) == conf.name and label.get("d", tag) == tag
 
-            for name, link in devices.items():
-                if sweep(name):
-                    with contextlib.suppress(OSError):
-                        host.delete_link(link["index"])
+            with contextlib.suppress(OSError):
+                host.delete_links([link["index"] for name, link in devices.items() if sweep(name)], group)
             if pins.loaded():  # counters of devices that are gone (deleted by hand, or above)
                 present = {link["index"] for link in host.links()}
                 with datapath.CounterMap(pins) as counters:

@@ -174,6 +174,27 @@ class Rtnl:
             raise
         return True
 
+    def delete_links(self, indexes: list[int], group: int) -> None:
+        """Delete many devices in one request: put them in a device group of their own,
+        then delete the group.  The kernel unregisters them as one batch, paying the RCU
+        grace periods of a veth or netkit teardown once instead of once per device
+        (≈ 40 ms each here).  `group`: a group id nothing else on the host uses."""
+        moved = False
+        for index in indexes:
+            msg = ifinfmsg()
+            msg["index"] = index
+            msg["attrs"] = [("IFLA_GROUP", group)]
+            try:
+                self.request(msg, RTM_NEWLINK)
+                moved = True
+            except OSError as exc:
+                if exc.errno not in (errno.ENODEV, errno.ENOENT):
+                    raise
+        if moved:
+            msg = ifinfmsg()
+            msg["attrs"] = [("IFLA_GROUP", group)]
+            self.request(msg, RTM_DELLINK)
+
     # -- addresses and routes -------------------------------------------------
 
     def add_address(self, index: int, address: ipaddress.IPv4Interface | ipaddress.IPv6Interface) -> None:
