@@ -132,9 +132,9 @@ def check_state(state_dir: str) -> Finding:
         return Finding(
             "state",
             False,
-            f"{registry.path} is damaged ({damage})",
+            f"the line registry in {registry.path} is damaged ({damage})",
             "none needed: the next ADD, DEL or GC rebuilds it from the devices and the map "
-            f"(and keeps the damaged file as {registry.path}.damaged)",
+            f"(and keeps the damaged files in {registry.path}.damaged)",
             fatal=False,
         )
     return Finding("state", True, f"line registry {registry.path} is readable")

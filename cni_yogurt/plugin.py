@@ -108,7 +108,7 @@ def add(inv: Invocation) -> Result:
     host, cont = Rtnl(), Rtnl.in_netns(netns_fd)
     try:
         wiring.reserve(registry, end)
-        undo.append(("leave line", lambda: wiring.leave(registry, pins, end.key)))
+        undo.append(("leave line", lambda: wiring.leave(registry, pins, end)))
         crash_point("add:reserved")
         _ensure_programs(pins, registry, inv)
         kind = backend.resolve(conf.mode, conf.veth_attach, conf.state_dir)
@@ -209,7 +209,6 @@ def delete(inv: Invocation) -> None:
     env = inv.env
     pins, registry = _node(inv)
     host_ifname = naming.host_ifname(env.container_id, env.ifname)
-    key = attachment_key(env.container_id, env.ifname)
     with Rtnl() as host:
         link = host.link(host_ifname)
         index = link["index"] if link is not None and link_kind(link) in backend.DEVICE_KINDS else 0
@@ -225,7 +224,7 @@ def delete(inv: Invocation) -> None:
     ipam = _ipam(inv)
     if ipam is not None:
         ipam.delete()
-    wiring.forget(registry, key)
+    wiring.forget(registry, env.container_id, env.ifname)
 
 
 def check(inv: Invocation) -> None:
@@ -239,7 +238,7 @@ def check(inv: Invocation) -> None:
     problems: list[str] = []
     try:
         with Rtnl() as host, Rtnl.in_netns(netns_fd) as cont:
-            with registry.transaction() as ends:
+            with registry.transaction(host_ifname=host_ifname) as ends:
                 key = attachment_key(env.container_id, env.ifname)
                 end = ends.get(key) or recovery.adopt(ends, env.container_id, env.ifname)
             if end is None:
@@ -280,7 +279,8 @@ def _line_problems(registry: Registry, pins: Pins, env: Any, host_ifindex: int) 
     # The line and the map are read under the one lock that ADD wires and DEL cuts under:
     # read apart, CHECK of a healthy end whose partner was just going or coming saw half
     # of that change ("map wires X but line has no partner") and failed (test_load.py).
-    with registry.transaction() as ends, PairMap(pins) as pairs:
+    host_ifname = naming.host_ifname(env.container_id, env.ifname)
+    with registry.transaction(host_ifname=host_ifname) as ends, PairMap(pins) as pairs:
         end = ends.get(attachment_key(env.container_id, env.ifname))
         if end is None:
             return ["attachment is on no line"]

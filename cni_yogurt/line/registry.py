@@ -1,16 +1,29 @@
 """Line membership, shared by every plugin process on the node.
 
 State lives under /run (tmpfs) so a reboot clears it together with the
-devices and the bpffs pins it describes.  Every change happens under one
-flock and is written atomically (write + rename).
+devices and the bpffs pins it describes.  One file per line, so that what
+ADD, DEL and CHECK read and write does not grow with the number of lines on
+the node; one index entry per end, from its host-side device name to its
+line, for the verbs that know an attachment but not its line:
+
+    <stateDir>/lines/<digest of the line name>.json   {"line": name, "ends": {key: end}}
+    <stateDir>/ends/<host-side ifname>                 the end's line name
+    <stateDir>/lines.lock                              one flock for all of it
+
+Every change happens under the flock; each file is written atomically (write
++ rename).  Adding an end writes its index entry before its line file and
+removing one its line file first, so that a process killed in between leaves
+at most an index entry that points at nothing (ignored, and dropped by the
+next write), never an end that its own verbs cannot find.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,12 +66,18 @@ def attachment_key(container_id: str, ifname: str) -> str:
     return f"{container_id}/{ifname}"
 
 
-# What reading a truncated, garbage or foreign lines.json raises.
-DAMAGED = (ValueError, TypeError, KeyError, AttributeError, RecursionError)
+def _line_file(line: str) -> str:
+    from cni_yogurt.line.naming import sha256_hex
+
+    return sha256_hex(line.encode(errors="surrogatepass"))[:32] + ".json"
+
+
+# What reading a truncated, garbage or foreign state file raises.
+DAMAGED = (ValueError, TypeError, KeyError, AttributeError, RecursionError, UnicodeDecodeError)
 
 
 class Registry:
-    """lines.json under its lock.  `recover` rebuilds the ends from the kernel when the
+    """The line files under their lock.  `recover` rebuilds the ends from the kernel when a
     file is damaged (line/recovery.py); `on_heal` hears about it (the verb's log)."""
 
     def __init__(
@@ -67,74 +86,157 @@ class Registry:
         recover: Callable[[], dict[str, End]] | None = None,
         on_heal: Callable[[str], None] | None = None,
     ) -> None:
-        self.path = os.path.join(state_dir, "lines.json")
+        self.path = os.path.join(state_dir, "lines")
+        self.index_dir = os.path.join(state_dir, "ends")
         self.lock_path = os.path.join(state_dir, "lines.lock")
+        # One file for all ends, as releases before ABI 4 kept it: the first verb moves it over.
+        self.legacy_path = os.path.join(state_dir, "lines.json")
         self._recover = recover
         self._on_heal = on_heal
 
-    def _load(self) -> dict[str, End]:
-        """The ends in lines.json; raises FileNotFoundError, or one of DAMAGED if it is not ours to read."""
-        with open(self.path, encoding="utf-8") as f:
+    # -- reading ---------------------------------------------------------------
+
+    def _load_line_file(self, name: str) -> dict[str, End]:
+        with open(os.path.join(self.path, name), encoding="utf-8") as f:
             raw = json.load(f)
         return {str(key): End(**value) for key, value in raw["ends"].items()}
 
-    def _read(self) -> dict[str, End]:
-        try:
-            return self._load()
-        except FileNotFoundError:
-            return {}
-        except DAMAGED as exc:
-            return self._heal(f"{type(exc).__name__}: {exc}")
+    def _load_all(self) -> dict[str, End]:
+        """Every end; raises one of DAMAGED if a file is not ours to read."""
+        ends: dict[str, End] = {}
+        if os.path.exists(self.legacy_path):
+            with open(self.legacy_path, encoding="utf-8") as f:
+                raw = json.load(f)
+            ends.update({str(key): End(**value) for key, value in raw["ends"].items()})
+        for name in _listdir(self.path):
+            if name.endswith(".json"):
+                ends.update(self._load_line_file(name))
+        return ends
+
+    def _load_some(self, lines: set[str], host_ifname: str) -> dict[str, End]:
+        """The ends of these lines and of the line `host_ifname`'s end is on."""
+        if host_ifname:
+            try:
+                with open(os.path.join(self.index_dir, host_ifname), encoding="utf-8") as f:
+                    lines = lines | {str(json.load(f))}
+            except FileNotFoundError:
+                pass
+        ends: dict[str, End] = {}
+        for line in lines:
+            with suppress(FileNotFoundError):
+                ends.update(self._load_line_file(_line_file(line)))
+        return ends
 
     def _heal(self, why: str) -> dict[str, End]:
-        """Move the damaged file aside and save what the kernel shows instead (lock held).
-        Without `recover` (a reader, not a verb) the file is left as it is and reads as empty."""
+        """Move the damaged state aside and save what the kernel shows instead (lock held).
+        Without `recover` (a reader, not a verb) the files are left as they are and read as empty."""
         if self._recover is None:
             return {}
         aside = f"{self.path}.damaged"
-        os.replace(self.path, aside)
+        shutil.rmtree(aside, ignore_errors=True)
+        os.makedirs(aside, mode=0o700)
+        for path in (self.legacy_path, self.path, self.index_dir):
+            if os.path.exists(path):
+                os.replace(path, os.path.join(aside, os.path.basename(path)))
         ends = self._recover()
-        self._write(ends)
+        self._write(ends, {})
         if self._on_heal is not None:
             self._on_heal(
-                f"{self.path} was damaged ({why}); rebuilt {len(ends)} ends from the kernel; kept {aside}"
+                f"line state was damaged ({why}); rebuilt {len(ends)} ends from the kernel; kept {aside}"
             )
         return ends
 
     def damage(self) -> str | None:
-        """What is wrong with lines.json, without healing it (for `yogurt doctor`)."""
+        """What is wrong with the line files, without healing them (for `yogurt doctor`)."""
         try:
-            self._load()
-        except FileNotFoundError:
-            return None
+            self._load_all()
         except DAMAGED as exc:
             return f"{type(exc).__name__}: {exc}"
         return None
 
-    def _write(self, ends: dict[str, End]) -> None:
-        tmp = f"{self.path}.{os.getpid()}.tmp"
-        # json.dumps without indent: the C encoder (json.dump and indent take the pure-Python one),
-        # so that a node with a thousand ends still saves in about a millisecond.
-        text = json.dumps({"ends": {k: _fields(v) for k, v in sorted(ends.items())}})
-        # Root-only whatever the runtime's umask: whoever can write it can rewire lines.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        with open(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, self.path)
+    # -- writing ---------------------------------------------------------------
+
+    def _write(self, ends: dict[str, End], before: dict[str, End]) -> None:
+        """Save the lines on which an end came, went or changed (every end of such a line is in
+        `ends`): index new ends first, rewrite their lines, drop the entries of removed ends."""
+        os.makedirs(self.path, mode=0o700, exist_ok=True)
+        os.makedirs(self.index_dir, mode=0o700, exist_ok=True)
+        now = {k: _fields(v) for k, v in ends.items()}
+        was = {k: _fields(v) for k, v in before.items()}
+        changed = {e.line for k, e in ends.items() if was.get(k) != now[k]}
+        changed |= {e.line for k, e in before.items() if k not in now}
+        indexed = {e.host_ifname for e in before.values()}
+        for end in ends.values():
+            if end.host_ifname not in indexed:
+                _write_file(os.path.join(self.index_dir, end.host_ifname), json.dumps(end.line))
+        for line in changed:
+            members = {k: v for k, v in now.items() if v["line"] == line}
+            path = os.path.join(self.path, _line_file(line))
+            if members:
+                _write_file(path, json.dumps({"line": line, "ends": dict(sorted(members.items()))}))
+            else:
+                _unlink(path)
+        kept = {e.host_ifname for e in ends.values()}
+        for end in before.values():
+            if end.host_ifname not in kept:
+                _unlink(os.path.join(self.index_dir, end.host_ifname))
+        _unlink(self.legacy_path)  # migrated (or never there): its ends are in the line files now
+
+    # -- transactions ----------------------------------------------------------
 
     @contextmanager
-    def transaction(self) -> Iterator[dict[str, End]]:
-        """The ends, locked; changes made to the dict are saved on a clean exit."""
+    def transaction(self, line: str | None = None, host_ifname: str = "") -> Iterator[dict[str, End]]:
+        """The ends, locked; changes made to the dict are saved on a clean exit.
+
+        Without arguments: every end of the node.  With `line` and/or `host_ifname` (the
+        verbs' hot path): only the ends of that line and of the line that host-side
+        device's end is on, whatever else the node holds; changes may touch only those."""
+        partial = line is not None or bool(host_ifname)
+        some = {line} if line is not None else set()
         with locked(self.lock_path):
-            ends = self._read()
-            before = {k: _fields(v) for k, v in ends.items()}
+            migrate = os.path.exists(self.legacy_path)  # the first verb after an upgrade from 0.3
+            try:
+                ends = self._load_some(some, host_ifname) if partial and not migrate else self._load_all()
+            except DAMAGED as exc:
+                ends = self._heal(f"{type(exc).__name__}: {exc}")
+                migrate = False
+                if partial:
+                    ends = self._load_some(some, host_ifname)
+            before = {k: End(**_fields(v)) for k, v in ends.items()}
             yield ends
-            if {k: _fields(v) for k, v in ends.items()} != before:
-                self._write(ends)
+            if migrate:
+                self._write(ends, {})
+            elif {k: _fields(v) for k, v in ends.items()} != {k: _fields(v) for k, v in before.items()}:
+                self._write(ends, before)
 
     def snapshot(self) -> dict[str, End]:
+        """Every end, read under the lock; written back only to heal (with `recover`)."""
         with locked(self.lock_path):
-            return self._read()
+            try:
+                return self._load_all()
+            except DAMAGED as exc:
+                return self._heal(f"{type(exc).__name__}: {exc}")
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return sorted(os.listdir(path))
+    except FileNotFoundError:
+        return []
+
+
+def _unlink(path: str) -> None:
+    with suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _write_file(path: str, text: str) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    # Root-only whatever the runtime's umask: whoever can write it can rewire lines.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with open(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def others_on_line(ends: dict[str, End], end: End) -> list[End]:

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 from cni_yogurt.cni.errors import CNIError, Code
 from cni_yogurt.datapath import CounterMap, PairMap, Pins
+from cni_yogurt.line import naming
 from cni_yogurt.line.recovery import adopt
 from cni_yogurt.line.registry import End, Registry, attachment_key, others_on_line
 
@@ -14,7 +15,7 @@ MAX_ENDS = 2
 
 def reserve(registry: Registry, end: End) -> None:
     """Claim a place on the line before anything is created; a full line fails here."""
-    with registry.transaction() as ends:
+    with registry.transaction(end.line, end.host_ifname) as ends:
         if end.key in ends or adopt(ends, end.container_id, end.ifname):
             held = ends[end.key]
             raise CNIError(
@@ -36,7 +37,7 @@ def reserve(registry: Registry, end: End) -> None:
 def connect(registry: Registry, pins: Pins, end: End) -> End | None:
     """Mark an end ready; wire it to its partner if that one is ready too."""
     end.ready = True
-    with registry.transaction() as ends:
+    with registry.transaction(end.line) as ends:
         ends[end.key] = end
         partner = next((o for o in others_on_line(ends, end) if o.ready), None)
         if partner is not None:
@@ -50,7 +51,7 @@ def hang_up(registry: Registry, pins: Pins, container_id: str, ifname: str, host
     keep its record, marked leaving, until the device and the lease are gone too (forget):
     a DEL killed half-way leaves an end that GC still knows to clean up.  Returns the pins
     the end was added with (an older release's, after an upgrade)."""
-    with registry.transaction() as ends:
+    with registry.transaction(host_ifname=naming.host_ifname(container_id, ifname)) as ends:
         end = ends.get(attachment_key(container_id, ifname)) or adopt(ends, container_id, ifname)
         ifindex = end.host_ifindex if end is not None else host_ifindex
         own = _pins_of(end, pins)
@@ -60,17 +61,18 @@ def hang_up(registry: Registry, pins: Pins, container_id: str, ifname: str, host
         return own
 
 
-def forget(registry: Registry, key: str) -> None:
-    with registry.transaction() as ends:
-        ends.pop(key, None)
+def forget(registry: Registry, container_id: str, ifname: str) -> None:
+    with registry.transaction(host_ifname=naming.host_ifname(container_id, ifname)) as ends:
+        ends.pop(attachment_key(container_id, ifname), None)
 
 
-def leave(registry: Registry, pins: Pins, key: str, host_ifindex: int = 0) -> End | None:
-    """Drop an end at once: its map entries go first, so the partner fails closed at once."""
-    with registry.transaction() as ends:
-        end = ends.pop(key, None)
-        _cut(pins, [end] if end is not None else [], [host_ifindex] if host_ifindex else [])
-        return end
+def leave(registry: Registry, pins: Pins, end: End) -> End | None:
+    """Drop an end at once (ADD's rollback): its map entries go first, so the partner fails
+    closed at once."""
+    with registry.transaction(end.line, end.host_ifname) as ends:
+        held = ends.pop(end.key, None)  # as saved: without the ifindex if ADD failed before wiring
+        _cut(pins, [held] if held is not None else [], [end.host_ifindex])
+        return held
 
 
 def leave_all(registry: Registry, pins: Pins, keys: list[str]) -> list[End]:

@@ -307,8 +307,8 @@ def _scrub(n: Node) -> None:
                 nl.delete_link(link["index"])
     for name in n.host_names():
         detach(n.pins, name)
-    for key in n.ends():
-        leave(n.registry, n.pins, key)
+    for end in n.ends().values():
+        leave(n.registry, n.pins, end)
     if n.pins.loaded():
         with PairMap(n.pins) as pairs:
             for index in n.ifindexes:

@@ -1,4 +1,4 @@
-"""Damaged state heals by itself: a broken lines.json, pins removed or bpffs unmounted under live lines.
+"""Damaged state heals by itself: a broken line file, pins removed or bpffs unmounted under live lines.
 
 Each test runs on a state dir and a bpffs dir of its own: it breaks them on purpose,
 and other tests (in parallel) must not see that.
@@ -20,7 +20,7 @@ from conftest import Node, addresses, plugin_log
 
 from cni_yogurt import lab
 from cni_yogurt.datapath import Pins, unload
-from cni_yogurt.line.registry import Registry
+from cni_yogurt.line.registry import Registry, _line_file
 
 DAMAGE = {
     "truncated": lambda text: text[: len(text) // 2],
@@ -43,7 +43,8 @@ def private(node: Node, tmp_path: Path) -> Iterator[dict[str, Any]]:
 
 
 def _damage(conf: dict[str, Any], how: str) -> Path:
-    path = Path(conf["stateDir"]) / "lines.json"
+    """Damage the file of the config's line (where its two ends are)."""
+    path = Path(conf["stateDir"]) / "lines" / _line_file(conf["name"])
     path.write_text(DAMAGE[how](path.read_text()), encoding="utf-8", errors="surrogateescape")
     return path
 
@@ -66,18 +67,17 @@ def test_damaged_line_registry_is_rebuilt_from_the_kernel(
     path = _damage(conf, how)
 
     doctor = _doctor(conf)
-    assert doctor.returncode == 1 and "lines.json is damaged" in doctor.stdout, doctor.stdout
+    assert doctor.returncode == 1 and "damaged" in doctor.stdout, doctor.stdout
 
-    # The next ADD works (another line), and heals the registry on the way.
+    # ADDs on other lines do not even read it.
     node.add(conf, other, cni_args="YOGURT_LINE=elsewhere")
-    assert path.with_name("lines.json.damaged").exists()
-    assert any(
-        e.get("event") == "line registry healed" for e in plugin_log([other.name]) + plugin_log(["healed"])
-    )
-    # Membership came back: the line is full, and its two ends still talk.
+    # The next verb on the damaged line heals it: membership comes back from the kernel, so
+    # a third end finds the line full (code 100), and its two ends still talk.
     third = node.netns()
     run = node.run("ADD", conf, third)
     assert run.rc != 0 and run.out["code"] == 100, run.out
+    assert (Path(conf["stateDir"]) / "lines.damaged" / "lines" / path.name).exists()
+    assert any(e.get("event") == "line registry healed" for e in plugin_log([third.name]))
     assert lab.ping(one, addresses(r2)[0]) == 2
     assert node.run("CHECK", {**conf, "prevResult": r1}, one).rc == 0
     # The end with the long ID is adopted back by the verb that names it.

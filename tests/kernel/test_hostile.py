@@ -187,7 +187,11 @@ def test_dots_inside_a_line_name_are_only_a_name(node: Node) -> None:
     before = set(os.listdir(STATE_DIR))
     result = node.add(conf, one, cni_args="YOGURT_LINE=a..b")
     assert result["yogurt"]["line"] == "a..b"
-    assert set(os.listdir(STATE_DIR)) <= before | {"lines.json", "lines.lock"}
+    assert set(os.listdir(STATE_DIR)) <= before | {"lines", "ends", "lines.lock"}
+    # The line's file is named by a digest of the line, never by the line itself.
+    assert all(
+        len(name) == 37 and name.endswith(".json") for name in os.listdir(os.path.join(STATE_DIR, "lines"))
+    )
     node.delete(conf, one, cni_args="YOGURT_LINE=a..b")
 
 
@@ -297,11 +301,13 @@ def _create_in(directory: str) -> None:
 
 
 def attempts_on(pins: Pins, state_dir: str, log_file: str) -> dict[str, Callable[[], object]]:
-    lines = os.path.join(state_dir, "lines.json")
+    lines_dir = os.path.join(state_dir, "lines")
+    lines = os.path.join(lines_dir, sorted(os.listdir(lines_dir))[0])
     return {
         "open the pairing map": lambda: _obj_get(pins.pairs),
         "open the guard program": lambda: _obj_get(pins.prog("primary")),
-        "write lines.json": lambda: _open_close(lines, os.O_WRONLY),
+        "write a line file": lambda: _open_close(lines, os.O_WRONLY),
+        "create a file among the line files": lambda: _create_in(lines_dir),
         "create a file in the state dir": lambda: _create_in(state_dir),
         "make a directory among the pins": lambda: os.mkdir(os.path.join(pins.root, "nobody")),
         "write the log file": lambda: _open_close(log_file, os.O_WRONLY | os.O_APPEND),
@@ -379,7 +385,10 @@ def test_what_the_plugin_creates_is_root_only_whatever_the_umask(
     try:
         state = fresh_node["stateDir"]
         assert mode(state) == 0o700
-        assert mode(os.path.join(state, "lines.json")) == 0o600
+        assert mode(os.path.join(state, "lines")) == 0o700 and mode(os.path.join(state, "ends")) == 0o700
+        for sub in ("lines", "ends"):
+            for name in os.listdir(os.path.join(state, sub)):
+                assert mode(os.path.join(state, sub, name)) == 0o600
         assert mode(fresh_node["logFile"]) & 0o137 == 0  # at most 0640
         assert mode(fresh_node["bpffsDir"]) == 0o700 and mode(pins.root) == 0o700
         assert mode(pins.pairs) & 0o077 == 0
