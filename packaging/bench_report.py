@@ -50,20 +50,21 @@ def markdown(report: dict[str, Any]) -> str:
     figs: dict[str, dict[str, dict[str, float]]] = report["figures"]
     labels: dict[str, str] = report["labels"]
     keys = [k for k in ("venv", "bin", "ptp") if k in figs]
+    rounds = f" {report['rounds']} interleaved rounds (two containers each), p50 / p95 / p99 in ms."
     out = [
         f"Machine: {m['cpu']}, {m['cores']} cores; {m['os']}; Linux {m['kernel']}; "
-        f"yogurt backend **{m['backend']}**; {m['where']}. "
-        f"{report['rounds']} interleaved rounds (two containers each), p50 / p95 / p99 in ms.",
-        "",
-        "| | " + " | ".join(labels[k] for k in keys) + " | yogurt ÷ ptp (p50) |",
-        "|---|" + "---|" * len(keys) + "---|",
+        f"yogurt backend **{m['backend']}**; {m['where']}." + (rounds if keys else ""),
     ]
-    sizes = report.get("sizes", {})
-    out.append(
-        "| size | "
-        + " | ".join(f"{sizes[k] / 2**20:.1f} MiB" if sizes.get(k) else "Python + venv" for k in keys)
-        + " | |"
-    )
+    if keys:  # not for a run of the wire alone
+        sizes = report.get("sizes", {})
+        out += [
+            "",
+            "| | " + " | ".join(labels[k] for k in keys) + " | yogurt ÷ ptp (p50) |",
+            "|---|" + "---|" * len(keys) + "---|",
+            "| size | "
+            + " | ".join(f"{sizes[k] / 2**20:.1f} MiB" if sizes.get(k) else "Python + venv" for k in keys)
+            + " | |",
+        ]
     rows = ["VERSION", "ADD", "CHECK", "DEL", "DEL (nothing)", "first ADD", *report.get("scale_rows", [])]
     for row in rows:
         if not any(row in figs[k] for k in keys):
@@ -142,9 +143,6 @@ def png(report: dict[str, Any], samples: dict[str, dict[str, list[float]]], path
     m = report["machine"]
     labels: dict[str, str] = report["labels"]
     wire = report.get("wire")
-    ncols = 3 if wire else 1
-    fig, axes = plt.subplots(1, ncols, figsize=(5.2 * ncols, 4.6), squeeze=False)
-    ax = axes[0][0]
     series = []
     for key, fig_name, label in (
         ("venv", "ADD", labels.get("venv")),
@@ -159,7 +157,12 @@ def png(report: dict[str, Any], samples: dict[str, dict[str, list[float]]], path
         values = samples.get(key, {}).get(fig_name)
         if values:
             series.append((label, [v * 1000 for v in values]))
+    ncols = (1 if series else 0) + (2 if wire else 0)  # a run of the wire alone has no ADD panel
+    fig, grid = plt.subplots(1, max(ncols, 1), figsize=(5.2 * max(ncols, 1), 4.6), squeeze=False)
+    axes = list(grid[0])
+    ax = axes[0]
     if series:
+        axes.pop(0)
         ax.violinplot([v for _, v in series], showmedians=True, widths=0.8)
         ax.boxplot([v for _, v in series], widths=0.15, showfliers=False)
         ax.set_xticks(range(1, len(series) + 1), [name for name, _ in series], fontsize=7)
@@ -171,16 +174,16 @@ def png(report: dict[str, Any], samples: dict[str, dict[str, list[float]]], path
                 textcoords="offset points",
                 fontsize=7,
             )
-    ax.set_ylabel("ADD latency, ms (exec to exit)")
-    ax.set_ylim(bottom=0)
-    ax.set_title("ADD latency", fontsize=10)
-    ax.grid(axis="y", alpha=0.3)
+        ax.set_ylabel("ADD latency, ms (exec to exit)")
+        ax.set_ylim(bottom=0)
+        ax.set_title("ADD latency", fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
     if wire:
         names = [w["label"] for w in wire["links"]]
         colors = ["tab:orange", "tab:blue"][: len(names)]
         for ax, key, title in (
-            (axes[0][1], "gbps", "TCP throughput, Gbit/s (iperf3, 1 stream)"),
-            (axes[0][2], "rr_us", "request/response latency, µs (sockperf, RTT/2)"),
+            (axes[0], "gbps", "TCP throughput, Gbit/s (iperf3, 1 stream)"),
+            (axes[1], "rr_us", "request/response latency, µs (sockperf, RTT/2)"),
         ):
             meds = [_med(w[key]) for w in wire["links"]]
             lo = [m_ - min(w[key]) for m_, w in zip(meds, wire["links"], strict=True)]
