@@ -27,7 +27,7 @@ from cni_yogurt.datapath import PairMap, Pins
 from cni_yogurt.faults import crash_point
 from cni_yogurt.kernel.netlink import Rtnl, link_kind
 from cni_yogurt.kernel.netns import open_netns
-from cni_yogurt.line import moving, naming, recovery, wiring
+from cni_yogurt.line import moving, naming, recovery, sweep, wiring
 from cni_yogurt.line.registry import End, Registry, attachment_key
 
 ZERO_MAC = "00:00:00:00:00:00"  # L3 netkit has no MAC; podman still wants the field
@@ -319,11 +319,6 @@ def status(inv: Invocation) -> None:
         ipam.status()
 
 
-# Device group ids GC gathers doomed devices in (one per GC process): far from the small
-# numbers people give groups by hand.
-_GC_GROUP_BASE = 0x79000000
-
-
 def _release_leases(ipam: IPAM | None, ends: list[End]) -> list[tuple[End, CNIError | None]]:
     """IPAM DEL for each end (what DEL would have done), a few delegates at a time:
     each is an exec, and a thousand of them one by one take seconds."""
@@ -372,57 +367,8 @@ def gc(inv: Invocation) -> None:
             log.error("gc: IPAM DEL failed", end=end.key, error=error.msg, details=error.details)
             failed.append(f"{end.key}: {error.msg}")
             keep.add(end.host_ifname)
-        # All at once: one registry write, one pass over the map and one batch of device
-        # deletions for a thousand stale ends.
-        gone = wiring.leave_all(registry, pins, [e.key for e in released])
-        doomed = []
-        for end in gone:
-            link = host.link(end.host_ifname)
-            if link is not None and link_kind(link) in backend.DEVICE_KINDS:
-                doomed.append(link["index"])  # labelled or not (a crash before ADD labelled it)
-            log.info("gc: removed end", end=end.key, line=end.line)
-        group = _GC_GROUP_BASE | os.getpid() & 0xFFFFFF
-        host.delete_links(doomed, group)
-        # Devices and pins no line knows of: left by a crash, or by ends just removed;
-        # a device labelled for another network or registry is not this GC's business.
-        # Swept under the registry lock, keeping every end on record by then: an ADD reserves
-        # its end before it makes its device and pins its links. A device is unlabelled from
-        # its creation until its ADD labels it, one netlink request later: unlabelled, it may be
-        # an ADD in flight for another registry (stateDir), whose lock this GC does not hold, so
-        # it is left alone (the devices of the ends removed above are gone already). Pins go
-        # with their device, or when it is gone. (Swept from the first read alone, GC deleted
-        # the devices and unpinned the links of ADDs running in parallel, and unpinned every
-        # link of another registry's ends on the same bpffsDir: veth ends lost their guard.)
-        tag = recovery.state_tag(conf.state_dir)
-        with registry.transaction() as now:
-            keep |= {e.host_ifname for e in now.values()}
-            devices = {
-                link.get_attr("IFLA_IFNAME"): link
-                for link in host.links()
-                if naming.is_ours(link.get_attr("IFLA_IFNAME")) and link_kind(link) in backend.DEVICE_KINDS
-            }
-
-            def sweep(name: str) -> bool:
-                if name in keep:
-                    return False
-                if name not in devices:
-                    return True  # pins of a device that is gone
-                label = recovery.parse_alias(devices[name].get_attr("IFLA_IFALIAS"))
-                if label is None:
-                    return False
-                return label.get("n", conf.name) == conf.name and label.get("d", tag) == tag
-
-            with contextlib.suppress(OSError):
-                host.delete_links([link["index"] for name, link in devices.items() if sweep(name)], group)
-            if pins.loaded():  # counters of devices that are gone (deleted by hand, or above)
-                present = {link["index"] for link in host.links()}
-                with datapath.CounterMap(pins) as counters:
-                    for index in set(counters.keys()) - present:
-                        counters.stop(index)
-            for where in (pins, *pins.others()):  # an older release's too: it can then go
-                for name in datapath.pinned_link_names(where):
-                    if sweep(name):
-                        datapath.detach(where, name)
+        sweep.remove_ends(registry, pins, host, released, log)
+        sweep.leftovers(registry, pins, host, conf.state_dir, conf.name, keep)
     if failed:
         raise CNIError(Code.IPAM_FAILED, "GC could not release every IP lease", "; ".join(failed))
     if ipam is not None:
