@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -132,6 +131,8 @@ class Registry:
         Without `recover` (a reader, not a verb) the files are left as they are and read as empty."""
         if self._recover is None:
             return {}
+        import shutil  # not on the hot path: it imports bz2, lzma and zlib
+
         aside = f"{self.path}.damaged"
         shutil.rmtree(aside, ignore_errors=True)
         os.makedirs(aside, mode=0o700)
