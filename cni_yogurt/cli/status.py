@@ -43,7 +43,7 @@ def collect(bpffs_dir: str, state_dir: str) -> dict[str, Any]:
     ends = registry.snapshot()
     by_pins: dict[Pins, list[End]] = defaultdict(list)
     for end in ends.values():
-        by_pins[Pins(end.pins) if end.pins else pins].append(end)  # an older release's, until moved
+        by_pins[end.pin_dir(pins)].append(end)  # an older release's, until moved
     pairs: dict[int, Partner] = {}
     counts: dict[int, dict[str, int] | None] = {}
     for own, users in by_pins.items():
@@ -52,7 +52,7 @@ def collect(bpffs_dir: str, state_dir: str) -> dict[str, Any]:
         counts |= own_counts
     lines: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for end in ends.values():
-        own = Pins(end.pins) if end.pins else pins
+        own = end.pin_dir(pins)
         problems = _problems(own, end) if own.loaded() and end.host_ifindex else []
         partner = pairs.get(end.host_ifindex)
         lines[end.line].append(

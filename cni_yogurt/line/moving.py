@@ -60,6 +60,7 @@ def move(registry: Registry, pins: Pins, log: Any, lost: bool = False) -> int:
         live = [e for e in ends.values() if e.ready and not e.leaving and _device_is_there(host, e)]
         movers = [e for e in live if (lost and e.pins == pins.root) or _older_release(e, pins)]
         if movers:
+            os.makedirs(pins.links_dir, exist_ok=True)
             _prepare_maps(pins, movers, live)
             for line in _by_line(movers).values():
                 _switch_line(host, pins, line, log)
@@ -114,7 +115,7 @@ def _prepare_maps(pins: Pins, movers: list[End], live: list[End]) -> None:
 
 
 def _old_counters(pins: Pins, end: End) -> bytes | None:
-    old = Pins(end.pins) if end.pins else pins
+    old = end.pin_dir(pins)
     if old == pins or not old.loaded():
         return None
     try:
@@ -150,10 +151,11 @@ def _switch_line(host: Rtnl, pins: Pins, ends: list[End], log: Any) -> None:
             except OSError as exc:
                 _failed(end, exc, log)
                 continue
-            if end.pins and end.pins != pins.root:
+            old = end.pin_dir(pins)
+            if old != pins:
                 # Pinned under both dirs if a move was cut short between the two; one is enough now.
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(Pins(end.pins).link(end.host_ifname, hook.name))
+                    os.unlink(old.link(end.host_ifname, hook.name))
             crash_point(f"move:switched-{step}")
 
 
@@ -165,8 +167,5 @@ def _failed(end: End, exc: OSError, log: Any) -> None:
 def _pinned_link(pins: Pins, end: End, hook: backend.Hook) -> str | None:
     """The link a hook has now: under the new dir if an earlier, interrupted move got that
     far, else where the end's release pinned it; None if the pins were lost with it."""
-    os.makedirs(pins.links_dir, exist_ok=True)
-    candidates = [pins.link(end.host_ifname, hook.name)]
-    if end.pins and end.pins != pins.root:
-        candidates.append(Pins(end.pins).link(end.host_ifname, hook.name))
+    candidates = [pins.link(end.host_ifname, hook.name), end.pin_dir(pins).link(end.host_ifname, hook.name)]
     return next((p for p in candidates if os.path.exists(p)), None)

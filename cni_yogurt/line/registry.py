@@ -26,6 +26,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
+from cni_yogurt.datapath import Pins
 from cni_yogurt.lock import locked
 
 
@@ -54,6 +55,11 @@ class End:
     @property
     def wire(self) -> tuple[int, int]:
         return self.host_ifindex, self.peer_ifindex
+
+    def pin_dir(self, default: Pins) -> Pins:
+        """Where its programs, map entries and links are: the pin dir it was added with (an
+        older release's until it is moved), or `default` for an end recorded without one."""
+        return Pins(self.pins) if self.pins else default
 
 
 def _fields(end: End) -> dict[str, Any]:

@@ -54,7 +54,7 @@ def hang_up(registry: Registry, pins: Pins, container_id: str, ifname: str, host
     with registry.transaction(host_ifname=naming.host_ifname(container_id, ifname)) as ends:
         end = ends.get(attachment_key(container_id, ifname)) or adopt(ends, container_id, ifname)
         ifindex = end.host_ifindex if end is not None else host_ifindex
-        own = _pins_of(end, pins)
+        own = end.pin_dir(pins) if end is not None else pins
         _cut(pins, [end] if end is not None else [], [ifindex])
         if end is not None:
             end.ready, end.leaving = False, True
@@ -83,17 +83,12 @@ def leave_all(registry: Registry, pins: Pins, keys: list[str]) -> list[End]:
         return gone
 
 
-def _pins_of(end: End | None, default: Pins) -> Pins:
-    """Where an end's map entries and links are: the pin dir it was added with, if it says."""
-    return Pins(end.pins) if end is not None and end.pins else default
-
-
 def _cut(current: Pins, ends: list[End], indexes: Iterable[int] = ()) -> None:
     """Take ends out of the maps: pairing (both directions) and counters; out of this
     release's maps too, which a move to them that was cut short may have filled."""
     where: dict[Pins, set[int]] = {current: set(indexes)}
     for end in ends:
-        for pins in (_pins_of(end, current), current):
+        for pins in (end.pin_dir(current), current):
             where.setdefault(pins, set()).add(end.host_ifindex)
     for pins, found in where.items():
         found.discard(0)
