@@ -101,21 +101,14 @@ class Registry:
 
     # -- reading ---------------------------------------------------------------
 
-    def _load_line_file(self, name: str) -> dict[str, End]:
-        with open(os.path.join(self.path, name), encoding="utf-8") as f:
-            raw = json.load(f)
-        return {str(key): End(**value) for key, value in raw["ends"].items()}
-
     def _load_all(self) -> dict[str, End]:
         """Every end; raises one of DAMAGED if a file is not ours to read."""
         ends: dict[str, End] = {}
         if os.path.exists(self.legacy_path):
-            with open(self.legacy_path, encoding="utf-8") as f:
-                raw = json.load(f)
-            ends.update({str(key): End(**value) for key, value in raw["ends"].items()})
+            ends.update(_load_ends(self.legacy_path))
         for name in _listdir(self.path):
             if name.endswith(".json"):
-                ends.update(self._load_line_file(name))
+                ends.update(_load_ends(os.path.join(self.path, name)))
         return ends
 
     def _load_some(self, lines: set[str], host_ifname: str) -> dict[str, End]:
@@ -129,7 +122,7 @@ class Registry:
         ends: dict[str, End] = {}
         for line in lines:
             with suppress(FileNotFoundError):
-                ends.update(self._load_line_file(_line_file(line)))
+                ends.update(_load_ends(os.path.join(self.path, _line_file(line))))
         return ends
 
     def _heal(self, why: str) -> dict[str, End]:
@@ -163,19 +156,21 @@ class Registry:
 
     # -- writing ---------------------------------------------------------------
 
-    def _write(self, ends: dict[str, End], before: dict[str, End]) -> None:
-        """Save the lines on which an end came, went or changed (every end of such a line is in
-        `ends`): index new ends first, rewrite their lines, drop the entries of removed ends."""
+    def _write(self, ends: dict[str, End], was: dict[str, dict[str, Any]]) -> None:
+        """Save the lines on which an end came, went or changed since `was` (the ends' fields
+        when they were read; every end of such a line is in `ends`): index new ends first,
+        rewrite their lines, drop the entries of removed ends."""
+        now = {k: _fields(v) for k, v in ends.items()}
+        changed = {v["line"] for k, v in now.items() if was.get(k) != v}
+        changed |= {v["line"] for k, v in was.items() if k not in now}
+        if not changed and not os.path.exists(self.legacy_path):
+            return
         os.makedirs(self.path, mode=0o700, exist_ok=True)
         os.makedirs(self.index_dir, mode=0o700, exist_ok=True)
-        now = {k: _fields(v) for k, v in ends.items()}
-        was = {k: _fields(v) for k, v in before.items()}
-        changed = {e.line for k, e in ends.items() if was.get(k) != now[k]}
-        changed |= {e.line for k, e in before.items() if k not in now}
-        indexed = {e.host_ifname for e in before.values()}
-        for end in ends.values():
-            if end.host_ifname not in indexed:
-                _write_file(os.path.join(self.index_dir, end.host_ifname), json.dumps(end.line))
+        indexed = {v["host_ifname"] for v in was.values()}
+        for v in now.values():
+            if v["host_ifname"] not in indexed:
+                _write_file(os.path.join(self.index_dir, v["host_ifname"]), json.dumps(v["line"]))
         for line in changed:
             members = {k: v for k, v in now.items() if v["line"] == line}
             path = os.path.join(self.path, _line_file(line))
@@ -183,10 +178,10 @@ class Registry:
                 _write_file(path, json.dumps({"line": line, "ends": dict(sorted(members.items()))}))
             else:
                 _unlink(path)
-        kept = {e.host_ifname for e in ends.values()}
-        for end in before.values():
-            if end.host_ifname not in kept:
-                _unlink(os.path.join(self.index_dir, end.host_ifname))
+        kept = {v["host_ifname"] for v in now.values()}
+        for v in was.values():
+            if v["host_ifname"] not in kept:
+                _unlink(os.path.join(self.index_dir, v["host_ifname"]))
         _unlink(self.legacy_path)  # migrated (or never there): its ends are in the line files now
 
     # -- transactions ----------------------------------------------------------
@@ -209,12 +204,9 @@ class Registry:
                 migrate = False
                 if partial:
                     ends = self._load_some(some, host_ifname)
-            before = {k: End(**_fields(v)) for k, v in ends.items()}
+            was = {} if migrate else {k: _fields(v) for k, v in ends.items()}  # migrating: write all
             yield ends
-            if migrate:
-                self._write(ends, {})
-            elif {k: _fields(v) for k, v in ends.items()} != {k: _fields(v) for k, v in before.items()}:
-                self._write(ends, before)
+            self._write(ends, was)
 
     def snapshot(self) -> dict[str, End]:
         """Every end, read under the lock; written back only to heal (with `recover`)."""
@@ -223,6 +215,13 @@ class Registry:
                 return self._load_all()
             except DAMAGED as exc:
                 return self._heal(f"{type(exc).__name__}: {exc}")
+
+
+def _load_ends(path: str) -> dict[str, End]:
+    """The ends in one file of ours (a line's, or the older release's lines.json)."""
+    with open(path, encoding="utf-8") as f:
+        raw = json.load(f)
+    return {str(key): End(**value) for key, value in raw["ends"].items()}
 
 
 def _listdir(path: str) -> list[str]:
