@@ -28,7 +28,6 @@ from cni_yogurt.kernel import bpf
 # 2: the veth sender program (prog_veth_peer); 3: 64-bit mark, counters;
 # 4: the secret in a map, handed on to the next release (upgrade in place).
 ABI = test_abi() or 4
-FIRST_MOVABLE_ABI = 4  # older programs keep their secret in their code: their lines cannot move losslessly
 _KEY = struct.Struct("=I")
 _VALUE = struct.Struct("=II")
 _MARK = struct.Struct("=II")  # struct yogurt_mark: cb[0], cb[1]

@@ -263,7 +263,7 @@ def check(inv: Invocation) -> None:
                 for r in prev.routes
                 if (r.dst.with_prefixlen, str(r.gw) if r.gw else None) not in routes
             ]
-            problems += _line_problems(registry, pins, env, host_link["index"])
+            problems += _line_problems(registry, pins, env, host_ifname, host_link["index"])
     finally:
         os.close(netns_fd)
     if problems:
@@ -275,11 +275,12 @@ def check(inv: Invocation) -> None:
         ipam.check()
 
 
-def _line_problems(registry: Registry, pins: Pins, env: Any, host_ifindex: int) -> list[str]:
+def _line_problems(
+    registry: Registry, pins: Pins, env: Any, host_ifname: str, host_ifindex: int
+) -> list[str]:
     # The line and the map are read under the one lock that ADD wires and DEL cuts under:
     # read apart, CHECK of a healthy end whose partner was just going or coming saw half
     # of that change ("map wires X but line has no partner") and failed (test_load.py).
-    host_ifname = naming.host_ifname(env.container_id, env.ifname)
     with registry.transaction(host_ifname=host_ifname) as ends, PairMap(pins) as pairs:
         end = ends.get(attachment_key(env.container_id, env.ifname))
         if end is None:

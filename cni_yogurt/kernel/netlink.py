@@ -176,9 +176,10 @@ class Rtnl:
 
     def delete_links(self, indexes: list[int], group: int) -> None:
         """Delete many devices in one request: put them in a device group of their own,
-        then delete the group.  The kernel unregisters them as one batch, paying the RCU
-        grace periods of a veth or netkit teardown once instead of once per device
-        (≈ 40 ms each here).  `group`: a group id nothing else on the host uses."""
+        then delete the group.  The kernel unregisters them as one batch, paying the grace
+        periods of a veth teardown once instead of once per device (≈ 40 ms each here);
+        an attached tcx link still costs one grace period each.  `group`: a group id
+        nothing else on the host uses."""
         moved = False
         for index in indexes:
             msg = ifinfmsg()

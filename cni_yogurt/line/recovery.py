@@ -4,8 +4,8 @@ The registry is a cache of what the kernel holds: every end is a host-side
 device named after its attachment (naming.py), which ADD labels with the
 end's identity in its interface alias (`ip link` shows it), and the pairing
 map says which ends are wired.  A damaged line file (truncated, empty,
-garbage) is moved aside with the rest and rebuilt from those, so no later ADD fails until
-a person edits files.
+garbage) is moved aside with the rest and rebuilt from those, so no later
+ADD fails until a person edits files.
 
 An alias holds at most 255 bytes: an identity too long for it (container IDs
 of hundreds of bytes) leaves an anonymous end, kept on its line by the
