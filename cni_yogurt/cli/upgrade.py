@@ -31,7 +31,8 @@ def upgrade(bpffs_dir: str, state_dir: str, as_json: bool) -> int:
         log.error("upgrade failed", error=f"{type(exc).__name__}: {exc}")
         return 1
     left = [o.root for o in pins.others()]
-    unmoved = [e.key for e in registry.snapshot().values() if e.pins and e.pins != pins.root]
+    # Only this bpffsDir's ends: another network's on the same stateDir is not this upgrade's.
+    unmoved = [e.key for e in registry.snapshot().values() if e.pins != pins.root and pins.sibling(e.pins)]
     if as_json:
         print(json.dumps({"pins": pins.root, "moved": moved, "older_pins": left, "not_moved": unmoved}))
     else:

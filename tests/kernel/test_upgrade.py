@@ -254,7 +254,9 @@ def test_ends_of_another_bpffs_dir_on_the_same_state_dir_are_left_where_they_are
         assert run.rc == 0, run.out  # still on this bpffsDir's programs
         monkeypatch.setenv("YOGURT_TEST_ABI", str(NEXT_ABI))
         upgrade = _yogurt(elsewhere, "upgrade", "--json")
-        assert json.loads(upgrade.stdout)["moved"] == 1, upgrade.stdout + upgrade.stderr
+        report = json.loads(upgrade.stdout)
+        assert report["moved"] == 1, upgrade.stdout + upgrade.stderr
+        assert upgrade.returncode == 0 and report["not_moved"] == [], report  # the other end is not its own
         assert os.path.exists(node.pins.root)  # this bpffsDir's release was not touched
         monkeypatch.delenv("YOGURT_TEST_ABI")
         run = node.run("CHECK", {**conf, "prevResult": r1}, one)
