@@ -254,11 +254,18 @@ def node(tmp_path: Any, backend: str | None) -> Iterator[Node]:
 
 
 class Phone:
-    """Two ends of one line, wired, shared by the tests that only observe it."""
+    """Two ends of one line, wired: shared by the tests that only observe it (the `phone`
+    fixture), or made by a test on a config of its own (`conf`)."""
 
-    def __init__(self, node: Node, subnet4: str = "10.42.0.0/24", subnet6: str = "fd42::/64") -> None:
+    def __init__(
+        self,
+        node: Node,
+        subnet4: str = "10.42.0.0/24",
+        subnet6: str = "fd42::/64",
+        conf: dict[str, Any] | None = None,
+    ) -> None:
         self.node = node
-        self.conf = node.conf(subnet4=subnet4, subnet6=subnet6)
+        self.conf = conf or node.conf(subnet4=subnet4, subnet6=subnet6)
         self.one, self.two = node.netns(), node.netns()
         self.r1, self.r2 = node.add(self.conf, self.one), node.add(self.conf, self.two)
         self.a4, self.a6 = addresses(self.r1)
@@ -284,6 +291,19 @@ def phone(
         p = Phone(n, *getattr(request.module, "PHONE_SUBNETS", ()))
         yield p
         p.hang_up()
+
+
+@contextlib.contextmanager
+def private_dirs(node: Node, tmp_path: Path, purpose: str) -> Iterator[dict[str, Any]]:
+    """node.conf() on a state dir and a bpffs dir no other test uses, for tests that break
+    them on purpose or load programs of their own there; the bpffs dir goes afterwards."""
+    bpffs = f"/sys/fs/bpf/cni-yogurt-{purpose}-{node.tag}"
+    conf = node.conf(stateDir=str(tmp_path / "state"), bpffsDir=bpffs)
+    node.pins, node.registry = Pins.under(bpffs), Registry(conf["stateDir"])
+    try:
+        yield conf
+    finally:
+        shutil.rmtree(bpffs, ignore_errors=True)  # every release's pins under it
 
 
 @contextlib.contextmanager

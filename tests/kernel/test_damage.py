@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Node, addresses, plugin_log
+from conftest import Node, addresses, plugin_log, private_dirs
 
 from cni_yogurt import lab
-from cni_yogurt.datapath import Pins, unload
 from cni_yogurt.line.registry import Registry, _line_file
 
 DAMAGE = {
@@ -33,13 +32,8 @@ DAMAGE = {
 
 @pytest.fixture
 def private(node: Node, tmp_path: Path) -> Iterator[dict[str, Any]]:
-    """node.conf() on a state dir and a bpffs dir no other test uses."""
-    bpffs = f"/sys/fs/bpf/cni-yogurt-damage-{node.tag}"
-    conf = node.conf(stateDir=str(tmp_path / "state"), bpffsDir=bpffs)
-    node.pins, node.registry = Pins.under(bpffs), Registry(conf["stateDir"])
-    yield conf
-    unload(node.pins)
-    shutil.rmtree(bpffs, ignore_errors=True)
+    with private_dirs(node, tmp_path, "damage") as conf:
+        yield conf
 
 
 def _damage(conf: dict[str, Any], how: str) -> Path:

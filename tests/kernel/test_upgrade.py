@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Node, addresses
+from conftest import Node, Phone, addresses, private_dirs
 
 from cni_yogurt import lab
-from cni_yogurt.datapath import ABI, Pins, pinned_link_names, program_id, unload
+from cni_yogurt.datapath import ABI, Pins, pinned_link_names, program_id
 from cni_yogurt.faults import ENV as CRASH_ENV
 from cni_yogurt.faults import MOVE_POINTS
 from cni_yogurt.kernel import bpf
@@ -99,14 +99,8 @@ class Stream:
 
 @pytest.fixture
 def private(node: Node, tmp_path: Path) -> Iterator[dict[str, Any]]:
-    """node.conf() on a state dir and a bpffs dir no other test uses."""
-    bpffs = f"/sys/fs/bpf/cni-yogurt-upgrade-{node.tag}"
-    conf = node.conf(stateDir=str(tmp_path / "state"), bpffsDir=bpffs)
-    node.pins, node.registry = Pins.under(bpffs), Registry(conf["stateDir"])
-    yield conf
-    for pins in (node.pins, Pins(os.path.join(bpffs, f"v{NEXT_ABI}"))):
-        unload(pins)
-    shutil.rmtree(bpffs, ignore_errors=True)
+    with private_dirs(node, tmp_path, "upgrade") as conf:
+        yield conf
 
 
 def _yogurt(conf: dict[str, Any], *argv: str) -> subprocess.CompletedProcess[str]:
@@ -139,17 +133,15 @@ def test_live_line_moves_to_the_next_release_without_losing_a_packet(
     node: Node, private: dict[str, Any], trigger: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     conf = private
-    one, two = node.netns(), node.netns()
-    r1, r2 = node.add(conf, one), node.add(conf, two)
-    (a4, _), (b4, _) = addresses(r1), addresses(r2)
-    host_one = r1["interfaces"][0]["name"]
-    assert lab.ping(one, b4) == 2 and lab.ping(two, a4) == 2  # neighbours resolved before the streams
+    phone = Phone(node, conf=conf)
+    # Neighbours resolved before the streams start.
+    assert lab.ping(phone.one, phone.b4) == 2 and lab.ping(phone.two, phone.a4) == 2
     old, new = node.pins, Pins(os.path.join(conf["bpffsDir"], f"v{NEXT_ABI}"))
-    streams = [Stream(one, two, b4).start(), Stream(two, one, a4).start()]
+    streams = [Stream(phone.one, phone.two, phone.b4).start(), Stream(phone.two, phone.one, phone.a4).start()]
     try:
         for stream in streams:
             stream.wait_for(200)
-        counted_before = _sent_by(conf, host_one)
+        counted_before = _sent_by(conf, phone.host_one)
 
         monkeypatch.setenv("YOGURT_TEST_ABI", str(NEXT_ABI))  # the next release, from here on
         if trigger == "ADD":
@@ -170,16 +162,17 @@ def test_live_line_moves_to_the_next_release_without_losing_a_packet(
 
     assert not os.path.exists(old.root), "the older release's pins stayed"
     assert {e.pins for e in Registry(conf["stateDir"]).snapshot().values()} == {new.root}
-    if r1["yogurt"]["attach"] != "tc":  # tc filters have no pins; CHECK below asks the kernel
+    if phone.r1["yogurt"]["attach"] != "tc":  # tc filters have no pins; CHECK below asks the kernel
         wanted = {program_id(new, "peer"), program_id(new, "veth_peer"), program_id(new, "primary")}
         links = _link_programs(new)
-        assert {n.rsplit("_", 1)[0] for n in links} >= {host_one, r2["interfaces"][0]["name"]}
+        assert {n.rsplit("_", 1)[0] for n in links} >= {phone.host_one, phone.host_two}
         assert set(links.values()) <= wanted, links
-    for ns, result in ((one, r1), (two, r2)):  # CHECK of the new release: its programs, its map
+    # CHECK of the new release: its programs, its map.
+    for ns, result in ((phone.one, phone.r1), (phone.two, phone.r2)):
         run = node.run("CHECK", {**conf, "prevResult": result}, ns)
         assert run.rc == 0, run.out
-    assert _sent_by(conf, host_one) >= counted_before  # the counters moved with the end
-    assert lab.ping(one, b4) == 2
+    assert _sent_by(conf, phone.host_one) >= counted_before  # the counters moved with the end
+    assert lab.ping(phone.one, phone.b4) == 2
     doctor = _yogurt(conf, "doctor")
     assert "another release" not in doctor.stdout, doctor.stdout
     for ns in node.namespaces:
@@ -216,9 +209,7 @@ def test_a_move_cut_short_leaves_a_working_line_and_the_next_call_finishes_it(
     node: Node, private: dict[str, Any], point: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     conf = private
-    one, two = node.netns(), node.netns()
-    r1, r2 = node.add(conf, one), node.add(conf, two)
-    (a4, _), (b4, _) = addresses(r1), addresses(r2)
+    phone = Phone(node, conf=conf)
     monkeypatch.setenv("YOGURT_TEST_ABI", str(NEXT_ABI))
     monkeypatch.setenv(CRASH_ENV, point)
     run = _yogurt(conf, "upgrade")
@@ -226,17 +217,16 @@ def test_a_move_cut_short_leaves_a_working_line_and_the_next_call_finishes_it(
     monkeypatch.delenv(CRASH_ENV)
     # Half moved: after switches 1 and 3 an old program and a new one face each other (the
     # old sender's mark meets the new guard, or the other way round), and both must agree.
-    assert lab.ping(one, b4) == 2 and lab.ping(two, a4) == 2
+    assert lab.ping(phone.one, phone.b4) == 2 and lab.ping(phone.two, phone.a4) == 2
     run = _yogurt(conf, "upgrade")
     assert run.returncode == 0 and "2 live ends moved" in run.stdout, run.stdout + run.stderr
     assert not os.path.exists(node.pins.root), "the older release's pins stayed"
     node.pins = Pins(os.path.join(conf["bpffsDir"], f"v{NEXT_ABI}"))
-    assert lab.ping(one, b4) == 2 and lab.ping(two, a4) == 2
-    for ns, result in ((one, r1), (two, r2)):
+    assert lab.ping(phone.one, phone.b4) == 2 and lab.ping(phone.two, phone.a4) == 2
+    for ns, result in ((phone.one, phone.r1), (phone.two, phone.r2)):
         check = node.run("CHECK", {**conf, "prevResult": result}, ns)
         assert check.rc == 0, check.out
-    node.delete(conf, one)
-    node.delete(conf, two)
+    phone.hang_up()
 
 
 def test_ends_of_another_bpffs_dir_on_the_same_state_dir_are_left_where_they_are(
