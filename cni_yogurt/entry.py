@@ -33,4 +33,9 @@ def main() -> int:
         return skel.main(_load_verbs)
     from cni_yogurt.cli import main as cli_main
 
-    return cli_main(sys.argv[1:])
+    try:
+        return cli_main(sys.argv[1:])
+    except BrokenPipeError:
+        # `yogurt status | head`: the reader left; say nothing more, as other tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a writer its reader left

@@ -6,6 +6,7 @@ Every case here fails (or answers) before a verb touches the kernel.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -222,3 +223,21 @@ def test_unsupported_version_error_names_what_we_support(
     assert ver in run.out["details"]
     for supported in SUPPORTED_VERSIONS:
         assert supported in run.out["details"]
+
+
+def test_admin_cli_whose_reader_left_exits_quietly() -> None:
+    """`yogurt status | head`: a closed pipe is no reason for a traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "cni_yogurt", "version"],
+        stdout=write_end,
+        stderr=subprocess.PIPE,
+        env=env,
+        check=False,
+        timeout=60,
+    )
+    os.close(write_end)
+    assert proc.returncode == 141, proc.stderr
+    assert b"Traceback" not in proc.stderr, proc.stderr
