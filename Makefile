@@ -69,16 +69,16 @@ bench-deps: venv
 		$(PY) -m pip install -q -e '.[bench]' --config-settings editable_mode=compat
 
 bench: bench-deps binary  ## natively, yogurt vs ptp + host-local: verbs, 500 lines, 200 parallel ADDs, the wire -> docs/bench/
-	$(PY) packaging/bench.py $(BENCH_ARGS)
+	$(PY) bench/bench.py $(BENCH_ARGS)
 
 # In the VM every exec takes seconds: the wire only, fewer and shorter rounds.
 BENCH_VM_ARGS ?= --only wire --wire-rounds 5 --wire-seconds 5 --rr-seconds 2
 # The guest sees the checkout read-only: it writes into the VM's result dir, copied out after.
 bench-vm: bench-deps binary  ## the wire on netkit, in the emulated VM -> docs/bench/vm/
 	YOGURT_VM_RESULT_DIR=$(CURDIR)/.cache/bench-vm bash tests/vm/run.sh \
-		$(PY) packaging/bench.py --out $(CURDIR)/.cache/bench-vm/out $(BENCH_VM_ARGS)
+		$(PY) bench/bench.py --out $(CURDIR)/.cache/bench-vm/out $(BENCH_VM_ARGS)
 	mkdir -p docs/bench/vm && cp .cache/bench-vm/out/bench.json docs/bench/vm/
-	$(PY) packaging/bench.py --render-only --out docs/bench/vm
+	$(PY) bench/bench.py --render-only --out docs/bench/vm
 
 clean:
 	rm -rf $(VENV) .cache build dist *.egg-info

@@ -3,7 +3,7 @@
 Run as root with the venv's python (`make bench` installs iperf3, sockperf and
 matplotlib first):
 
-    .venv/bin/python packaging/bench.py [--out DIR] [--only version,verbs,scale,burst,wire] ...
+    .venv/bin/python bench/bench.py [--out DIR] [--only version,verbs,scale,burst,wire] ...
 
 Natively it measures the backend this kernel gives yogurt (netkit where the
 kernel has it, else veth); in the netkit VM (`make bench-vm`) the same code
