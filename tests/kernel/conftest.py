@@ -36,8 +36,11 @@ from cni_yogurt.line import naming
 from cni_yogurt.line.registry import Registry
 from cni_yogurt.line.wiring import leave
 
-BPFFS_DIR = "/sys/fs/bpf/cni-yogurt-test"
-STATE_DIR = "/run/cni-yogurt-test"
+# YOGURT_TEST_NODE_DIRS=<suffix> gives a run dirs of its own, so that two checkouts' suites can share
+# a machine without sharing a registry or pins.
+_SUFFIX = os.environ.get("YOGURT_TEST_NODE_DIRS", "")
+BPFFS_DIR = "/sys/fs/bpf/cni-yogurt-test" + (f"-{_SUFFIX}" if _SUFFIX else "")
+STATE_DIR = "/run/cni-yogurt-test" + (f"-{_SUFFIX}" if _SUFFIX else "")
 # In the VM, the log goes to the result dir the host keeps (see tests/vm/guest.sh).
 LOG_FILE = os.path.join(os.environ.get("YOGURT_VM_OUT", "/tmp"), "cni-yogurt-test.log")
 # The one-file binary (`make binary`) that the runtime tests hand to real runtimes.
