@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
-from conftest import Node, addresses
+from conftest import Node, addresses, private_dirs
 
 from cni_yogurt import lab
 from cni_yogurt.line import naming
 from cni_yogurt.line.recovery import parse_alias
+from cni_yogurt.line.registry import _line_file
 
 POD_ARGS = "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME={name};K8S_POD_UID=uid-{name}"
 
@@ -124,3 +126,21 @@ def test_the_pod_is_recorded_shown_and_named_when_the_line_is_full(node: Node) -
     assert naming.host_ifname(three.name, "eth0") not in node.devices()
     node.delete(conf, one)
     node.delete(conf, two)
+
+
+def test_the_pod_survives_a_registry_rebuilt_from_device_labels(node: Node, tmp_path: Path) -> None:
+    with private_dirs(node, tmp_path, "podlabel") as conf:
+        one, two = node.netns(), node.netns()
+        node.add(conf, one, cni_args=POD_ARGS.format(name="web-0"))
+        node.add(conf, two)
+        line_file = Path(conf["stateDir"]) / "lines" / _line_file(conf["name"])
+        line_file.write_text("{ truncated")
+        node.delete(conf, two)  # a verb on the line: it heals the registry from the kernel first
+        (end,) = node.ends().values()
+        assert (end.container_id, end.pod_namespace, end.pod_name, end.pod_uid) == (
+            one.name,
+            "shop",
+            "web-0",
+            "uid-web-0",
+        )
+        node.delete(conf, one)
