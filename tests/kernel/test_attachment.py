@@ -144,3 +144,31 @@ def test_the_pod_survives_a_registry_rebuilt_from_device_labels(node: Node, tmp_
             "uid-web-0",
         )
         node.delete(conf, one)
+
+
+IGNORANT_IPAM = """#!/bin/sh
+# An IPAM plugin that ignores requested addresses: it always hands out .5, and logs its verbs.
+echo "$CNI_COMMAND" >> "$0.calls"
+case "$CNI_COMMAND" in
+ADD) echo '{"cniVersion": "1.0.0", "ips": [{"address": "10.42.0.5/24"}]}' ;;
+VERSION) echo '{"cniVersion": "1.0.0", "supportedVersions": ["1.0.0"]}' ;;
+esac
+"""
+
+
+def test_an_ipam_that_ignores_the_request_fails_the_add_and_is_rolled_back(
+    node: Node, tmp_path: Path
+) -> None:
+    plugin = tmp_path / "bin" / "ignorant"
+    plugin.parent.mkdir()
+    plugin.write_text(IGNORANT_IPAM)
+    plugin.chmod(0o755)
+    node.cni_path = str(plugin.parent)
+    conf = node.conf(version="1.0.0", runtimeConfig={"ips": ["10.42.0.77/24"]}, ipam={"type": "ignorant"})
+    one = node.netns()
+    run = node.run("ADD", conf, one)
+    assert run.rc == 1 and run.out["code"] == 104, run.out
+    assert "10.42.0.77" in run.out["details"] and "10.42.0.5" in run.out["details"], run.out
+    assert (tmp_path / "bin" / "ignorant.calls").read_text().split() == ["ADD", "DEL"]  # its lease released
+    assert node.leftovers() == {}
+    assert one.run("ip", "-o", "link", "show", "eth0").returncode != 0
