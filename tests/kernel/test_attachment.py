@@ -172,3 +172,16 @@ def test_an_ipam_that_ignores_the_request_fails_the_add_and_is_rolled_back(
     assert (tmp_path / "bin" / "ignorant.calls").read_text().split() == ["ADD", "DEL"]  # its lease released
     assert node.leftovers() == {}
     assert one.run("ip", "-o", "link", "show", "eth0").returncode != 0
+
+
+def test_a_mac_on_a_netkit_network_is_refused_before_anything_is_made(node: Node) -> None:
+    """Also where the kernel has no netkit: the refusal comes from the config, before the device."""
+    conf = node.conf(mode="netkit", runtimeConfig={"mac": "02:42:de:ad:be:ef"})
+    conf.pop("vethAttach", None)
+    one = node.netns()
+    run = node.run("ADD", conf, one)
+    assert run.rc == 1 and run.out["code"] == 7, run.out
+    assert "netkit devices (L3) have none" in run.out["msg"] and "veth" in run.out["details"], run.out
+    assert "Traceback" not in run.stderr
+    assert node.leftovers() == {}
+    assert one.run("ip", "-o", "link", "show", "eth0").returncode != 0
