@@ -12,7 +12,7 @@ VM_TESTS = tests/kernel/test_wire.py tests/kernel/test_counters.py tests/kernel/
 	tests/kernel/test_cnitool.py \
 	'tests/kernel/test_upgrade.py::test_live_line_moves_to_the_next_release_without_losing_a_packet[netkit-ADD]'
 
-.PHONY: deps venv lint unit kernel kernel-native kernel-vm test demo binary cnitool cri-stubs bench bench-deps bench-vm clean
+.PHONY: deps venv lint unit kernel kernel-native kernel-vm test demo binary image cnitool cri-stubs bench bench-deps bench-vm clean
 
 deps:  ## system packages (Debian/Ubuntu); the VM's kernel comes in tests/vm/fetch-kernel.sh
 	@bash packaging/install-deps.sh
@@ -53,6 +53,10 @@ binary: venv  ## dist/yogurt, one file (PyInstaller, packaging/yogurt.spec); the
 	@test -x $(VENV)/bin/pyinstaller || $(PY) -m pip install -q -e '.[binary]'
 	$(VENV)/bin/pyinstaller --noconfirm --clean --log-level WARN --distpath dist --workpath build/pyinstaller packaging/yogurt.spec
 	@ls -l dist/yogurt
+
+IMAGE ?= localhost/cni-yogurt:latest
+image: binary  ## the OCI image of packaging/kubernetes/ (plugin + agent), from local files: no registry
+	bash packaging/kubernetes/build-image.sh $(IMAGE) dist/cni-yogurt-image.tar
 
 cnitool:  ## .cache/cnitool/bin/cnitool, built offline from Debian's golang-github-appc-cni source
 	@bash packaging/build-cnitool.sh >/dev/null

@@ -127,7 +127,7 @@ def netkit_supported(state_dir: str) -> bool:
         if os.path.exists(_marker(state_dir, answer)):
             return answer
     supported = probe_netkit() is None
-    os.makedirs(state_dir, exist_ok=True)
+    os.makedirs(state_dir, mode=0o700, exist_ok=True)  # root-only, as the registry makes it
     with open(_marker(state_dir, supported), "w"):
         pass
     return supported
@@ -168,10 +168,17 @@ _INDEX_BASE, _INDEX_SPAN = 1 << 24, (1 << 30) - (1 << 24)
 
 
 def create_pair(
-    backend: Backend, host: Rtnl, host_ifname: str, ifname: str, netns_fd: int, mtu: int | None
+    backend: Backend,
+    host: Rtnl,
+    host_ifname: str,
+    ifname: str,
+    netns_fd: int,
+    mtu: int | None,
+    mac: str | None = None,
 ) -> int:
     """The pair, its peer already in the container's netns as `ifname`, closed to traffic;
-    returns the ifindex both ends share.
+    returns the ifindex both ends share.  `mac`: the container-side device's (veth only:
+    netkit's L3 devices have none, see cni/attachment.refuse_mac_on).
 
     Both ends get one ifindex, unique in the host netns: the guard sees only the
     container-side device, whose kernel-chosen ifindex (2 in most containers) would
@@ -183,7 +190,7 @@ def create_pair(
             if backend.device == "netkit":
                 host.create_netkit(host_ifname, ifname, netns_fd, mtu, index)
             else:
-                host.create_veth(host_ifname, ifname, netns_fd, mtu, index)
+                host.create_veth(host_ifname, ifname, netns_fd, mtu, index, peer_mac=mac)
             return index
         except OSError as exc:
             # EEXIST: that ifindex (or our name) is taken in the host netns; EBUSY: in the container's.

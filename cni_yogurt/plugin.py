@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cni_yogurt import backend, datapath
+from cni_yogurt.cni import attachment
 from cni_yogurt.cni.errors import CNIError, Code
 from cni_yogurt.cni.ipam import IPAM, find_plugin
 from cni_yogurt.cni.result import Interface, IPConfig, Result, parse_result
@@ -97,12 +98,19 @@ def add(inv: Invocation) -> Result:
     ipam = _ipam(inv)
     if ipam is not None:
         find_plugin(ipam.type, env.path)  # a missing IPAM plugin fails before anything exists
+    # What this attachment asks for; anything invalid fails before anything exists.
+    line, line_source = attachment.line_for(conf.args, env.args, conf.line, conf.name)
+    wanted_ips = attachment.requested_ips(conf.args, conf.runtime_config, env.args)
+    wanted_mac = attachment.requested_mac(conf.args, conf.runtime_config, env.args)
+    pod = attachment.pod_of(env.args)
+    kind = backend.resolve(conf.mode, conf.veth_attach, conf.state_dir)
+    attachment.refuse_mac_on(kind.device, wanted_mac)
     netns_fd = _open_netns(env.netns)
     pins, registry = _node(inv)
     host_ifname = naming.host_ifname(env.container_id, env.ifname)
-    end = End(
-        env.container_id, env.ifname, conf.line_for(env), conf.name, env.netns, host_ifname, pins=pins.root
-    )
+    end = End(env.container_id, env.ifname, line, conf.name, env.netns, host_ifname, pins=pins.root)
+    if pod is not None:
+        end.pod_namespace, end.pod_name, end.pod_uid = pod.namespace, pod.name, pod.uid
     undo: list[tuple[str, Callable[[], object]]] = []
     # Both sockets outlive the rollback below, which needs them.
     host, cont = Rtnl(), Rtnl.in_netns(netns_fd)
@@ -111,12 +119,11 @@ def add(inv: Invocation) -> Result:
         undo.append(("leave line", lambda: wiring.leave(registry, pins, end)))
         crash_point("add:reserved")
         _ensure_programs(pins, registry, inv)
-        kind = backend.resolve(conf.mode, conf.veth_attach, conf.state_dir)
         end.device, end.attach = kind.device, kind.attach
         if cont.link(env.ifname) is not None:
             raise CNIError(Code.KERNEL, f"interface {env.ifname} already exists in {env.netns}")
         try:
-            index = backend.create_pair(kind, host, host_ifname, env.ifname, netns_fd, conf.mtu)
+            index = backend.create_pair(kind, host, host_ifname, env.ifname, netns_fd, conf.mtu, wanted_mac)
         except OSError as exc:
             raise _kernel_error(f"cannot create {kind.device} pair {host_ifname}", exc) from exc
         undo.append(("delete device", lambda: host.delete_link(index)))
@@ -141,11 +148,12 @@ def add(inv: Invocation) -> Result:
         _no_ipv6_on_host_side(host_ifname)
         host.set_up(end.host_ifindex)
 
-        ipam_result = Result()
+        ipam_result = Result(ips=[IPConfig(ip) for ip in wanted_ips])  # set as asked, without IPAM
         if ipam is not None:
             ipam_result = ipam.add()
             undo.append(("IPAM DEL", ipam.delete))
             crash_point("add:ipam")
+            _require_requested(ipam.type, ipam_result, wanted_ips)
         _configure_container(cont, end.peer_ifindex, ipam_result)
         crash_point("add:configured")
         partner = wiring.connect(registry, pins, end)
@@ -168,6 +176,11 @@ def add(inv: Invocation) -> Result:
         backend=end.device,
         attach=end.attach,
         partner=partner.key if partner else None,
+        line_from=line_source,
+        requested_ips=[str(ip) for ip in wanted_ips] or None,
+        mac=wanted_mac,
+        pod=end.pod or None,
+        pod_uid=end.pod_uid or None,
     )
     return Result(
         interfaces=[
@@ -179,6 +192,18 @@ def add(inv: Invocation) -> Result:
         dns=ipam_result.dns if ipam_result.dns.to_json() else parse_result({"dns": conf.dns}).dns,
         extra={"yogurt": {"line": end.line, "backend": end.device, "attach": end.attach}},
     )
+
+
+def _require_requested(ipam_type: str, result: Result, wanted: tuple[attachment.IPInterface, ...]) -> None:
+    """The delegate got the request (runtimeConfig.ips, args.cni.ips: the very config we
+    got); one that ignored it must not leave the container on other addresses."""
+    missing = attachment.missing_from([ip.address for ip in result.ips], wanted)
+    if missing:
+        raise CNIError(
+            Code.IPAM_FAILED,
+            f"IPAM plugin {ipam_type} did not assign the requested addresses",
+            f"missing {', '.join(missing)}; it gave {[str(i.address) for i in result.ips]}",
+        )
 
 
 def _configure_container(cont: Rtnl, index: int, ipam_result: Result) -> None:

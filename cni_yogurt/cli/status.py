@@ -59,6 +59,9 @@ def collect(bpffs_dir: str, state_dir: str) -> dict[str, Any]:
             {
                 "end": end.key,
                 "network": end.network,
+                "pod": {"namespace": end.pod_namespace, "name": end.pod_name, "uid": end.pod_uid}
+                if end.pod_name
+                else None,
                 "netns": end.netns,
                 "host_ifname": end.host_ifname,
                 "host_ifindex": end.host_ifindex,
@@ -103,6 +106,12 @@ def status(bpffs_dir: str, state_dir: str, as_json: bool) -> int:
                 f"  {e['end']:<40} {e['host_ifname']} (ifindex {e['host_ifindex']}, "
                 f"{e['backend']}/{e['attach']}{older}) {attach}"
             )
+            if e["pod"]:
+                pod = e["pod"]
+                print(
+                    f"    pod {pod['namespace']}/{pod['name']}"
+                    + (f" (uid {pod['uid']})" if pod["uid"] else "")
+                )
             c = e["counters"]
             if c:
                 print(

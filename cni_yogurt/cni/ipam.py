@@ -14,6 +14,7 @@ import subprocess
 from collections.abc import Mapping
 
 from cni_yogurt.cni import version as versions
+from cni_yogurt.cni.attachment import K8S_ARGS
 from cni_yogurt.cni.env import CniEnv
 from cni_yogurt.cni.errors import CNIError, Code
 from cni_yogurt.cni.netconf import OUR_ARGS, NetConf
@@ -56,13 +57,21 @@ def _delegate_error(plugin: str, command: str, stdout: bytes, returncode: int) -
 
 
 def _without_our_args(environ: Mapping[str, str]) -> dict[str, str]:
-    """The delegate's env: CNI_ARGS minus the keys meant for us, which
-    host-local and friends would refuse as unknown."""
+    """The delegate's env: CNI_ARGS minus the keys meant for us, which host-local and
+    friends would refuse as unknown; minus the K8S_POD_* and MAC keys we accept without
+    IgnoreUnknown too, unless the runtime sent IgnoreUnknown (as CRI runtimes do).  IP
+    stays: host-local reads it."""
     env = dict(environ)
     if "CNI_ARGS" in env:
-        pairs = [p for p in env["CNI_ARGS"].split(";") if p and p.partition("=")[0] not in OUR_ARGS]
-        env["CNI_ARGS"] = ";".join(pairs)
+        pairs = [p for p in env["CNI_ARGS"].split(";") if p]
+        ignore = any(k == "IgnoreUnknown" and v.lower() in ("1", "true") for k, _, v in map(_pair, pairs))
+        drop = OUR_ARGS if ignore else OUR_ARGS | K8S_ARGS | {"MAC"}
+        env["CNI_ARGS"] = ";".join(p for p in pairs if p.partition("=")[0] not in drop)
     return env
+
+
+def _pair(item: str) -> tuple[str, str, str]:
+    return item.partition("=")
 
 
 def _semver(value: str) -> bool:

@@ -2,7 +2,8 @@
 
 Our keys (all optional):
   line       name of the line containers of this network join (default: `name`);
-             CNI_ARGS `YOGURT_LINE=<name>` overrides it per container
+             args.cni.line, then CNI_ARGS `YOGURT_LINE=<name>`, override it per
+             attachment (cni/attachment.py)
   bpffsDir   where programs, the pairing map and links are pinned
              (default /sys/fs/bpf/cni-yogurt; an ABI version is appended)
   stateDir   line membership; must not outlive a reboot (default /run/cni-yogurt)
@@ -17,11 +18,11 @@ Our keys (all optional):
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from cni_yogurt.cni import version as versions
+from cni_yogurt.cni.attachment import ADDRESS_ARGS, K8S_ARGS, line_for
 from cni_yogurt.cni.env import CniEnv
 from cni_yogurt.cni.errors import CNIError, Code
 from cni_yogurt.cni.result import Result, parse_result
@@ -30,12 +31,12 @@ DEFAULT_BPFFS_DIR = "/sys/fs/bpf/cni-yogurt"
 DEFAULT_STATE_DIR = "/run/cni-yogurt"
 DEFAULT_LOG_FILE = "/var/log/cni-yogurt.log"
 
-LINE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
-# CNI_ARGS keys this plugin understands; others need IgnoreUnknown.
+# CNI_ARGS keys meant for this plugin alone (kept from IPAM delegates).
 OUR_ARGS = frozenset({"YOGURT_LINE"})
 MODES = ("auto", "netkit", "veth")
 VETH_ATTACH = ("auto", "tcx", "tc")
-KNOWN_ARGS = OUR_ARGS | {"IgnoreUnknown"}
+# CNI_ARGS keys this plugin understands; others need IgnoreUnknown.
+KNOWN_ARGS = OUR_ARGS | K8S_ARGS | ADDRESS_ARGS | {"IgnoreUnknown"}
 
 
 @dataclass(frozen=True)
@@ -67,11 +68,9 @@ class NetConf:
     valid_attachments: tuple[tuple[str, str], ...] | None = None
 
     def line_for(self, env: CniEnv) -> str:
-        """The line a container joins: CNI_ARGS, then the config, then the network name."""
-        line = env.args.get("YOGURT_LINE") or self.line or self.name
-        if not LINE_RE.fullmatch(line):
-            raise CNIError(Code.INVALID_CONFIG, "invalid line name", f"{line!r} must match {LINE_RE.pattern}")
-        return line
+        """The line a container joins: args.cni.line, CNI_ARGS YOGURT_LINE, the config's
+        line, the network name (the first that names one)."""
+        return line_for(self.args, env.args, self.line, self.name)[0]
 
 
 def decode(data: bytes) -> dict[str, Any]:

@@ -124,12 +124,20 @@ class Rtnl:
         self._create_pair(name, netkit.link_info(peer_name, peer_netns_fd, peer_index=index), mtu, index)
 
     def create_veth(
-        self, name: str, peer_name: str, peer_netns_fd: int, mtu: int | None = None, index: int = 0
+        self,
+        name: str,
+        peer_name: str,
+        peer_netns_fd: int,
+        mtu: int | None = None,
+        index: int = 0,
+        peer_mac: str | None = None,
     ) -> None:
         """A veth pair, both ends down: nothing crosses before programs are attached and ends set up."""
         peer: list[tuple[str, Any]] = [("IFLA_IFNAME", peer_name), ("IFLA_NET_NS_FD", peer_netns_fd)]
         if mtu:
             peer.append(("IFLA_MTU", mtu))
+        if peer_mac:
+            peer.append(("IFLA_ADDRESS", peer_mac))
         info = {
             "attrs": [
                 ("IFLA_INFO_KIND", "veth"),

@@ -43,8 +43,13 @@ def alias(end: End, state_dir: str) -> str:
         "i": end.ifname,
         "s": end.netns,
     }
-    # Least needed first to go: the netns path (status only), the container ID, the network.
-    for drop in (None, "s", "c", "n"):
+    if end.pod_name:
+        ident |= {"pn": end.pod_namespace, "p": end.pod_name, "pu": end.pod_uid}
+    # Least needed first to go: the pod's UID, the netns path and the pod (status only),
+    # the container ID, the network.
+    for drop in (None, "pu", "s", "pn", "p", "c", "n"):
+        if drop and drop not in ident:
+            continue
         if drop:
             del ident[drop]
         text = "yogurt" + json.dumps(ident, separators=(",", ":"))
@@ -97,6 +102,9 @@ def _end_of(link: Any, pins: Pins, wired: set[int], tag: str) -> End | None:
         line=ident["l"],
         network=ident.get("n", ""),
         netns=ident.get("s", ""),
+        pod_namespace=ident.get("pn", ""),
+        pod_name=ident.get("p", ""),
+        pod_uid=ident.get("pu", ""),
         host_ifname=name,
         host_ifindex=link["index"],
         peer_ifindex=link.get_attr("IFLA_LINK") or 0,

@@ -47,6 +47,11 @@ class End:
     device: str = "netkit"  # backend: the pair's link kind, "netkit" | "veth"
     attach: str = "netkit"  # how its programs attach: "netkit" | "tcx" | "tc"
     pins: str = ""  # the pin dir (<bpffsDir>/v<ABI>) of its programs and map
+    # The Kubernetes pod that holds it, as its CRI runtime named it in CNI_ARGS ("" if none);
+    # files written before these fields load with the defaults.
+    pod_namespace: str = ""
+    pod_name: str = ""
+    pod_uid: str = ""
 
     @property
     def key(self) -> str:
@@ -55,6 +60,17 @@ class End:
     @property
     def wire(self) -> tuple[int, int]:
         return self.host_ifindex, self.peer_ifindex
+
+    @property
+    def pod(self) -> str:
+        """namespace/name of its pod, or "" for an end no pod holds."""
+        if not self.pod_name:
+            return ""
+        return f"{self.pod_namespace}/{self.pod_name}" if self.pod_namespace else self.pod_name
+
+    def holder(self) -> str:
+        """Who holds it, for people: the attachment, its network and its pod if known."""
+        return f"{self.key} ({self.network}" + (f", pod {self.pod}" if self.pod else "") + ")"
 
     def pin_dir(self, default: Pins) -> Pins:
         """Where its programs, map entries and links are: the pin dir it was added with (an

@@ -25,7 +25,7 @@ def reserve(registry: Registry, end: End) -> None:
             )
         others = others_on_line(ends, end)
         if len(others) >= MAX_ENDS:
-            holders = ", ".join(f"{o.key} ({o.network})" for o in others)
+            holders = ", ".join(o.holder() for o in others)
             raise CNIError(
                 Code.LINE_FULL,
                 f"line {end.line!r} already has two ends",

@@ -377,7 +377,12 @@ disabled_plugins = {json.dumps(DISABLED_PLUGINS)}
             if not self._status(lambda c: c.type == "NetworkReady" and c.status):
                 return False
             cni = json.loads(self.last_status.info.get("cniconfig", "{}"))
-            return conflist["name"] in [n["Config"]["Name"] for n in cni.get("Networks") or []]
+            # This very content, not only the name: a test may swap one network's config.
+            return any(
+                n["Config"]["Name"] == conflist["name"]
+                and _same_json(n["Config"].get("Source", ""), conflist)
+                for n in cni.get("Networks") or []
+            )
 
         self.wait(loaded, f"CNI network {conflist['name']!r}", timeout)
         return path
@@ -460,6 +465,13 @@ disabled_plugins = {json.dumps(DISABLED_PLUGINS)}
 
     def ping(self, sandbox: Sandbox, address: str) -> subprocess.CompletedProcess[str]:
         return self.in_netns(sandbox, "ping", "-n", "-c", "2", "-W", "5", address)
+
+
+def _same_json(text: str, obj: Any) -> bool:
+    try:
+        return bool(json.loads(text) == obj)
+    except ValueError:
+        return False
 
 
 def _q(value: object) -> str:

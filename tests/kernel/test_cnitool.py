@@ -47,9 +47,9 @@ class Cnitool:
         self.var_lib = node.tmp / "var-lib"
         self.var_lib.mkdir()
 
-    def __call__(self, verb: str, ns: lab.Netns) -> subprocess.CompletedProcess[str]:
+    def __call__(self, verb: str, ns: lab.Netns, **extra_env: str) -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
-        env.update(NETCONFPATH=str(self.netconf), CNI_PATH=str(self.cni_path))
+        env.update(NETCONFPATH=str(self.netconf), CNI_PATH=str(self.cni_path), **extra_env)
         argv = ["unshare", "--mount", "--propagation", "private", "--",
                 "sh", "-c", 'mount --bind "$0" /var/lib && exec "$@"', str(self.var_lib),
                 str(CNITOOL), verb, self.net, ns.path]  # fmt: skip
@@ -101,3 +101,31 @@ def test_cnitool_add_ping_check_del_with_the_binary(node: Node) -> None:
     seen = node.plugin_events(set(ids.values()))
     assert seen >= {(verb, cid) for verb in ("ADD", "CHECK", "DEL") for cid in ids.values()}, seen
     # The node fixture then checks that no device, pin, map entry, line end or lease is left.
+
+
+def test_cnitool_cap_args_give_the_requested_address_and_mac(node: Node) -> None:
+    """CAP_ARGS reach the plugin as runtimeConfig, for the capabilities the conflist declares."""
+    conflist = node.conflist(f"cnitool-caps-{node.tag}")
+    netkit = health.probe_netkit().ok
+    conflist["plugins"][0]["capabilities"] = {"ips": True, "mac": True}
+    cnitool = Cnitool(node, conflist)
+    one = node.netns()
+    cid = cnitool_container_id(one.path)
+    node.runtime_ids.add(cid)
+    caps: dict[str, Any] = {"ips": ["10.42.0.66/24"]} if netkit else {"ips": ["10.42.0.66/24"], "mac": MAC}
+    run = cnitool("add", one, CAP_ARGS=json.dumps(caps))
+    assert run.returncode == 0, f"cnitool add: {run.stdout} {run.stderr}"
+    result = json.loads(run.stdout)
+    node.ifindexes.add(ifindex(result["interfaces"][0]["name"]))
+    assert [ip["address"] for ip in result["ips"]] == ["10.42.0.66/24"]
+    assert "10.42.0.66/24" in one.run("ip", "-o", "addr", "show", "dev", "eth0").stdout
+    if not netkit:
+        assert result["interfaces"][1]["mac"] == MAC
+        assert MAC in one.run("ip", "-o", "link", "show", "eth0").stdout
+    run = cnitool("check", one, CAP_ARGS=json.dumps(caps))
+    assert run.returncode == 0, f"cnitool check: {run.stdout} {run.stderr}"
+    run = cnitool("del", one, CAP_ARGS=json.dumps(caps))
+    assert run.returncode == 0, f"cnitool del: {run.stdout} {run.stderr}"
+
+
+MAC = "02:42:0a:2a:00:42"

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import cri
+import grpc
 import pytest
 from conftest import BINARY, Node, binary_bin_dir, ifindex, plugin_log, require_binary
 
@@ -108,3 +109,56 @@ def test_containerd_cri_two_sandboxes_on_one_line_with_the_binary(node: Node, po
     assert seen >= {(verb, s.id) for verb in ("ADD", "DEL") for s in (one, two)}, seen
     # The node fixture then checks that no device, pin, map entry, line end or
     # lease is left; the containerd fixture, that no shim or pause process is.
+
+
+def multus_delegate(node: Node, line: str, ips: list[str]) -> dict[str, object]:
+    """A network as Multus hands it to its delegate for one pod: the NetworkAttachmentDefinition's
+    config, with the pod's cni-args in args.cni and its requested ips in runtimeConfig (the
+    delegate declares the `ips` capability). containerd reads one conflist for every pod, so
+    the test swaps it per pod, as Multus's per-pod delegate config would differ."""
+    conflist = node.conflist(f"multus-{node.tag}", SUBNET)
+    plugin = conflist["plugins"][0]
+    del plugin["line"]  # the line comes from the pod's cni-args alone
+    plugin["capabilities"] = {"ips": True}
+    plugin["args"] = {"cni": {"line": line}}
+    if ips:
+        plugin["runtimeConfig"] = {"ips": ips}
+    return conflist
+
+
+def test_containerd_multus_shaped_pods_get_their_addresses_on_their_line(
+    node: Node, pods: cri.Containerd
+) -> None:
+    line = f"call-{node.tag}"
+    wanted = {"one": "10.42.0.91", "two": "10.42.0.92"}
+    sandboxes = {}
+    for name, ip in wanted.items():
+        pods.use_network(multus_delegate(node, line, [f"{ip}/24"]))
+        sandboxes[name] = pods.run_pod_sandbox(f"{name}-{node.tag}")
+        node.runtime_ids.add(sandboxes[name].id)
+        node.ifindexes.add(ifindex(naming.host_ifname(sandboxes[name].id, "eth0")))
+    one, two = sandboxes["one"], sandboxes["two"]
+    assert (one.ip, two.ip) == (wanted["one"], wanted["two"])
+    ends = {e.container_id: e for e in node.ends().values()}
+    for name, sandbox in sandboxes.items():
+        end = ends[sandbox.id]
+        assert end.line == line, end
+        # containerd's K8S_POD_* args, from the CRI PodSandboxConfig metadata
+        assert (end.pod_namespace, end.pod_name) == ("yogurt-test", f"{name}-{node.tag}"), end
+        assert end.pod_uid == sandbox.info["config"]["metadata"]["uid"], end
+    for a, b in ((one, two), (two, one)):
+        run = pods.ping(a, b.ip)
+        assert run.returncode == 0, f"{a.name} -> {b.name} ({b.ip}): {run.stdout} {run.stderr}"
+
+    # A third pod naming the same line: code 100, naming the pods that hold it.
+    pods.use_network(multus_delegate(node, line, []))
+    with pytest.raises(grpc.RpcError) as refused:
+        pods.run_pod_sandbox(f"three-{node.tag}")
+    text = str(refused.value.details())
+    assert "already has two ends" in text, text
+    assert f"pod yogurt-test/one-{node.tag}" in text and f"pod yogurt-test/two-{node.tag}" in text, text
+
+    for sandbox in (one, two):
+        pods.stop_pod_sandbox(sandbox.id)
+        pods.remove_pod_sandbox(sandbox.id)
+    assert pods.cni_cache() == []

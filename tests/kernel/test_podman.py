@@ -1,6 +1,7 @@
 """End to end with podman 4 (Debian's, CNI backend) and the one-file binary `dist/yogurt`.
 
-Two `podman run --rm --network <yogurt net>` containers of a busybox image
+Two `podman run --rm --network <yogurt net>` containers (one asking for its address and MAC,
+`--network net:ip=...,mac=...`) of a busybox image
 made on the spot (started together: their ADDs race for the same line) ping
 each other across the line, then end, and their `podman run` tears the network
 down and removes them. What podman demands of a plugin beyond cnitool: a VERSION answer it
@@ -15,6 +16,7 @@ from conftest import Node, ifindex, require_binary
 from images import rootfs_tar
 from podman import Podman
 
+from cni_yogurt import health
 from cni_yogurt.line import naming
 
 pytestmark = pytest.mark.runtime  # the plugin picks its backend, as on a node
@@ -22,12 +24,18 @@ require_binary("test_podman.py", ("podman", "install Debian's podman (4.x), with
 
 IMAGE = "localhost/yogurt-busybox:1"
 NAMES = ("one", "two")
+STATIC_IP, STATIC_MAC = "10.42.0.9", "02:42:0a:2a:00:09"
 HOLD = ["sh", "-c", "until [ -e /hang-up ]; do sleep 1; done"]  # the container's life: until told
 
 
 def test_podman_containers_talk_over_the_line_and_leave_nothing(node: Node) -> None:
     conflist = node.conflist(f"podman-{node.tag}")
+    # `--network net:ip=...,mac=...` reaches the plugin as runtimeConfig ips / mac, for
+    # the capabilities the config declares (conf/10-yogurt.conflist does).
+    conflist["plugins"][0]["capabilities"] = {"ips": True, "mac": True}
     net = conflist["name"]
+    netkit = health.probe_netkit().ok  # netkit (L3) has no MAC to ask for
+    asked = {"one": f"{net}:ip={STATIC_IP}" + ("" if netkit else f",mac={STATIC_MAC}"), "two": net}
     with Podman(node.tmp / "podman", conflist, node.binary_bin_dir()) as podman:
         backend = podman("info", "--format", "{{.Host.NetworkBackend}}").stdout.strip()
         assert backend == "cni", f"podman uses {backend!r}: the test needs its CNI backend (no netavark)"
@@ -39,7 +47,7 @@ def test_podman_containers_talk_over_the_line_and_leave_nothing(node: Node) -> N
         # conmon's cleanup process alone, which podman 4.3 can lose in a race
         # on a slow machine: podman issue 11384.)
         runs = {
-            name: podman.start("run", "--rm", "--name", name, "--network", net, IMAGE, *HOLD)
+            name: podman.start("run", "--rm", "--name", name, "--network", asked[name], IMAGE, *HOLD)
             for name in NAMES
         }
         ids = []
@@ -51,6 +59,11 @@ def test_podman_containers_talk_over_the_line_and_leave_nothing(node: Node) -> N
         address = f'{{{{(index .NetworkSettings.Networks "{net}").IPAddress}}}}'
         ip = {name: podman("inspect", name, "--format", address).stdout.strip() for name in NAMES}
         assert all(ip.values()) and ip["one"] != ip["two"], ip
+        assert ip["one"] == STATIC_IP, ip
+        if not netkit:
+            mac = f'{{{{(index .NetworkSettings.Networks "{net}").MacAddress}}}}'
+            assert podman("inspect", "one", "--format", mac).stdout.strip() == STATIC_MAC
+            assert STATIC_MAC in podman("exec", "one", "ip", "link", "show", "eth0").stdout
         assert podman.cached_results() == sorted(f"{net}-{cid}-eth0" for cid in ids)
 
         for src, dst in (("one", "two"), ("two", "one")):

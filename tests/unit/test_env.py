@@ -194,7 +194,18 @@ def args_env(raw: str) -> CniEnv:
     return parse_env({"CNI_COMMAND": "ADD", **ALL_VARS, "CNI_ARGS": raw})
 
 
-@pytest.mark.parametrize("raw", ["", "YOGURT_LINE=l1", "IgnoreUnknown=1", "IgnoreUnknown=0"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "",
+        "YOGURT_LINE=l1",
+        "IgnoreUnknown=1",
+        "IgnoreUnknown=0",
+        # What containerd and CRI-O add: read (the pod that holds an end), so known.
+        "K8S_POD_NAME=web-0",
+        "K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;K8S_POD_UID=u-1;K8S_POD_INFRA_CONTAINER_ID=abc",
+    ],
+)
 def test_known_cni_args_accepted(raw: str) -> None:
     check_cni_args(args_env(raw))
 
@@ -202,7 +213,7 @@ def test_known_cni_args_accepted(raw: str) -> None:
 @pytest.mark.parametrize(
     ("raw", "unknown"),
     [
-        ("K8S_POD_NAME=web-0", "K8S_POD_NAME"),
+        ("K8S_POD_NAME=web-0;K8S_POD_FOO=1", "K8S_POD_FOO"),
         ("YOGURT_LINE=l1;FOO=bar", "FOO"),
         ("FOO=1;IgnoreUnknown=0", "FOO"),
         ("FOO=1;IgnoreUnknown=false", "FOO"),

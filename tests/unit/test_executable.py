@@ -144,7 +144,7 @@ BAD_INPUTS: list[tuple[str, str, dict[str, str | None], Any, int]] = [
     ("ifname-slash", "ADD", {"CNI_IFNAME": "eth/0"}, CONF, 4),
     ("ifname-dotdot", "DEL", {"CNI_IFNAME": ".."}, CONF, 4),
     ("cni-args-malformed", "ADD", {"CNI_ARGS": "NOVALUE"}, CONF, 4),
-    ("cni-args-unknown", "ADD", {"CNI_ARGS": "K8S_POD_NAME=web-0"}, CONF, 4),
+    ("cni-args-unknown", "ADD", {"CNI_ARGS": "K8S_POD_NAME=web-0;FOO=1"}, CONF, 4),
     ("cni-args-ignore-false", "DEL", {"CNI_ARGS": "IgnoreUnknown=false;FOO=1"}, CONF, 4),
     ("check-0.3.1", "CHECK", {}, {"cniVersion": "0.3.1"}, 1),
     ("check-0.3.0", "CHECK", {}, {"cniVersion": "0.3.0"}, 1),

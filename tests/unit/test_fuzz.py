@@ -472,7 +472,9 @@ def test_hostile_names_are_env_errors(log_dir: Path, command: str, ifname: str, 
     cni_args=st.one_of(
         env_text,
         st.lists(
-            st.tuples(st.sampled_from(["YOGURT_LINE", "IgnoreUnknown", "K8S_POD_NAME", "", "a=b"]), env_text),
+            st.tuples(
+                st.sampled_from(["YOGURT_LINE", "IgnoreUnknown", "K8S_POD_NAME", "FOO", "", "a=b"]), env_text
+            ),
             max_size=3,
         ).map(lambda pairs: ";".join(f"{k}={v}" for k, v in pairs)),
     ),
@@ -484,7 +486,7 @@ def test_cni_args_are_env_errors_or_accepted(log_dir: Path, command: str, cni_ar
     pairs = [p.partition("=") for p in cni_args.split(";") if p]
     malformed = any(not sep or not key for key, sep, _ in pairs)
     args = {key: value for key, _, value in pairs}
-    unknown = set(args) - {"YOGURT_LINE", "IgnoreUnknown"}
+    unknown = set(args) - {"YOGURT_LINE", "IgnoreUnknown", "K8S_POD_NAME"}  # K8S_POD_*: read, so known
     ignoring = args.get("IgnoreUnknown", "").lower() in ("1", "true")
     if malformed or (unknown and not ignoring):
         assert_refused(answer, Code.INVALID_ENV)

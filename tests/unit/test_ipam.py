@@ -372,3 +372,47 @@ def test_delegate_with_no_common_version(tmp_path: Path, fake_plugin: Callable[[
     err = ipam_error(delegate(conf_with_ipam({"type": "ancient-ipam"}, "1.0.0"), plugin.parent).add)
     assert err.code == Code.INCOMPATIBLE_VERSION
     assert "ancient-ipam" in err.msg
+
+
+@pytest.mark.parametrize(
+    "request_in",
+    [
+        {"runtimeConfig": {"ips": ["10.99.0.42/24"]}},  # the `ips` capability (podman, Multus, cnitool)
+        {"args": {"cni": {"ips": ["10.99.0.42"]}}},  # CONVENTIONS args (Multus cni-args)
+    ],
+)
+def test_host_local_assigns_the_requested_address(
+    tmp_path: Path, host_local: Path, request_in: dict[str, Any]
+) -> None:
+    """The delegate gets the very config we got, request included, as CONVENTIONS say."""
+    conf = {**host_local_conf("1.0.0", tmp_path), **request_in}
+    conf["ipam"]["ranges"] = conf["ipam"]["ranges"][:1]
+    result = delegate(conf, host_local.parent).add()
+    assert [str(ip.address) for ip in result.ips] == ["10.99.0.42/24"]
+    assert set(leases(tmp_path)) == {"10.99.0.42"}
+
+
+def test_host_local_refuses_an_address_outside_its_ranges(tmp_path: Path, host_local: Path) -> None:
+    conf = {**host_local_conf("1.0.0", tmp_path), "runtimeConfig": {"ips": ["10.98.0.1/24"]}}
+    err = ipam_error(delegate(conf, host_local.parent).add)
+    assert "10.98.0.1" in err.msg + err.details and leases(tmp_path) == {}
+
+
+@pytest.mark.parametrize(
+    ("cni_args", "delegate_gets"),
+    [
+        ("YOGURT_LINE=l;K8S_POD_NAME=web-0", ""),  # host-local would refuse K8S_POD_NAME here
+        ("IgnoreUnknown=1;YOGURT_LINE=l;K8S_POD_NAME=web-0", "IgnoreUnknown=1;K8S_POD_NAME=web-0"),
+        (
+            "IgnoreUnknown=true;IP=10.99.0.7;MAC=02:00:00:00:00:01",
+            "IgnoreUnknown=true;IP=10.99.0.7;MAC=02:00:00:00:00:01",
+        ),
+        ("IP=10.99.0.7;MAC=02:00:00:00:00:01", "IP=10.99.0.7"),  # host-local reads IP, not MAC
+    ],
+)
+def test_the_delegate_gets_cni_args_it_can_take(tmp_path: Path, cni_args: str, delegate_gets: str) -> None:
+    conf = conf_with_ipam({"type": "fake"})
+    environ = {**ENVIRON, "CNI_ARGS": cni_args, "CNI_COMMAND": "ADD", "CNI_PATH": str(tmp_path)}
+    data = json.dumps(conf).encode()
+    ipam = IPAM(netconf.parse(conf), parse_env(environ), environ, data)
+    assert ipam._environ["CNI_ARGS"] == delegate_gets

@@ -97,3 +97,25 @@ def test_files_are_root_only(registry: Registry) -> None:
     for path in (*Path(registry.path).iterdir(), *Path(registry.index_dir).iterdir()):
         assert path.stat().st_mode & 0o777 == 0o600
     assert Path(registry.path).stat().st_mode & 0o777 == 0o700
+
+
+def test_an_end_s_pod_is_kept_and_files_without_it_still_load(tmp_path: Path) -> None:
+    r = Registry(str(tmp_path))
+    held = _end("p1", "l1")
+    held.pod_namespace, held.pod_name, held.pod_uid = "shop", "web-0", "u-1"
+    older = {k: v for k, v in vars(_end("o1", "l1")).items() if not k.startswith("pod_")}
+    with r.transaction("l1") as ends:
+        ends[held.key] = held
+    path = Path(registry_file(r, "l1"))
+    raw = json.loads(path.read_text())
+    raw["ends"]["o1/eth0"] = older  # as a release before pods wrote it
+    path.write_text(json.dumps(raw))
+    ends = r.snapshot()
+    assert ends["p1/eth0"].pod == "shop/web-0" and ends["p1/eth0"].pod_uid == "u-1"
+    assert ends["o1/eth0"].pod == "" and r.damage() is None
+    assert ends["p1/eth0"].holder() == "p1/eth0 (net, pod shop/web-0)"
+    assert ends["o1/eth0"].holder() == "o1/eth0 (net)"
+
+
+def registry_file(r: Registry, line: str) -> str:
+    return os.path.join(r.path, _line_file(line))

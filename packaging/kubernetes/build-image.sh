@@ -1,0 +1,52 @@
+#!/bin/bash
+# `make image`: the cni-yogurt OCI image from local files, without a registry.
+#
+#   build-image.sh --stage DIR      stage the build context in DIR (what the tests build from)
+#   build-image.sh REF [ARCHIVE]    stage, `podman build -t REF`, and save it as an OCI archive
+#                                   (load it on a node with `podman load` or `ctr images import`)
+#
+# The context: dist/yogurt (make binary), /bin/busybox (Debian's busybox-static) and the
+# shared libraries the binary's loader and its libpython need from the node's glibc, which
+# PyInstaller does not bundle. libbcc stays the node's concern: the programs are loaded once
+# per boot by whoever first needs them (README, "Use it on Kubernetes").
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(cd "$here/../.." && pwd)
+binary=$top/dist/yogurt
+
+stage() {
+    local ctx=$1 root=$1/rootfs
+    [ -x "$binary" ] || { echo "build-image: $binary missing: make binary" >&2; exit 1; }
+    [ -x /bin/busybox ] && /bin/busybox --list >/dev/null || { echo "build-image: needs busybox-static" >&2; exit 1; }
+    rm -rf "$ctx" && mkdir -p "$root"/{bin,usr/local/bin,etc,tmp,run,proc,sys,dev}
+    chmod 1777 "$root/tmp"
+    cp /bin/busybox "$root/bin/busybox"
+    for applet in sh cp mv rm chmod sync cat ls echo test mkdir sleep; do ln -s busybox "$root/bin/$applet"; done
+    install -m 0755 "$binary" "$root/usr/local/bin/yogurt"
+    install -m 0755 "$here/install-cni" "$root/usr/local/bin/install-cni"
+    # glibc: the loader and what it resolves for the binary; libpython (unpacked at run time)
+    # needs libm and libutil besides.
+    local libs
+    libs=$( { ldd "$binary"; ldd /usr/lib/x86_64-linux-gnu/libm.so.6; ldd /usr/bin/python3; } |
+        awk '/=>/ {print $3} /^[ \t]*\// {print $1}' | sort -u)
+    for lib in $libs; do
+        mkdir -p "$root$(dirname "$lib")"
+        cp -L "$lib" "$root$lib"
+    done
+    printf 'root:x:0:0:root:/:/bin/sh\n' >"$root/etc/passwd"
+    printf 'root:x:0:\n' >"$root/etc/group"
+    cp "$here/Containerfile" "$ctx/Containerfile"
+}
+
+if [ "${1:-}" = --stage ]; then
+    stage "$2"
+    exit 0
+fi
+ref=${1:-localhost/cni-yogurt:latest}
+archive=${2:-$top/dist/cni-yogurt-image.tar}
+ctx=$top/build/image
+stage "$ctx"
+podman build --quiet -t "$ref" "$ctx"
+rm -f "$archive"
+podman save --format oci-archive -o "$archive" "$ref"
+echo "build-image: $ref, saved as $archive"
