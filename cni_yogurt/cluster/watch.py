@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from cni_yogurt.cluster import gateway as gw
 from cni_yogurt.cluster.client import Client, Stream
+from cni_yogurt.cluster.config import Endpoint
 from cni_yogurt.cluster.errors import StoreError
 from cni_yogurt.cluster.keys import prefix_end
 
@@ -64,6 +65,12 @@ class Watcher:
     def snapshot(self) -> Snapshot:
         with self._lock:
             return dict(self._mirror)
+
+    @property
+    def endpoint(self) -> Endpoint | None:
+        """The member the stream is open on, if one is."""
+        stream = self._stream
+        return stream.endpoint if stream is not None else None
 
     @property
     def revision(self) -> int:
