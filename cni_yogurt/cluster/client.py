@@ -36,6 +36,18 @@ CONNECT_TIMEOUT = 1.0  # per member: a dead one must not eat the whole deadline
 BACKOFF = (0.05, 0.1, 0.2, 0.4)  # between rounds over every endpoint
 
 
+# What a member says when it cannot serve a request now (no leader, no quorum, an election), though
+# the gateway may wrap it as gRPC code 2 "Unknown" (its own deadline ran out waiting for the member).
+RETRYABLE_MESSAGES = (
+    "deadline exceeded",
+    "timed out",
+    "no leader",
+    "leader changed",
+    "not capable",
+    "too many",
+)
+
+
 class _Retry(Exception):
     """This member cannot serve the request now; try the next one.  `rejected`: it refused us (TLS),
     which is reported as such if every member does, rather than retried until the deadline."""
@@ -194,7 +206,7 @@ class Client:
         if status == 200 and "error" not in msg:
             return msg
         code, text = int(msg.get("code", 0)), str(msg.get("message") or msg.get("error") or status)
-        if code in RETRYABLE or status in (502, 503, 504):
+        if code in RETRYABLE or status in (502, 503, 504) or any(m in text for m in RETRYABLE_MESSAGES):
             raise _Retry(f"{ep}: {text}")
         if code in (GRPC_UNAUTHENTICATED, GRPC_PERMISSION_DENIED) or status in (401, 403):
             raise StoreRejected(f"cluster: {ep} denied access", text)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from etcdlab import EtcdLab
+from helpers import wait_until
 
 from cni_yogurt.cluster import lease as leases
 from cni_yogurt.cluster.claims import Claim, LineClaims
@@ -19,15 +20,6 @@ from cni_yogurt.cni.errors import CNIError, Code
 
 def claims_of(lab: EtcdLab, keys: Keys, node: str) -> LineClaims:
     return LineClaims(lab.client(), keys, node)
-
-
-def wait_until(cond: object, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if callable(cond) and cond():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def test_two_ends_win_the_third_gets_100_naming_the_holders(lab: EtcdLab, keys: Keys) -> None:
