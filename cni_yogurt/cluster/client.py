@@ -95,11 +95,17 @@ class Stream:
                     )
                 yield msg
 
+    def interrupt(self) -> None:
+        """Wakes a thread blocked reading the stream, from another thread: it sees the stream end
+        and closes it itself (closing it from here would race with its read)."""
+        sock = self.conn.sock
+        if sock is not None:
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
     def close(self) -> None:
-        """Ends the stream; a thread blocked reading it returns (shutdown, then close)."""
-        with suppress(OSError):
-            if self.conn.sock is not None:
-                self.conn.sock.shutdown(socket.SHUT_RDWR)
+        """Ends the stream, from the thread that reads it."""
+        self.interrupt()
         self.conn.close()
 
 

@@ -55,7 +55,7 @@ class Watcher:
         self._stopping.set()
         stream = self._stream
         if stream is not None:
-            stream.close()
+            stream.interrupt()
         self._thread.join(timeout=self.client.timeout + 2)
 
     def wait_synced(self, timeout: float) -> bool:
@@ -131,4 +131,7 @@ class Watcher:
                     self.resumes += 1
             except (StoreError, OSError, ValueError, http.client.HTTPException) as e:
                 self.last_error = str(e)
+            except Exception as e:  # a mirror that stops silently would be worse: note it, start over
+                self.last_error = f"{type(e).__name__}: {e}"
+                self._next = 0
             self._stopping.wait(RETRY_PAUSE)

@@ -1,0 +1,156 @@
+"""Reaching the store: TLS with client certificates, and every wrong configuration named clearly."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from etcdlab import EtcdLab, free_ports
+from helpers import converged
+
+from cni_yogurt.cluster import lease as leases
+from cni_yogurt.cluster.claims import LineClaims
+from cni_yogurt.cluster.client import Client
+from cni_yogurt.cluster.config import Endpoint, parse
+from cni_yogurt.cluster.errors import StoreRejected, StoreUnavailable
+from cni_yogurt.cluster.keys import Keys
+from cni_yogurt.cluster.watch import Watcher
+from cni_yogurt.cni.errors import CNIError, Code
+
+
+def test_tls_with_a_client_certificate_claims_leases_and_watches(tls_lab: EtcdLab, keys: Keys) -> None:
+    assert tls_lab.tls is not None
+    cfg = parse(
+        {
+            "endpoints": tls_lab.endpoint_urls(),
+            "node": "node-a",
+            "caFile": tls_lab.tls.ca,
+            "certFile": tls_lab.tls.client_cert,
+            "keyFile": tls_lab.tls.client_key,
+        }
+    )
+    client = Client.from_config(cfg)
+    watcher = Watcher(Client.from_config(cfg), keys.all()).start()
+    try:
+        lease = leases.grant(client, 30)
+        claims = LineClaims(client, keys, cfg.node)
+        claims.claim("l", "e1", lease)
+        assert [c.end_key for c in claims.ends("l")] == ["e1"]
+        assert leases.keep_alive_once(client, lease) > 0
+        assert watcher.wait_synced(10)
+        assert converged(watcher, client, keys.all())
+    finally:
+        watcher.stop()
+
+
+@pytest.mark.parametrize(
+    "which, expect",
+    [
+        ("no client certificate", "refused the TLS session"),
+        ("a certificate of another CA", "refused the TLS session"),
+        ("no CA", "is not trusted"),
+        ("the wrong CA", "is not trusted"),
+    ],
+)
+def test_tls_without_the_right_certificates_is_refused_clearly(
+    tls_lab: EtcdLab, which: str, expect: str
+) -> None:
+    t = tls_lab.tls
+    assert t is not None
+    files = {
+        "no client certificate": {"ca_file": t.ca},
+        "a certificate of another CA": {"ca_file": t.ca, "cert_file": t.rogue_cert, "key_file": t.rogue_key},
+        "no CA": {"cert_file": t.client_cert, "key_file": t.client_key},
+        "the wrong CA": {"ca_file": t.rogue_ca, "cert_file": t.client_cert, "key_file": t.client_key},
+    }[which]
+    client = Client(tls_lab.endpoints, timeout=5.0, **files)
+    started = time.monotonic()
+    with pytest.raises(StoreRejected) as refused:
+        client.put(b"/x", b"y")
+    assert time.monotonic() - started < 3  # not retried until the deadline: retrying cannot fix it
+    assert refused.value.code == Code.INVALID_CONFIG
+    assert expect in refused.value.msg
+    assert str(tls_lab.endpoints[0]) in refused.value.msg or str(tls_lab.endpoints[1]) in refused.value.msg
+
+
+def test_plain_http_to_a_tls_member_is_refused(tls_lab: EtcdLab) -> None:
+    plain = [Endpoint("http", "127.0.0.1", e.port) for e in tls_lab.endpoints]
+    with pytest.raises(CNIError) as refused:
+        Client(plain, timeout=2.0).put(b"/x", b"y")
+    # etcd answers plain HTTP on a TLS port with a 400: named as "not an etcd v3 gateway" or unreachable
+    assert refused.value.code in (Code.INVALID_CONFIG, Code.TRY_AGAIN_LATER)
+    assert "127.0.0.1" in refused.value.msg + refused.value.details
+
+
+def test_unreadable_tls_files_are_named() -> None:
+    with pytest.raises(StoreRejected) as bad:
+        Client([Endpoint("https", "127.0.0.1", 1)], ca_file="/nonexistent/ca.crt")
+    assert "/nonexistent/ca.crt" in bad.value.details
+
+
+def test_a_bad_endpoint_fails_with_11_naming_it(lab: EtcdLab) -> None:
+    [dead] = free_ports(1)  # nothing listens there
+    client = Client([Endpoint("http", "127.0.0.1", dead)], timeout=2.0)
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable) as down:
+        client.put(b"/x", b"y")
+    assert time.monotonic() - started <= 3
+    assert down.value.code == Code.TRY_AGAIN_LATER
+    assert f"http://127.0.0.1:{dead}" in down.value.details
+    assert "refused" in down.value.details.lower()
+
+
+def test_a_dead_endpoint_among_good_ones_is_skipped(lab: EtcdLab) -> None:
+    [dead] = free_ports(1)
+    client = Client([Endpoint("http", "127.0.0.1", dead), *lab.endpoints], timeout=3.0)
+    started = time.monotonic()
+    assert client.put(b"/failover", b"1") > 0
+    assert time.monotonic() - started < 2
+
+
+class _NotEtcd(http.server.BaseHTTPRequestHandler):
+    def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+        self.send_response(404)
+        self.end_headers()
+        self.wfile.write(b"404 page not found\n")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def not_etcd() -> Iterator[Endpoint]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotEtcd)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield Endpoint("http", "127.0.0.1", server.server_address[1])
+    server.shutdown()
+    server.server_close()
+
+
+def test_something_else_than_etcd_is_named(not_etcd: Endpoint) -> None:
+    with pytest.raises(StoreRejected) as wrong:
+        Client([not_etcd], timeout=2.0).put(b"/x", b"y")
+    assert "is not an etcd v3 gateway" in wrong.value.msg
+    assert "HTTP 404" in wrong.value.details
+
+
+def test_the_watch_mirrors_puts_and_deletes(lab: EtcdLab, keys: Keys) -> None:
+    client = lab.client()
+    client.put(keys.node("a"), b"1")
+    events = []
+    watcher = Watcher(lab.client(), keys.all(), on_event=events.append).start()
+    try:
+        assert watcher.wait_synced(10)
+        client.put(keys.node("b"), b"2")
+        client.put(keys.node("a"), b"3")
+        client.delete(keys.node("b"))
+        assert converged(watcher, client, keys.all())
+        assert {k: v.value for k, v in watcher.snapshot().items()} == {keys.node("a"): b"3"}
+        assert [e.type for e in events] == ["PUT", "PUT", "DELETE"]
+        assert watcher.relists == 1
+    finally:
+        watcher.stop()
