@@ -71,7 +71,7 @@ def test_quorum_lost_a_claim_fails_with_11_within_10_s_and_leaves_nothing(own_la
     for ep in own_lab.endpoint_urls():
         assert ep in lost.value.details  # each member and what it said
     with pytest.raises(StoreUnavailable):  # nor can a new ADD get a lease
-        leases.grant(client, 3)
+        leases.grant(own_lab.client(timeout=2.0), 3)
     own_lab.start_member(1)
     own_lab.start_member(2)
     own_lab.wait_healthy()
