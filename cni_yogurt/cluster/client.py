@@ -183,7 +183,10 @@ class Client:
             self._drop(conn)
             if not fresh:  # a kept-alive connection the member closed meanwhile: once more, fresh
                 return self._exchange(i, path, body, remaining, stream)
-            raise _Retry(f"{ep}: {e or type(e).__name__}") from None
+            reason = str(e) or type(e).__name__
+            if isinstance(e, http.client.RemoteDisconnected) and ep.scheme == "http":
+                reason += " (is it an https endpoint?)"  # etcd closes plain HTTP on a TLS port unanswered
+            raise _Retry(f"{ep}: {reason}") from None
         if stream:  # an error answer to a stream request: not kept
             self._drop(conn)
         else:
@@ -284,10 +287,10 @@ class Client:
     def compact(self, revision: int) -> None:
         self.call("kv/compaction", {"revision": str(revision), "physical": True})
 
-    def status(self, endpoint: Endpoint | None = None) -> gw.JSON:
+    def status(self, endpoint: Endpoint | None = None, timeout: float | None = None) -> gw.JSON:
         """The answering member's status (version, leader, revision); of `endpoint` alone if given."""
         if endpoint is None:
-            return self.call("maintenance/status", {})
+            return self.call("maintenance/status", {}, timeout=timeout)
         one = Client([endpoint], timeout=self.timeout)
         one._ctx = self._ctx
-        return one.call("maintenance/status", {})
+        return one.call("maintenance/status", {}, timeout=timeout)

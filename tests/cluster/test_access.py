@@ -17,8 +17,12 @@ from cni_yogurt.cluster.client import Client
 from cni_yogurt.cluster.config import Endpoint, parse
 from cni_yogurt.cluster.errors import StoreRejected, StoreUnavailable
 from cni_yogurt.cluster.keys import Keys
+from cni_yogurt.cluster.nodes import NodeInfo, register
+from cni_yogurt.cluster.probe import probe, status_error
 from cni_yogurt.cluster.watch import Watcher
 from cni_yogurt.cni.errors import CNIError, Code
+
+WG_KEY = "YWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWE="  # 32 bytes, base64
 
 
 def test_tls_with_a_client_certificate_claims_leases_and_watches(tls_lab: EtcdLab, keys: Keys) -> None:
@@ -80,9 +84,12 @@ def test_plain_http_to_a_tls_member_is_refused(tls_lab: EtcdLab) -> None:
     plain = [Endpoint("http", "127.0.0.1", e.port) for e in tls_lab.endpoints]
     with pytest.raises(CNIError) as refused:
         Client(plain, timeout=2.0).put(b"/x", b"y")
-    # etcd answers plain HTTP on a TLS port with a 400: named as "not an etcd v3 gateway" or unreachable
-    assert refused.value.code in (Code.INVALID_CONFIG, Code.TRY_AGAIN_LATER)
-    assert "127.0.0.1" in refused.value.msg + refused.value.details
+    # etcd closes a plain HTTP connection on its TLS port without a word: unreachable, with a hint
+    assert refused.value.code == Code.TRY_AGAIN_LATER
+    for ep in plain:
+        assert f"{ep}: Remote end closed connection without response (is it an https endpoint?)" in (
+            refused.value.details
+        )
 
 
 def test_unreadable_tls_files_are_named() -> None:
@@ -154,3 +161,53 @@ def test_the_watch_mirrors_puts_and_deletes(lab: EtcdLab, keys: Keys) -> None:
         assert watcher.relists == 1
     finally:
         watcher.stop()
+
+
+def _registered(lab: EtcdLab, keys: Keys, node: str) -> None:
+    lease = leases.grant(lab.client(), 30)
+    register(lab.client(), keys, NodeInfo(node, "127.0.0.1", WG_KEY, 51820, "127.0.0.1:51820"), lease)
+
+
+def test_probe_of_a_good_config(lab: EtcdLab, keys: Keys) -> None:
+    _registered(lab, keys, "node-a")
+    found = probe(parse({"endpoints": lab.endpoint_urls(), "node": "node-a", "prefix": keys.prefix}))
+    assert found.ok and found.problems == [] and found.warnings == []
+    assert len(found.versions) == 3 and all(v.startswith("3.") for v in found.versions.values())
+
+
+def test_probe_names_an_unknown_node(lab: EtcdLab, keys: Keys) -> None:
+    _registered(lab, keys, "node-a")
+    cfg = parse({"endpoints": lab.endpoint_urls(), "node": "node-typo", "prefix": keys.prefix})
+    found = probe(cfg)
+    assert not found.ok
+    assert "node 'node-typo' is not registered" in found.problems[0]
+    err = status_error(cfg)
+    assert err is not None and err.code == Code.NOT_AVAILABLE == 50 and "node-typo" in err.details
+
+
+def test_probe_warns_of_a_dead_member_but_passes(lab: EtcdLab, keys: Keys) -> None:
+    _registered(lab, keys, "node-a")
+    [dead] = free_ports(1)
+    urls = [f"http://127.0.0.1:{dead}", *lab.endpoint_urls()]
+    found = probe(parse({"endpoints": urls, "node": "node-a", "prefix": keys.prefix}))
+    assert found.ok, found.problems
+    assert len(found.warnings) == 1 and f"127.0.0.1:{dead}" in found.warnings[0]
+
+
+def test_status_fails_with_50_when_no_member_can_be_reached() -> None:
+    dead = free_ports(2)
+    cfg = parse({"endpoints": [f"http://127.0.0.1:{p}" for p in dead], "node": "node-a"})
+    started = time.monotonic()
+    err = status_error(cfg)
+    assert time.monotonic() - started < 10
+    assert err is not None and err.code == 50
+    for p in dead:
+        assert f"127.0.0.1:{p}" in err.details
+
+
+def test_probe_names_a_refused_client_certificate(tls_lab: EtcdLab) -> None:
+    assert tls_lab.tls is not None
+    cfg = parse({"endpoints": tls_lab.endpoint_urls(), "node": "node-a", "caFile": tls_lab.tls.ca})
+    found = probe(cfg)
+    assert not found.ok and len(found.problems) == 3
+    assert all("refused the TLS session" in p for p in found.problems)
