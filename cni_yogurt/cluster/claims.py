@@ -87,6 +87,12 @@ class LineClaims:
         kvs, _ = self.client.get_prefix(self.keys.line_ends(line))
         return self._decode_all(kvs)
 
+    def ends_on_node(self, node: str | None = None) -> list[Claim]:
+        """Every end this node (or `node`) holds, on every line: what its GC compares with the runtime's."""
+        kvs, _ = self.client.get_prefix(self.keys.lines())
+        node = self.node if node is None else node
+        return [c for c in self._decode_all([kv for kv in kvs if b"/ends/" in kv.key]) if c.node == node]
+
     def claim(self, line: str, end_key: str, lease: Lease, network: str = "") -> Claim:
         """Reserve a place on the line for this node's end, under `lease`.  Code 100 if the line has two
         ends, 105 if this end key is there already, 11 if the store cannot be reached in time."""

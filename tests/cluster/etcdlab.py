@@ -257,3 +257,24 @@ class EtcdLab:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def main() -> None:
+    """`python tests/cluster/etcdlab.py [--tls]`: a lab to try things against, until Ctrl-C."""
+    import json
+    import sys
+
+    tls = "--tls" in sys.argv[1:]
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with EtcdLab(tls=tls) as lab:
+        cfg: dict[str, object] = {"endpoints": lab.endpoint_urls(), "node": "node-a"}
+        if lab.tls:
+            cfg.update(caFile=lab.tls.ca, certFile=lab.tls.client_cert, keyFile=lab.tls.client_key)
+        print(json.dumps({"cluster": cfg}, indent=2))
+        print(f"members' data and logs: {lab.dir}; Ctrl-C stops them and removes it", file=sys.stderr)
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.pause()
+
+
+if __name__ == "__main__":
+    main()

@@ -211,3 +211,21 @@ def test_keep_alive_holds_a_lease_and_its_loss_is_noticed(lab: EtcdLab, keys: Ke
     leases.revoke(client, again)
     assert lost.wait(timeout=5) and keeper.lost.is_set()
     keeper.stop()
+
+
+def test_a_nodes_ends_across_lines_for_its_gc(lab: EtcdLab, keys: Keys) -> None:
+    client = lab.client()
+    lease = leases.grant(client, 30)
+    a, b = claims_of(lab, keys, "node-a"), claims_of(lab, keys, "node-b")
+    a.claim("l1", "c1/eth0", lease)
+    b.claim("l1", "c2/eth0", lease)
+    a.claim("l2", "c3/eth0", lease)
+    vni_line = "l2"
+    from cni_yogurt.cluster import vni
+
+    vni.allocate(client, keys, vni_line)  # not an end: left out
+    assert sorted((c.line, c.end_key) for c in a.ends_on_node()) == [("l1", "c1/eth0"), ("l2", "c3/eth0")]
+    assert [c.end_key for c in a.ends_on_node("node-b")] == ["c2/eth0"]
+    a.release("l1", "c1/eth0")
+    assert [c.end_key for c in a.ends_on_node()] == ["c3/eth0"]
+    leases.revoke(client, lease)
