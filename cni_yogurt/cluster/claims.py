@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import json
 import secrets
-import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from cni_yogurt.cluster import gateway as gw
 from cni_yogurt.cluster.client import Client
-from cni_yogurt.cluster.errors import StoreUnavailable
 from cni_yogurt.cluster.keys import Keys, prefix_end
 from cni_yogurt.cluster.lease import Lease
 from cni_yogurt.cni.errors import CNIError, Code
@@ -96,9 +94,12 @@ class LineClaims:
     def claim(self, line: str, end_key: str, lease: Lease, network: str = "") -> Claim:
         """Reserve a place on the line for this node's end, under `lease`.  Code 100 if the line has two
         ends, 105 if this end key is there already, 11 if the store cannot be reached in time."""
-        mine = Claim(line, end_key, self.node, network, nonce=secrets.token_hex(8))
+        with self.client.deadline():  # the whole claim, however many rounds, within one deadline
+            return self._claim(Claim(line, end_key, self.node, network, nonce=secrets.token_hex(8)), lease)
+
+    def _claim(self, mine: Claim, lease: Lease) -> Claim:
+        line, end_key = mine.line, mine.end_key
         key, ends = self.keys.line_end(line, end_key), self.keys.line_ends(line)
-        deadline = time.monotonic() + self.client.timeout
         resp = self.client.call("kv/range", gw.range_request(ends, prefix_end(ends)))
         while True:
             held, rev = self._decode_all(gw.kvs(resp)), gw.revision(resp)
@@ -128,8 +129,6 @@ class LineClaims:
             if gw.succeeded(resp):
                 made = gw.txn_ranges(resp)[0]
                 return replace(mine, lease=lease.id, revision=made[0].create_revision if made else 0)
-            if time.monotonic() > deadline:
-                raise StoreUnavailable(f"cluster: claim on line {line!r} kept losing races", "try again")
             # The failure branch read the line's ends as they are now: try again from there.
             resp = {"header": resp.get("header", {}), "kvs": _raw_kvs(resp)}
 

@@ -18,7 +18,7 @@ import ssl
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from cni_yogurt.cluster import gateway as gw
@@ -148,7 +148,9 @@ class Client:
         n = len(self.endpoints)
         return [(self._current + i) % n for i in range(n)]
 
-    def _exchange(self, i: int, path: str, body: bytes, remaining: float, stream: bool) -> Any:
+    def _exchange(
+        self, i: int, path: str, body: bytes, remaining: float, stream: bool, read_timeout: float | None
+    ) -> Any:
         """One request to endpoint i: the decoded answer (or a Stream), _Retry, or a StoreError."""
         ep = self.endpoints[i]
         cached = getattr(self._local, "conn", None)
@@ -163,7 +165,7 @@ class Client:
             conn.request("POST", path, body, {"Content-Type": "application/json"})
             resp = conn.getresponse()
             if stream and resp.status == 200:
-                conn.sock.settimeout(None)
+                conn.sock.settimeout(read_timeout)
                 _keepalive(conn.sock)
                 return Stream(conn, resp, ep)
             data = resp.read()
@@ -182,7 +184,7 @@ class Client:
         except (OSError, http.client.HTTPException) as e:
             self._drop(conn)
             if not fresh:  # a kept-alive connection the member closed meanwhile: once more, fresh
-                return self._exchange(i, path, body, remaining, stream)
+                return self._exchange(i, path, body, remaining, stream, read_timeout)
             reason = str(e) or type(e).__name__
             if isinstance(e, http.client.RemoteDisconnected) and ep.scheme == "http":
                 reason += " (is it an https endpoint?)"  # etcd closes plain HTTP on a TLS port unanswered
@@ -221,9 +223,15 @@ class Client:
             raise StoreRejected(f"cluster: {ep} denied access", text)
         raise StoreFailed(f"cluster: {path} failed", text, code)
 
-    def _call(self, path: str, req: gw.JSON, timeout: float | None, stream: bool) -> Any:
-        budget = self.timeout if timeout is None else timeout
-        deadline = time.monotonic() + budget
+    def _call(
+        self, path: str, req: gw.JSON, timeout: float | None, stream: bool, read_timeout: float | None = None
+    ) -> Any:
+        now = time.monotonic()
+        deadline = now + (self.timeout if timeout is None else timeout)
+        outer = getattr(self._local, "deadline", None)
+        if outer is not None:  # inside an operation of several calls: its deadline holds
+            deadline = min(deadline, outer)
+        budget = max(deadline - now, 0.0)
         body = json.dumps(req).encode()
         errors: dict[str, str] = {}
         for rnd in range(1_000_000):
@@ -233,7 +241,7 @@ class Client:
                 if remaining <= 0:
                     break
                 try:
-                    out = self._exchange(i, path, body, remaining, stream)
+                    out = self._exchange(i, path, body, remaining, stream, read_timeout)
                 except _Retry as e:
                     errors[str(self.endpoints[i])] = str(e).split(": ", 1)[-1]
                     if e.rejected is not None:
@@ -248,18 +256,34 @@ class Client:
                 break
             time.sleep(pause)
         tried = "; ".join(f"{ep}: {err}" for ep, err in errors.items()) or "no time left"
-        raise StoreUnavailable(f"cluster: no etcd member answered {path} within {budget:g} s", tried)
+        raise StoreUnavailable(f"cluster: no etcd member answered {path} within {budget:.3g} s", tried)
 
     # -- the API -----------------------------------------------------------------------------------
+
+    @contextmanager
+    def deadline(self, seconds: float | None = None) -> Iterator[None]:
+        """Every call made inside (by this thread) ends by one deadline, `timeout` by default: an
+        operation of several calls, like a claim, fails within it as a single call does."""
+        outer = getattr(self._local, "deadline", None)
+        mine = time.monotonic() + (self.timeout if seconds is None else seconds)
+        self._local.deadline = mine if outer is None else min(outer, mine)
+        try:
+            yield
+        finally:
+            self._local.deadline = outer
 
     def call(self, path: str, req: gw.JSON, *, timeout: float | None = None) -> gw.JSON:
         """POST req to /v3/<path> on a member that can serve it; its answer."""
         out: gw.JSON = self._call(f"/v3/{path}", req, timeout, stream=False)
         return out
 
-    def stream(self, path: str, req: gw.JSON, *, timeout: float | None = None) -> Stream:
-        """Open a streaming call (watch, keepalive) on a member that accepts it within the deadline."""
-        out: Stream = self._call(f"/v3/{path}", req, timeout, stream=True)
+    def stream(
+        self, path: str, req: gw.JSON, *, timeout: float | None = None, read_timeout: float | None = None
+    ) -> Stream:
+        """Open a streaming call (watch, keepalive) on a member that accepts it within the deadline.
+        Reading it then waits up to `read_timeout` for each message (None: as long as the connection
+        lives, which TCP keep-alive checks)."""
+        out: Stream = self._call(f"/v3/{path}", req, timeout, stream=True, read_timeout=read_timeout)
         return out
 
     def get(self, key: bytes) -> gw.KV | None:

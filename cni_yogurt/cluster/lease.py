@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cni_yogurt.cluster.client import Client
-from cni_yogurt.cluster.errors import GRPC_NOT_FOUND, StoreError, StoreFailed
+from cni_yogurt.cluster.errors import GRPC_NOT_FOUND, StoreError, StoreFailed, StoreUnavailable
 
 
 @dataclass(frozen=True)
@@ -33,9 +33,13 @@ def grant(client: Client, ttl: int) -> Lease:
 
 def keep_alive_once(client: Client, lease: Lease) -> int:
     """Refresh the lease; its TTL again.  LeaseLost if it is gone."""
-    stream = client.stream("lease/keepalive", {"ID": str(lease.id)})
+    stream = client.stream("lease/keepalive", {"ID": str(lease.id)}, read_timeout=client.timeout)
     try:
         msg = next(iter(stream), None)
+    except (OSError, ValueError) as e:  # no answer in time (a member without a leader), or garbage
+        raise StoreUnavailable(
+            f"cluster: lease {lease.id:x} not refreshed", str(e) or type(e).__name__
+        ) from None
     finally:
         stream.close()
     ttl = int((msg or {}).get("result", {}).get("TTL", 0))

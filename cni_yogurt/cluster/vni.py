@@ -43,6 +43,11 @@ def allocated(client: Client, keys: Keys) -> dict[int, str]:
 
 def allocate(client: Client, keys: Keys, line: str) -> int:
     """The line's tunnel id: the one it has, or the lowest free one, claimed for it."""
+    with client.deadline():
+        return _allocate(client, keys, line)
+
+
+def _allocate(client: Client, keys: Keys, line: str) -> int:
     mine = keys.line_vni(line)
     for _ in range(MAX_ATTEMPTS):
         have = vni_of(client, keys, line)

@@ -211,3 +211,14 @@ def test_probe_names_a_refused_client_certificate(tls_lab: EtcdLab) -> None:
     found = probe(cfg)
     assert not found.ok and len(found.problems) == 3
     assert all("refused the TLS session" in p for p in found.problems)
+
+
+def test_calls_inside_one_deadline_end_by_it_together() -> None:
+    [dead] = free_ports(1)
+    client = Client([Endpoint("http", "127.0.0.1", dead)], timeout=5.0)
+    started = time.monotonic()
+    with client.deadline(1.0):
+        for _ in range(3):
+            with pytest.raises(StoreUnavailable):
+                client.put(b"/x", b"y")
+    assert time.monotonic() - started < 1.5  # not 3 x 5 s: the operation's deadline holds
