@@ -4,6 +4,7 @@ and the records (nodes, claims) as they are written into etcd."""
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
 from typing import Any
 
@@ -198,3 +199,42 @@ def test_claims_round_trip_without_the_stores_fields_in_the_value() -> None:
     back = Claim.decode(gw.KV(b"/p/lines/phone/ends/ctr1%2Feth0", c.encode(), create_revision=9, lease=5))
     assert back == c
     assert c.holder() == "ctr1/eth0 (net1) on node-a"
+
+
+@pytest.mark.parametrize(
+    "status, body, outcome",
+    [
+        (200, b'{"header": {"revision": "3"}}', "answer"),
+        # etcd 3.4's gateway errors (deadline, lease not found, bad JSON, 404: seen against the real one)
+        (503, b'{"error": "etcdserver: no leader", "message": "etcdserver: no leader", "code": 14}', "retry"),
+        (
+            500,
+            b'{"error": "context deadline exceeded", "message": "context deadline exceeded", "code": 2}',
+            "retry",
+        ),
+        (500, b'{"error": "etcdserver: request timed out", "code": 14}', "retry"),
+        (404, b'{"error": "etcdserver: requested lease not found", "code": 5}', "failed"),
+        (400, b'{"error": "invalid character", "code": 3}', "failed"),
+        (403, b'{"error": "etcdserver: permission denied", "code": 7}', "rejected"),
+        (404, b"404 page not found\n", "rejected"),  # /v3alpha/ on etcd 3.4, or not etcd at all
+        (200, b"<html>", "retry"),
+    ],
+)
+def test_gateway_errors_are_sorted_into_retry_refused_or_failed(
+    status: int, body: bytes, outcome: str
+) -> None:
+    from cni_yogurt.cluster.client import Client, _Retry
+    from cni_yogurt.cluster.errors import StoreFailed, StoreRejected
+
+    ep = Endpoint("http", "127.0.0.1", 2379)
+    if outcome == "answer":
+        assert Client._decode(ep, "/v3/kv/put", status, body) == {"header": {"revision": "3"}}
+        return
+    expected = {"retry": _Retry, "failed": StoreFailed, "rejected": StoreRejected}[outcome]
+    with pytest.raises(expected) as caught:
+        Client._decode(ep, "/v3/kv/put", status, body)
+    if outcome == "failed":
+        assert isinstance(caught.value, StoreFailed) and caught.value.grpc_code == json.loads(body)["code"]
+        assert caught.value.code == Code.INTERNAL
+    if outcome == "rejected":
+        assert caught.value.code == Code.INVALID_CONFIG  # type: ignore[attr-defined]
