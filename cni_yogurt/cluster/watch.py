@@ -129,8 +129,10 @@ class Watcher:
                 self._follow()
                 if self._next:
                     self.resumes += 1
-            except (StoreError, OSError, ValueError, http.client.HTTPException) as e:
-                self.last_error = str(e)
+            except StoreError as e:
+                self.last_error = f"{e.msg}: {e.details}"
+            except (OSError, ValueError, http.client.HTTPException) as e:
+                self.last_error = str(e) or type(e).__name__
             except Exception as e:  # a mirror that stops silently would be worse: note it, start over
                 self.last_error = f"{type(e).__name__}: {e}"
                 self._next = 0

@@ -147,3 +147,22 @@ def test_a_watcher_whose_member_restarts_resumes_and_converges(own_lab: EtcdLab)
         assert converged(watcher, client, KEYS.all())
     finally:
         watcher.stop()
+
+
+def test_a_watch_on_a_member_cut_off_from_the_quorum_ends_rather_than_going_silent(own_lab: EtcdLab) -> None:
+    client = own_lab.client()
+    # The watcher knows one member only: the one that will be left alone.
+    watcher = Watcher(Client([own_lab.endpoints[0]], timeout=2.0), KEYS.all()).start()
+    try:
+        assert watcher.wait_synced(10)
+        assert wait_until(lambda: watcher.endpoint is not None, timeout=5)
+        own_lab.kill(1)
+        own_lab.kill(2)
+        assert wait_until(lambda: "no leader" in watcher.last_error, timeout=15), watcher.last_error
+        own_lab.start_member(1)
+        own_lab.start_member(2)
+        own_lab.wait_healthy()
+        client.put(KEYS.node("after"), b"1")
+        assert converged(watcher, client, KEYS.all(), timeout=20), watcher.last_error
+    finally:
+        watcher.stop()

@@ -238,3 +238,15 @@ def test_gateway_errors_are_sorted_into_retry_refused_or_failed(
         assert caught.value.code == Code.INTERNAL
     if outcome == "rejected":
         assert caught.value.code == Code.INVALID_CONFIG  # type: ignore[attr-defined]
+
+
+def test_error_answers_inside_a_stream_have_their_own_shape() -> None:
+    from cni_yogurt.cluster.client import error_of
+
+    # What etcd 3.4's gateway streams when a watch's member has no leader (seen against the real one)
+    streamed = {"error": {"grpc_code": 14, "http_code": 503, "message": "etcdserver: no leader"}}
+    assert error_of(streamed, 200) == (14, "etcdserver: no leader")
+    assert error_of({"error": "x", "message": "etcdserver: no leader", "code": 14}, 503) == (
+        14,
+        "etcdserver: no leader",
+    )
