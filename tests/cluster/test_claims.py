@@ -229,3 +229,18 @@ def test_a_nodes_ends_across_lines_for_its_gc(lab: EtcdLab, keys: Keys) -> None:
     a.release("l1", "c1/eth0")
     assert [c.end_key for c in a.ends_on_node()] == ["c3/eth0"]
     leases.revoke(client, lease)
+
+
+def test_an_unreadable_end_still_holds_its_place(lab: EtcdLab, keys: Keys) -> None:
+    client = lab.client()
+    lease = leases.grant(client, 30)
+    client.put(keys.line_end("l", "damaged/eth0"), b"\x00not json", lease.id)
+    a = claims_of(lab, keys, "node-a")
+    a.claim("l", "ctr1/eth0", lease)
+    with pytest.raises(CNIError) as full:
+        a.claim("l", "ctr2/eth0", lease)
+    assert full.value.code == Code.LINE_FULL
+    assert "damaged/eth0 on ?" in full.value.details  # named by its key, its node unknown
+    assert a.release("l", "damaged/eth0")
+    a.claim("l", "ctr2/eth0", lease)
+    leases.revoke(client, lease)
