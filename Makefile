@@ -32,8 +32,10 @@ unit: venv
 	$(VENV)/bin/pytest -q tests/unit
 
 # The cluster store against a real three-member etcd on 127.0.0.1 (Debian's etcd-server, free
-# ports, temp dirs; tests/cluster/etcdlab.py); no root.
+# ports, temp dirs; tests/cluster/etcdlab.py); no root.  etcd is not installed: its .deb is unpacked
+# into .cache/etcd, once (packaging/fetch-etcd.sh), unless YOGURT_ETCD names the user's own.
 cluster: venv
+	@test -n "$$YOGURT_ETCD" || bash packaging/fetch-etcd.sh >/dev/null
 	$(VENV)/bin/pytest -q tests/cluster
 
 # The runtime tests (cnitool, podman, containerd) drive dist/yogurt; cnitool and

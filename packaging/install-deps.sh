@@ -5,7 +5,6 @@
 #       (linux-headers-amd64 / -generic): the programs use only UAPI headers
 #   containernetworking-plugins  host-local IPAM (and ptp for the benchmark)
 #   iproute2 iputils-ping  netns and ping for the demo and the tests
-#   etcd-server  the cluster store's tests (tests/cluster: a three-member lab on 127.0.0.1)
 #   python3-cryptography  the lab's TLS certificates
 #   podman containerd crun busybox-static  the runtime end-to-end tests
 #       (busybox-static is their container image, made on the spot)
@@ -13,9 +12,9 @@ set -euo pipefail
 pkgs=(python3-venv python3-bpfcc containernetworking-plugins iproute2 iputils-ping kmod
     containerd crun busybox-static python3-cryptography)
 # podman without its recommends: podman 4 uses its CNI backend, which the test
-# needs, only as long as netavark is not installed.  etcd-server without them too
-# (the tests start their own members; Debian also starts an etcd service on 2379).
-lean=(podman etcd-server)
+# needs, only as long as netavark is not installed.  No etcd-server: installing it starts a
+# system etcd on 2379; the cluster tests unpack its .deb instead (packaging/fetch-etcd.sh).
+lean=(podman)
 # Headers only if there are none at all (cni_yogurt/kernel/headers.py uses any).
 need_headers=0
 [ -e "/lib/modules/$(uname -r)/build" ] || compgen -G '/usr/src/linux-headers-*' >/dev/null || need_headers=1

@@ -1,4 +1,5 @@
-"""A three-member etcd cluster on 127.0.0.1 for the tests: Debian's etcd 3.4 (`etcd-server`), free
+"""A three-member etcd cluster on 127.0.0.1 for the tests: Debian's etcd 3.4 (`etcd-server`,
+unpacked into the checkout's cache by packaging/fetch-etcd.sh, not installed; see `find_etcd`), free
 ports, data in a temporary dir, optionally TLS with client certificates.  Members can be killed,
 restarted, stopped two at a time (quorum lost) and the store compacted.  Every wait is bounded and
 `close` leaves no process or file behind.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import os
 import shutil
 import signal
@@ -22,8 +24,40 @@ from cni_yogurt.cluster.client import Client
 from cni_yogurt.cluster.config import Endpoint
 from cni_yogurt.cluster.errors import StoreError
 
-ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 START_TIMEOUT = 20.0
+REPO = Path(__file__).resolve().parents[2]
+MIN_VERSION = (3, 4)  # the v3 JSON gateway under /v3/
+
+
+def find_etcd() -> tuple[str, str]:
+    """The etcd the lab runs, and where it came from: $YOGURT_ETCD (a user's own etcd >= 3.4), else
+    the one packaging/fetch-etcd.sh unpacked (`make cluster` fetches it), else one on PATH."""
+    if own := os.environ.get("YOGURT_ETCD"):
+        return own, "YOGURT_ETCD"
+    cache = Path(os.environ.get("YOGURT_ETCD_CACHE") or REPO / ".cache" / "etcd")
+    if (cache / ".complete").exists():
+        return str(cache / "usr" / "bin" / "etcd"), "packaging/fetch-etcd.sh"
+    if on_path := shutil.which("etcd"):
+        return on_path, "PATH"
+    return "", "nowhere"  # EtcdLab says what to do; tests without a lab (test_nodelab.py) still run
+
+
+@functools.cache
+def etcd_version(etcd: str) -> tuple[int, ...]:
+    """`etcd --version`'s first line, "etcd Version: 3.4.23", as (3, 4, 23); a binary that is not an
+    etcd >= 3.4 is refused here rather than as a lab that never becomes healthy."""
+    try:
+        argv = [etcd, "--version"]
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=True).stdout
+        version = tuple(int(p) for p in out.split("Version:", 1)[1].split()[0].split("."))
+    except (OSError, subprocess.SubprocessError, IndexError, ValueError) as e:
+        raise RuntimeError(f"{etcd} is not a working etcd: {e}") from e
+    if version < MIN_VERSION:
+        raise RuntimeError(f"{etcd} is etcd {'.'.join(map(str, version))}; the lab needs >= 3.4")
+    return version
+
+
+ETCD, ETCD_FROM = find_etcd()
 
 
 def free_ports(n: int) -> list[int]:
@@ -129,8 +163,11 @@ def make_tls(directory: Path) -> TLSFiles:
 
 class EtcdLab:
     def __init__(self, tls: bool = False, size: int = 3) -> None:
+        if not ETCD:
+            raise RuntimeError("no etcd: run packaging/fetch-etcd.sh (make cluster does) or set YOGURT_ETCD")
         if not os.access(ETCD, os.X_OK):
-            raise RuntimeError(f"{ETCD} not found: install etcd-server (packaging/install-deps.sh)")
+            raise RuntimeError(f"{ETCD} (from {ETCD_FROM}) is not executable")
+        etcd_version(ETCD)
         self.dir = Path(tempfile.mkdtemp(prefix="yogurt-etcd-"))
         self.tls = make_tls(self.dir) if tls else None
         self.scheme = "https" if tls else "http"
