@@ -12,7 +12,7 @@ VM_TESTS = tests/kernel/test_wire.py tests/kernel/test_counters.py tests/kernel/
 	tests/kernel/test_cnitool.py \
 	'tests/kernel/test_upgrade.py::test_live_line_moves_to_the_next_release_without_losing_a_packet[netkit-ADD]'
 
-.PHONY: deps venv lint unit kernel kernel-native kernel-vm test demo binary image cnitool cri-stubs bench bench-deps bench-vm clean
+.PHONY: deps venv lint unit cluster cluster-net kernel kernel-native kernel-vm test demo binary image cnitool cri-stubs bench bench-deps bench-vm clean
 
 deps:  ## system packages (Debian/Ubuntu); the VM's kernel comes in tests/vm/fetch-kernel.sh
 	@bash packaging/install-deps.sh
@@ -31,6 +31,18 @@ lint: venv
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit
 
+# The cluster store against a real three-member etcd on 127.0.0.1 (Debian's etcd-server, free
+# ports, temp dirs; tests/cluster/etcdlab.py); no root.  etcd is not installed: its .deb is unpacked
+# into .cache/etcd, once (packaging/fetch-etcd.sh), unless YOGURT_ETCD names the user's own.
+cluster: venv
+	@test -n "$$YOGURT_ETCD" || bash packaging/fetch-etcd.sh >/dev/null
+	$(VENV)/bin/pytest -q tests/cluster --ignore=tests/cluster/test_nodelab.py
+
+# A cluster on one machine: nodes as netns on an underlay, wireguard-go between them, a VXLAN device
+# in external mode over it (cni_yogurt/nodelab.py).  Root; about 5 s.
+cluster-net: venv
+	YOGURT_REQUIRE_KERNEL=1 $(VENV)/bin/pytest -q tests/cluster/test_nodelab.py
+
 # The runtime tests (cnitool, podman, containerd) drive dist/yogurt; cnitool and
 # the CRI client are built here, on the host, before the VM boots.
 # Two workers, one test file each: each test mostly waits on plugin execs.
@@ -44,7 +56,7 @@ kernel-vm: venv binary cnitool  ## netkit in the VM, where the running kernel ha
 		set -x; YOGURT_REQUIRE_KERNEL=1 YOGURT_TEST_BACKENDS=netkit bash tests/vm/run.sh \
 		$(VENV)/bin/pytest -q -n 2 --dist loadfile $(VM_TESTS); fi
 
-test: lint unit kernel
+test: lint unit cluster cluster-net kernel
 
 demo: venv
 	$(KERNEL_RUN) $(VENV)/bin/yogurt demo

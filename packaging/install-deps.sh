@@ -5,14 +5,19 @@
 #       (linux-headers-amd64 / -generic): the programs use only UAPI headers
 #   containernetworking-plugins  host-local IPAM (and ptp for the benchmark)
 #   iproute2 iputils-ping  netns and ping for the demo and the tests
+#   python3-cryptography  the lab's TLS certificates
+#   wireguard-go wireguard-tools nftables  the node lab (cni_yogurt/nodelab.py): userspace
+#       WireGuard between nodes as netns, `wg`, and each node's firewall
 #   podman containerd crun busybox-static  the runtime end-to-end tests
 #       (busybox-static is their container image, made on the spot)
 set -euo pipefail
 pkgs=(python3-venv python3-bpfcc containernetworking-plugins iproute2 iputils-ping kmod
-    containerd crun busybox-static)
+    containerd crun busybox-static python3-cryptography nftables)
 # podman without its recommends: podman 4 uses its CNI backend, which the test
-# needs, only as long as netavark is not installed.
-lean=(podman)
+# needs, only as long as netavark is not installed.  No etcd-server: installing it starts a
+# system etcd on 2379; the cluster tests unpack its .deb instead (packaging/fetch-etcd.sh).
+# wireguard-tools without its recommends too: they pull in a whole linux-image.
+lean=(podman wireguard-go wireguard-tools)
 # Headers only if there are none at all (cni_yogurt/kernel/headers.py uses any).
 need_headers=0
 [ -e "/lib/modules/$(uname -r)/build" ] || compgen -G '/usr/src/linux-headers-*' >/dev/null || need_headers=1

@@ -1,0 +1,163 @@
+"""Line membership across the cluster: at most two ends per line, claimed by etcd transactions.
+
+The intention: the verbs will reach line membership through one interface — reserve an end (a full
+line fails before anything is created), mark it ready, release it, list a line's ends — with two
+implementations behind it: the node-local files under stateDir (cni_yogurt/line/registry.py, the
+default, no cluster needed) and this one when a cluster is configured.  `LineClaims` already has
+that shape: `claim` is reserve, `ready`, `release`, `ends`.
+
+How a claim stays safe without a lock:
+
+- It reads the line's ends and the revision R it read them at.  Two ends already: code 100, naming
+  who holds them.  Otherwise one transaction writes the new end only if no key under the line's ends
+  changed after R (a compare of mod_revision < R+1 over the whole range) and the end's key is new.
+  Of several claimers racing from the same state only one such transaction can succeed; the others
+  see the new state and try again, so three racing for one line give exactly two ends.
+- The end is put under a lease: the claim's own short one while ADD builds the end (a killed ADD's
+  claim ages out with it), then, by `ready`, its node's lease (the end lives while its node does).
+- Every claim carries a random nonce: a transaction whose answer was lost but which was applied is
+  recognised as our own on the retry, not reported as "already attached".
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from cni_yogurt.cluster import gateway as gw
+from cni_yogurt.cluster.client import Client
+from cni_yogurt.cluster.keys import Keys, prefix_end
+from cni_yogurt.cluster.lease import Lease
+from cni_yogurt.cni.errors import CNIError, Code
+
+MAX_ENDS = 2
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One end of a line, as the cluster records it."""
+
+    line: str
+    end_key: str  # container id / ifname, as locally
+    node: str
+    network: str = ""
+    ready: bool = False
+    nonce: str = ""
+    # From the store, not in the value:
+    lease: int = 0
+    revision: int = 0  # the key's create_revision: which claim this is
+
+    def encode(self) -> bytes:
+        fields = asdict(self)
+        del fields["lease"], fields["revision"]
+        return json.dumps(fields, sort_keys=True).encode()
+
+    @classmethod
+    def decode(cls, kv: gw.KV) -> Claim:
+        raw: Any = json.loads(kv.value)
+        if not isinstance(raw, dict):
+            raise ValueError("a claim is an object")
+        return cls(**raw, lease=kv.lease, revision=kv.create_revision)
+
+    def holder(self) -> str:
+        net = f" ({self.network})" if self.network else ""
+        return f"{self.end_key}{net} on {self.node}"
+
+
+class LineClaims:
+    def __init__(self, client: Client, keys: Keys, node: str) -> None:
+        self.client, self.keys, self.node = client, keys, node
+
+    def _decode_all(self, kvs: list[gw.KV]) -> list[Claim]:
+        out = []
+        for kv in kvs:
+            try:
+                out.append(Claim.decode(kv))
+            except (ValueError, TypeError):
+                # Unreadable, but it holds its place: counted, named by its key.
+                line = self.keys.line_of(kv.key) or "?"
+                out.append(Claim(line, self.keys.end_key_of(kv.key, line), "?", lease=kv.lease))
+        return out
+
+    def ends(self, line: str) -> list[Claim]:
+        kvs, _ = self.client.get_prefix(self.keys.line_ends(line))
+        return self._decode_all(kvs)
+
+    def ends_on_node(self, node: str | None = None) -> list[Claim]:
+        """Every end this node (or `node`) holds, on every line: what its GC compares with the runtime's."""
+        kvs, _ = self.client.get_prefix(self.keys.lines())
+        node = self.node if node is None else node
+        return [c for c in self._decode_all([kv for kv in kvs if b"/ends/" in kv.key]) if c.node == node]
+
+    def claim(self, line: str, end_key: str, lease: Lease, network: str = "") -> Claim:
+        """Reserve a place on the line for this node's end, under `lease`.  Code 100 if the line has two
+        ends, 105 if this end key is there already, 11 if the store cannot be reached in time."""
+        with self.client.deadline():  # the whole claim, however many rounds, within one deadline
+            return self._claim(Claim(line, end_key, self.node, network, nonce=secrets.token_hex(8)), lease)
+
+    def _claim(self, mine: Claim, lease: Lease) -> Claim:
+        line, end_key = mine.line, mine.end_key
+        key, ends = self.keys.line_end(line, end_key), self.keys.line_ends(line)
+        resp = self.client.call("kv/range", gw.range_request(ends, prefix_end(ends)))
+        while True:
+            held, rev = self._decode_all(gw.kvs(resp)), gw.revision(resp)
+            for c in held:
+                if c.end_key == end_key:
+                    if c.nonce == mine.nonce:  # our own, applied though its answer was lost
+                        return c
+                    raise CNIError(
+                        Code.ALREADY_ATTACHED,
+                        f"{end_key} is already attached",
+                        f"on line {line!r}, node {c.node}; DEL it first",
+                    )
+            if len(held) >= MAX_ENDS:
+                raise CNIError(
+                    Code.LINE_FULL,
+                    f"line {line!r} already has two ends",
+                    "held by " + ", ".join(c.holder() for c in held),
+                )
+            resp = self.client.txn(
+                [
+                    gw.compare(ends, "MOD", "LESS", rev + 1, prefix_end(ends)),
+                    gw.compare(key, "CREATE", "EQUAL", 0),
+                ],
+                [gw.op_put(key, mine.encode(), lease.id), gw.op_range(key)],
+                [gw.op_range(ends, prefix_end(ends))],
+            )
+            if gw.succeeded(resp):
+                made = gw.txn_ranges(resp)[0]
+                return replace(mine, lease=lease.id, revision=made[0].create_revision if made else 0)
+            # The failure branch read the line's ends as they are now: try again from there.
+            resp = {"header": resp.get("header", {}), "kvs": _raw_kvs(resp)}
+
+    def ready(self, claim: Claim, node_lease: Lease) -> Claim:
+        """The end is built: keep it from now on under its node's lease.  Fails (code 11) if the claim
+        is gone meanwhile (its lease ran out: ADD took longer than the claim's TTL)."""
+        now = replace(claim, ready=True, lease=node_lease.id)
+        key = self.keys.line_end(claim.line, claim.end_key)
+        resp = self.client.txn(
+            [gw.compare(key, "CREATE", "EQUAL", claim.revision)],
+            [gw.op_put(key, now.encode(), node_lease.id)],
+        )
+        if not gw.succeeded(resp):
+            raise CNIError(
+                Code.TRY_AGAIN_LATER,
+                f"cluster: the claim of {claim.end_key} on line {claim.line!r} expired",
+                "the ADD took longer than the claim's lease; retry it",
+            )
+        return now
+
+    def release(self, line: str, end_key: str) -> bool:
+        """Remove an end (DEL, GC); True if it was there.  Deleting what is gone is no error."""
+        return self.client.delete(self.keys.line_end(line, end_key)) > 0
+
+
+def _raw_kvs(resp: gw.JSON) -> list[gw.JSON]:
+    """The raw kvs of a txn's single range response (to feed the claim loop again)."""
+    for r in resp.get("responses", []):
+        if "response_range" in r:
+            kvs: list[gw.JSON] = r["response_range"].get("kvs", [])
+            return kvs
+    return []

@@ -1,0 +1,259 @@
+"""A cluster on one machine: nodes as network namespaces, joined by an underlay, each running
+userspace WireGuard (wireguard-go) and a VXLAN device in external (metadata) mode whose outer
+packets go over the WireGuard addresses.
+
+Groundwork for the wire between nodes (lines across nodes) and for `yogurt demo --nodes 2`, which is
+why it lives in the package (as lab.py does for the one-node demo) and not under tests/.  No tunnel
+programs yet: nothing here knows about lines; a test steers frames into the VXLAN device itself.
+
+Layout (every address inside the lab's namespaces; the host netns gets nothing):
+    <name>-hub        a bridge, br0, with one veth port per node
+    <name>-<i>        node i: under0 (underlay 10.215.0.<i+1>/24) on that bridge; WireGuard
+                      <wg_if> (10.216.0.<i+1>/24, UDP 51820); VXLAN yvx0 (external, UDP 4789);
+                      nftables: WireGuard's port only from under0, VXLAN's only from <wg_if>
+wireguard-go's control socket is /var/run/wireguard/<wg_if>.sock, one directory for every netns:
+so each node's WireGuard interface has a name unique on the host (the lab's random tag in it), and
+`wg` is always given that name (a bare `wg show` lists other labs' interfaces too).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cni_yogurt.lab import Netns
+
+UNDERLAY = ipaddress.IPv4Network("10.215.0.0/24")  # node i: .i+1 (no other test uses 10.215-217)
+WIREGUARD = ipaddress.IPv4Network("10.216.0.0/24")  # node i's WireGuard address: .i+1
+WG_PORT = 51820
+VXLAN_PORT = 4789
+UNDERLAY_IF = "under0"
+VXLAN_IF = "yvx0"
+WG_MTU = 1420  # wireguard-go's default: 1500 minus WireGuard's 80 bytes (IPv6 outer)
+VXLAN_MTU = WG_MTU - 50  # VXLAN over IPv4: outer IP 20, UDP 8, VXLAN 8, inner Ethernet 14
+WG_SOCKET_DIR = Path("/var/run/wireguard")
+NFT_TABLE = "yogurt_node"
+START_TIMEOUT = 10.0
+
+
+class NodeLabError(RuntimeError):
+    pass
+
+
+def _run(argv: list[str], *, input: str | None = None, timeout: float = 10) -> str:
+    proc = subprocess.run(argv, input=input, capture_output=True, text=True, check=False, timeout=timeout)
+    if proc.returncode:
+        raise NodeLabError(f"{' '.join(argv)}: exit {proc.returncode}: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+@dataclass
+class Node:
+    index: int
+    netns: Netns
+    dir: Path  # the node's own: its private key, wireguard-go's log
+    wg_if: str
+    underlay: ipaddress.IPv4Address
+    wg_addr: ipaddress.IPv4Address
+    public_key: str = ""
+    wireguard: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def private_key_file(self) -> Path:
+        return self.dir / "private.key"
+
+    @property
+    def wg_socket(self) -> Path:
+        return WG_SOCKET_DIR / f"{self.wg_if}.sock"
+
+    def sh(self, *argv: str, timeout: float = 10) -> str:
+        """Run a command in the node's netns; its stdout, or NodeLabError."""
+        return _run(["ip", "netns", "exec", self.netns.name, *argv], timeout=timeout)
+
+    def link_stats(self, ifname: str) -> dict[str, int]:
+        """The device's counters (rx_packets, tx_bytes, ...) as `ip -s` reports them."""
+        [link] = json.loads(_run(["ip", "-n", self.netns.name, "-j", "-s", "link", "show", "dev", ifname]))
+        stats = link["stats64"]
+        return {f"{d}_{k}": int(v) for d in ("rx", "tx") for k, v in stats[d].items()}
+
+    def mac(self, ifname: str) -> str:
+        [link] = json.loads(_run(["ip", "-n", self.netns.name, "-j", "link", "show", "dev", ifname]))
+        return str(link["address"])
+
+    def dropped(self, rule: str) -> int:
+        """Packets the node's nftables rule `rule` (its comment) dropped so far."""
+        table = json.loads(self.sh("nft", "-j", "list", "table", "inet", NFT_TABLE))
+        for item in table["nftables"]:
+            r = item.get("rule")
+            if r and r.get("comment") == rule:
+                for expr in r["expr"]:
+                    if "counter" in expr:
+                        return int(expr["counter"]["packets"])
+        raise NodeLabError(f"no nftables rule {rule!r} in node {self.index}")
+
+
+class NodeLab:
+    """`n` nodes; `start` builds them (and removes everything again if any step fails), `close`
+    removes netns, processes, control sockets and the nodes' dirs; `leftovers` names what is left."""
+
+    def __init__(self, n: int = 2, *, wireguard_go: str = "wireguard-go", tag: str | None = None) -> None:
+        if not 1 < n < 250:
+            raise ValueError("a lab has 2 to 249 nodes")
+        self.tag = tag or secrets.token_hex(3)
+        self.name = f"yn-{self.tag}"
+        self.wireguard_go = wireguard_go
+        self.hub = Netns(f"{self.name}-hub")
+        self.dir = Path(tempfile.mkdtemp(prefix=f"yogurt-nodes-{self.tag}-"))
+        self.nodes = [
+            Node(
+                index=i,
+                netns=Netns(f"{self.name}-{i}"),
+                dir=self.dir / f"node{i}",
+                wg_if=f"ywg{self.tag}n{i}",  # at most 13 bytes (IFNAMSIZ: 15)
+                underlay=UNDERLAY[i + 1],
+                wg_addr=WIREGUARD[i + 1],
+            )
+            for i in range(n)
+        ]
+
+    # --- building ---
+
+    def start(self) -> NodeLab:
+        try:
+            self._underlay()
+            for node in self.nodes:
+                self._wireguard(node)
+            for node in self.nodes:
+                self._peers(node)
+                self._vxlan(node)
+                self._firewall(node)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _underlay(self) -> None:
+        self.hub.create()
+        _run(["ip", "-n", self.hub.name, "link", "add", "br0", "type", "bridge"])
+        _run(["ip", "-n", self.hub.name, "link", "set", "br0", "up"])
+        for node in self.nodes:
+            node.netns.create()
+            ns = node.netns.name
+            _run(["ip", "-n", ns, "link", "set", "lo", "up"])
+            # Both ends made straight in their netns: the host netns never sees them.
+            port = f"n{node.index}"
+            _run(
+                ["ip", "link", "add", UNDERLAY_IF, "netns", ns, "type", "veth"]
+                + ["peer", "name", port, "netns", self.hub.name]
+            )
+            _run(["ip", "-n", self.hub.name, "link", "set", port, "master", "br0", "up"])
+            _run(["ip", "-n", ns, "addr", "add", f"{node.underlay}/{UNDERLAY.prefixlen}", "dev", UNDERLAY_IF])
+            _run(["ip", "-n", ns, "link", "set", UNDERLAY_IF, "up"])
+
+    def _wireguard(self, node: Node) -> None:
+        if node.wg_socket.exists():
+            raise NodeLabError(f"{node.wg_socket} exists: another wireguard-go has the name {node.wg_if}")
+        node.dir.mkdir(mode=0o700)
+        key = _run(["wg", "genkey"]).strip()
+        fd = os.open(node.private_key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(key + "\n")
+        node.public_key = _run(["wg", "pubkey"], input=key).strip()
+        with open(node.dir / "wireguard-go.log", "wb") as log:
+            # -f: stays in the foreground, so it is our child and its pid the one to stop.
+            node.wireguard = subprocess.Popen(
+                ["ip", "netns", "exec", node.netns.name, self.wireguard_go, "-f", node.wg_if],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + START_TIMEOUT
+        while not node.wg_socket.exists():
+            if node.wireguard.poll() is not None or time.monotonic() > deadline:
+                text = (node.dir / "wireguard-go.log").read_text(errors="replace").strip()
+                raise NodeLabError(f"wireguard-go for node {node.index} did not come up: {text[-500:]}")
+            time.sleep(0.02)
+        node.sh(
+            "wg", "set", node.wg_if, "private-key", str(node.private_key_file), "listen-port", str(WG_PORT)
+        )
+        ns = node.netns.name
+        _run(["ip", "-n", ns, "addr", "add", f"{node.wg_addr}/{WIREGUARD.prefixlen}", "dev", node.wg_if])
+        _run(["ip", "-n", ns, "link", "set", node.wg_if, "mtu", str(WG_MTU), "up"])
+
+    def _peers(self, node: Node) -> None:
+        args: list[str] = []
+        for peer in self.nodes:
+            if peer is not node:
+                args += ["peer", peer.public_key, "endpoint", f"{peer.underlay}:{WG_PORT}"]
+                args += ["allowed-ips", f"{peer.wg_addr}/32"]
+        node.sh("wg", "set", node.wg_if, *args)
+
+    def _vxlan(self, node: Node) -> None:
+        """External (metadata) mode: no VNI or remote of its own; whoever sends through it says
+        both per packet (the tunnel programs, later; a route's `encap ip` in the tests)."""
+        ns = node.netns.name
+        _run(
+            ["ip", "-n", ns, "link", "add", VXLAN_IF, "type", "vxlan", "external", "dstport", str(VXLAN_PORT)]
+        )
+        _run(["ip", "-n", ns, "link", "set", VXLAN_IF, "mtu", str(VXLAN_MTU), "up"])
+
+    def _firewall(self, node: Node) -> None:
+        """WireGuard's port answers only on the underlay; VXLAN is taken only from inside WireGuard
+        (the kernel's VXLAN socket listens on every address: a frame sent in clear over the
+        underlay would otherwise be taken as if it had come through the tunnel)."""
+        rules = f"""
+        table inet {NFT_TABLE} {{
+            chain input {{
+                type filter hook input priority filter; policy accept;
+                udp dport {WG_PORT} iifname != "{UNDERLAY_IF}" counter drop comment "wireguard-off-underlay"
+                udp dport {VXLAN_PORT} iifname != "{node.wg_if}" counter drop comment "vxlan-off-wireguard"
+            }}
+        }}
+        """
+        _run(["ip", "netns", "exec", node.netns.name, "nft", "-f", "-"], input=rules)
+
+    # --- tearing down ---
+
+    def close(self) -> None:
+        for node in self.nodes:
+            proc = node.wireguard
+            if proc is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)  # its own session: ip netns exec execs it
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(timeout=5)
+            # wireguard-go removes its socket on SIGTERM; not after SIGKILL or a crash.
+            with contextlib.suppress(FileNotFoundError):
+                node.wg_socket.unlink()
+            node.netns.delete()
+        self.hub.delete()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def leftovers(self) -> list[str]:
+        """What of this lab still exists: netns, control sockets, live wireguard-go, files."""
+        left = [str(p) for p in Path("/run/netns").glob(f"{self.name}-*")]
+        left += [str(n.wg_socket) for n in self.nodes if n.wg_socket.exists()]
+        left += [f"pid {n.wireguard.pid}" for n in self.nodes if n.wireguard and n.wireguard.poll() is None]
+        left += [str(self.dir)] if self.dir.exists() else []
+        return left
+
+    def __enter__(self) -> NodeLab:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
