@@ -150,3 +150,14 @@ def forward(
     write_out(answer.stdout)
     write_err(answer.stderr)
     return answer.code
+
+
+def info(state_dir: str, timeout: float = 2.0) -> dict[str, object] | None:
+    """Who serves this stateDir: the agent's pid, release, start time and calls served; None if
+    no agent answers (for `yogurt status` and `yogurt doctor`)."""
+    path = state_dir.rstrip("/") + "/" + protocol.SOCKET_NAME
+    outcome, answer = ask(path, protocol.encode_request({}, b"", protocol.INFO), timeout)
+    if outcome != ANSWERED or answer is None or answer.kind != protocol.INFO:
+        return None
+    found = peek_config(answer.stdout)
+    return found
