@@ -110,6 +110,40 @@ def test_verbs_through_the_agent_and_lines_outlive_it(node: Node, conf: dict[str
     assert agent.stop() == 0
 
 
+def _admin(command: str, conf: dict[str, Any]) -> Any:
+    argv = [
+        *lab.self_command(),
+        command,
+        "--json",
+        "--state-dir",
+        conf["stateDir"],
+        "--bpffs-dir",
+        conf["bpffsDir"],
+    ]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False).stdout
+    return json.loads(out)
+
+
+def _doctor_agent(conf: dict[str, Any]) -> dict[str, Any]:
+    return next(f for f in _admin("doctor", conf) if f["name"] == "agent")
+
+
+def test_status_and_doctor_show_the_agent(conf: dict[str, Any]) -> None:
+    assert _admin("status", conf)["agent"] is None
+    assert _doctor_agent(conf)["ok"] and "none" in _doctor_agent(conf)["detail"]
+    agent = Agent(conf).ready()
+    status = _admin("status", conf)["agent"]
+    assert status["pid"] == agent.proc.pid and status["abi"] == ABI
+    found = _doctor_agent(conf)
+    assert found["ok"] and f"pid {agent.proc.pid}" in found["detail"], found
+    assert agent.stop(signal.SIGKILL) == -signal.SIGKILL
+    found = _doctor_agent(conf)  # its socket is left, nobody answers
+    assert not found["ok"] and not found["fatal"] and "no agent answers" in found["detail"], found
+    agent = Agent(conf).ready()
+    assert _doctor_agent(conf)["ok"]
+    assert agent.stop() == 0
+
+
 def test_a_second_agent_on_the_same_state_dir_refuses_to_start(conf: dict[str, Any], agent: Agent) -> None:
     second = Agent(conf)
     assert second.proc.wait(60) == 1
