@@ -10,9 +10,12 @@ kernel has it, else veth); in the netkit VM (`make bench-vm`) the same code
 runs, where only ratios mean anything.  Figures (every one an exec, as a
 runtime does it, plugins taking turns in every round):
 
-  VERSION, ADD, CHECK, DEL, DEL of nothing: venv entry point, dist/yogurt, ptp (+ `python3 -c pass`);
+  VERSION, ADD, CHECK, DEL, DEL of nothing: venv entry point, dist/yogurt, ptp (+ `python3 -c pass`),
+  and the entry point and dist/yogurt again as front ends of a node agent (`yogurt agent` on dirs
+  of its own, started first: its first ADD is any ADD; `--no-agent` leaves that column out);
   ADD/DEL with N lines (2N ends) already up on the node;  GC with those 2N stale ends;
-  200 ADDs for 100 lines, 20 at a time (wired right? leftovers after 200 DELs?), against ptp;
+  200 ADDs for 100 lines, 20 at a time (wired right? leftovers after 200 DELs?), against ptp, also
+  through the agent;
   the wire: iperf3 + sockperf between two containers on a line vs two ptp containers.
 
 Writes bench.md, bench.json and bench.png into --out (docs/bench by default).
