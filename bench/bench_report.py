@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -166,14 +167,16 @@ def png(report: dict[str, Any], samples: dict[str, dict[str, list[float]]], path
         if values:
             series.append((label, [v * 1000 for v in values]))
     ncols = (1 if series else 0) + (2 if wire else 0)  # a run of the wire alone has no ADD panel
-    fig, grid = plt.subplots(1, max(ncols, 1), figsize=(5.2 * max(ncols, 1), 4.6), squeeze=False)
+    width = 5.2 * max(ncols, 1) + (0.6 * max(0, len(series) - 4) if series else 0)
+    fig, grid = plt.subplots(1, max(ncols, 1), figsize=(max(width, 8.0), 4.6), squeeze=False)
     axes = list(grid[0])
     ax = axes[0]
     if series:
         axes.pop(0)
         ax.violinplot([v for _, v in series], showmedians=True, widths=0.8)
         ax.boxplot([v for _, v in series], widths=0.15, showfliers=False)
-        ax.set_xticks(range(1, len(series) + 1), [name for name, _ in series], fontsize=7)
+        names = [textwrap.fill(name, 16) for name, _ in series]  # five columns with the agent's
+        ax.set_xticks(range(1, len(series) + 1), names, fontsize=7)
         for i, (_, v) in enumerate(series, 1):
             ax.annotate(
                 f"p50 {pct(v, 50):.0f}",
