@@ -56,7 +56,7 @@ class Agent:
         raise AssertionError("the agent did not start serving")
 
     def info(self) -> dict[str, Any] | None:
-        return frontend.info(self.state_dir)
+        return frontend.info(self.state_dir, timeout=30)  # a loaded machine answers late
 
     def served(self) -> int:
         found = self.info()
@@ -291,7 +291,7 @@ def test_agent_and_plugins_without_it_share_a_node(node: Node, conf: dict[str, A
         for verb in ("ADD", "DEL"):
             before = agent.served()
             futures = {i: pool.submit(node.run, verb, conf, spaces[i], cni_args=_line_args(i)) for i in first}
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 240
             while agent.served() < before + 2 and time.monotonic() < deadline:
                 time.sleep(0.01)
             os.rename(sock, sock + ".away")
@@ -308,7 +308,7 @@ def test_agent_and_plugins_without_it_share_a_node(node: Node, conf: dict[str, A
             if verb == "ADD":
                 for i in range(0, 16, 2):
                     b4, _ = addresses(results[i + 1].out)
-                    assert lab.ping(spaces[i], b4, count=1) == 1, f"line l{i // 2} not wired"
+                    assert lab.ping(spaces[i], b4, count=3) >= 1, f"line l{i // 2} not wired"
     assert agent.stop() == 0
 
 
@@ -316,7 +316,7 @@ def _connect_as_nobody(path: str) -> subprocess.CompletedProcess[str]:
     code = (
         "import socket, sys\n"
         "s = socket.socket(socket.AF_UNIX)\n"
-        "s.settimeout(5)\n"
+        "s.settimeout(60)\n"
         "try:\n"
         f"    s.connect({path!r})\n"
         f"    s.sendall({protocol.encode_request({}, b'', protocol.INFO)!r})\n"
@@ -330,7 +330,7 @@ def _connect_as_nobody(path: str) -> subprocess.CompletedProcess[str]:
         group=65534,
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=120,
     )
 
 
