@@ -36,6 +36,8 @@ from cni_yogurt.faults import ADD_POINTS, DEL_POINTS, ENV
 class Agent:
     """One `yogurt agent` process on a test's private dirs."""
 
+    started: list[Agent] = []  # killed after each test, should a failing test leave one running
+
     def __init__(self, conf: dict[str, Any], *extra: str, crash_at: str | None = None) -> None:
         self.conf = conf
         self.state_dir = conf["stateDir"]
@@ -44,6 +46,7 @@ class Agent:
             env[ENV] = crash_at
         argv = [*lab.self_command(), "agent", "--state-dir", self.state_dir, "--bpffs-dir", conf["bpffsDir"]]
         self.proc = subprocess.Popen([*argv, *extra], env=env, stderr=subprocess.PIPE, text=True)
+        Agent.started.append(self)
 
     def ready(self, timeout: float = 120) -> Agent:
         deadline = time.monotonic() + timeout
@@ -69,6 +72,16 @@ class Agent:
         rc = self.proc.wait(60)
         self.proc.stderr.close()
         return rc
+
+
+@pytest.fixture(autouse=True)
+def no_agent_left() -> Iterator[None]:
+    yield
+    for left in Agent.started:
+        if left.proc.poll() is None:
+            left.proc.kill()
+            left.proc.wait(60)
+    Agent.started.clear()
 
 
 @pytest.fixture
