@@ -10,9 +10,12 @@ kernel has it, else veth); in the netkit VM (`make bench-vm`) the same code
 runs, where only ratios mean anything.  Figures (every one an exec, as a
 runtime does it, plugins taking turns in every round):
 
-  VERSION, ADD, CHECK, DEL, DEL of nothing: venv entry point, dist/yogurt, ptp (+ `python3 -c pass`);
+  VERSION, ADD, CHECK, DEL, DEL of nothing: venv entry point, dist/yogurt, ptp (+ `python3 -c pass`),
+  and the entry point and dist/yogurt again as front ends of a node agent (`yogurt agent` on dirs
+  of its own, started first: its first ADD is any ADD; `--no-agent` leaves that column out);
   ADD/DEL with N lines (2N ends) already up on the node;  GC with those 2N stale ends;
-  200 ADDs for 100 lines, 20 at a time (wired right? leftovers after 200 DELs?), against ptp;
+  200 ADDs for 100 lines, 20 at a time (wired right? leftovers after 200 DELs?), against ptp, also
+  through the agent;
   the wire: iperf3 + sockperf between two containers on a line vs two ptp containers.
 
 Writes bench.md, bench.json and bench.png into --out (docs/bench by default).
@@ -36,6 +39,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path[:0] = [str(REPO), str(HERE)]  # the checkout's cni_yogurt; the bench_* modules
 
+import bench_agent  # noqa: E402
 import bench_report  # noqa: E402
 import bench_verbs  # noqa: E402
 import bench_wire  # noqa: E402
@@ -106,6 +110,7 @@ def main() -> int:
     parser.add_argument("--wire-rounds", type=int, default=10)
     parser.add_argument("--wire-seconds", type=int, default=10, help="iperf3 run length")
     parser.add_argument("--rr-seconds", type=int, default=3, help="sockperf ping-pong run length")
+    parser.add_argument("--no-agent", action="store_true", help="no column through the node agent")
     parser.add_argument(
         "--render-only", action="store_true", help="write bench.md and bench.png from --out's bench.json"
     )
@@ -127,8 +132,11 @@ def main() -> int:
 
     started = time.perf_counter()
     found = plugins(args.binary)
-    yogurts = [p for p in found if p.is_yogurt]
     ptp = found[-1]
+    if not args.no_agent:  # ptp stays last
+        found = [*found[:-1], *bench_agent.through_agent(found), ptp]
+    yogurts = [p for p in found if p.is_yogurt]
+    agent_plugin = next((p for p in found if p.key == "agent"), None)
     samples = Samples()
     report: dict[str, Any] = {
         "machine": machine(),
@@ -138,7 +146,12 @@ def main() -> int:
         "notes": [],
     }
     log(f"{report['machine']}")
-    with bench_verbs.scratch() as s:
+    with contextlib.ExitStack() as stack:
+        s = stack.enter_context(bench_verbs.scratch())
+        if agent_plugin is not None:
+            report["agent_start_s"] = stack.enter_context(
+                bench_agent.running(yogurts[0].exe, f"{s.tmp}/agent.log")
+            )
         if "version" in only:
             timed(f"VERSION x{args.rounds}", lambda: bench_verbs.version(found, args.rounds, samples))
         if "verbs" in only:
@@ -167,7 +180,7 @@ def main() -> int:
                 report["notes"].append("GC not measured: other yogurt devices were on the host")
         if "burst" in only:
             report["bursts"] = {}
-            for plugin in (yogurts[0], ptp):
+            for plugin in [yogurts[0], *([agent_plugin] if agent_plugin else []), ptp]:
                 b = timed(
                     f"{plugin.label}: {args.burst} ADDs, 20 at a time",
                     lambda p=plugin: bench_verbs.burst(p, s, cni_path, args.burst),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ def markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     figs: dict[str, dict[str, dict[str, float]]] = report["figures"]
     labels: dict[str, str] = report["labels"]
-    keys = [k for k in ("venv", "bin", "ptp") if k in figs]
+    keys = [k for k in ("venv", "bin", "agent", "agentbin", "ptp") if k in figs]
     rounds = f" {report['rounds']} interleaved rounds (two containers each), p50 / p95 / p99 in ms."
     out = [
         f"Machine: {m['cpu']}, {m['cores']} cores; {m['os']}; Linux {m['kernel']}; "
@@ -59,7 +60,7 @@ def markdown(report: dict[str, Any]) -> str:
         sizes = report.get("sizes", {})
         out += [
             "",
-            "| | " + " | ".join(labels[k] for k in keys) + " | yogurt ÷ ptp (p50) |",
+            "| | " + " | ".join(labels[k] for k in keys) + " | ÷ ptp (p50), in column order |",
             "|---|" + "---|" * len(keys) + "---|",
             "| size | "
             + " | ".join(f"{sizes[k] / 2**20:.1f} MiB" if sizes.get(k) else "Python + venv" for k in keys)
@@ -71,8 +72,14 @@ def markdown(report: dict[str, Any]) -> str:
             continue
         cells = [fmt(figs[k].get(row)) for k in keys]
         ptp = figs.get("ptp", {}).get(row, {}).get("p50")
-        ratios = [ratio(figs[k].get(row, {}).get("p50"), ptp) for k in keys if k != "ptp"]
+        ratios = [ratio(figs[k].get(row, {}).get("p50"), ptp) for k in keys if k != "ptp" and row in figs[k]]
         out.append(f"| {row} | " + " | ".join(cells) + f" | {' / '.join(ratios) if ptp else ''} |")
+    if "agent_start_s" in report:
+        out += [
+            "",
+            f"The node agent started serving {report['agent_start_s']:.2f} s after its exec "
+            "(programs compiled and loaded).",
+        ]
     floor = figs.get("python", {}).get("VERSION")
     if floor:
         out += ["", f"`python3 -c pass` (the floor of any Python program): p50 {floor['p50']} ms."]
@@ -147,6 +154,8 @@ def png(report: dict[str, Any], samples: dict[str, dict[str, list[float]]], path
     for key, fig_name, label in (
         ("venv", "ADD", labels.get("venv")),
         ("bin", "ADD", labels.get("bin")),
+        ("agent", "ADD", labels.get("agent")),
+        ("agentbin", "ADD", labels.get("agentbin")),
         (
             "venv",
             report.get("scale_add_row", ""),
@@ -158,14 +167,16 @@ def png(report: dict[str, Any], samples: dict[str, dict[str, list[float]]], path
         if values:
             series.append((label, [v * 1000 for v in values]))
     ncols = (1 if series else 0) + (2 if wire else 0)  # a run of the wire alone has no ADD panel
-    fig, grid = plt.subplots(1, max(ncols, 1), figsize=(5.2 * max(ncols, 1), 4.6), squeeze=False)
+    width = 5.2 * max(ncols, 1) + (0.6 * max(0, len(series) - 4) if series else 0)
+    fig, grid = plt.subplots(1, max(ncols, 1), figsize=(max(width, 8.0), 4.6), squeeze=False)
     axes = list(grid[0])
     ax = axes[0]
     if series:
         axes.pop(0)
         ax.violinplot([v for _, v in series], showmedians=True, widths=0.8)
         ax.boxplot([v for _, v in series], widths=0.15, showfliers=False)
-        ax.set_xticks(range(1, len(series) + 1), [name for name, _ in series], fontsize=7)
+        names = [textwrap.fill(name, 16) for name, _ in series]  # five columns with the agent's
+        ax.set_xticks(range(1, len(series) + 1), names, fontsize=7)
         for i, (_, v) in enumerate(series, 1):
             ax.annotate(
                 f"p50 {pct(v, 50):.0f}",

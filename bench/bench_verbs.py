@@ -35,9 +35,15 @@ from cni_yogurt.kernel.netlink import Rtnl
 from cni_yogurt.line import naming
 from cni_yogurt.line.registry import Registry
 
-PREFIX = "ybn"  # netns names; the kernel tests use other prefixes
-BPFFS = "/sys/fs/bpf/cni-yogurt-bench"
-STATE = "/run/cni-yogurt-bench"
+# YOGURT_TEST_NODE_DIRS=<suffix>, as for the kernel tests: a run of its own beside another checkout's.
+_SUFFIX = os.environ.get("YOGURT_TEST_NODE_DIRS", "")
+PREFIX = "ybn" + _SUFFIX[:6]  # netns names; the kernel tests use other prefixes
+BPFFS = "/sys/fs/bpf/cni-yogurt-bench" + (f"-{_SUFFIX}" if _SUFFIX else "")
+STATE = "/run/cni-yogurt-bench" + (f"-{_SUFFIX}" if _SUFFIX else "")
+# The node agent's (`yogurt agent`): dirs of its own, so that the plugins without it neither reach
+# it (it serves its stateDir only) nor find the programs it loaded (the entry point's first ADD).
+AGENT_BPFFS = BPFFS + "-agent"
+AGENT_STATE = STATE + "-agent"
 
 
 class BenchError(RuntimeError):
@@ -56,6 +62,15 @@ class Plugin:
     type: str  # the netconf "type": yogurt or ptp
     subnet: str
     size: int | None = None  # bytes on disk (None: the venv entry point)
+    via_agent: bool = False  # its configs name the node agent's stateDir: the exec forwards
+
+    @property
+    def state(self) -> str:
+        return AGENT_STATE if self.via_agent else STATE
+
+    @property
+    def bpffs(self) -> str:
+        return AGENT_BPFFS if self.via_agent else BPFFS
 
     @property
     def is_yogurt(self) -> bool:
@@ -82,8 +97,9 @@ class Scratch:
         self.attachments: dict[tuple[str, str, str], tuple[Plugin, dict[str, Any], str]] = {}
         self.names_made: set[tuple[bool, str, str]] = set()
         self._lock = threading.Lock()
-        unload(Pins.under(BPFFS))  # left by an interrupted run
-        shutil.rmtree(STATE, ignore_errors=True)
+        for bpffs, state in ((BPFFS, STATE), (AGENT_BPFFS, AGENT_STATE)):  # left by an interrupted run
+            unload(Pins.under(bpffs))
+            shutil.rmtree(state, ignore_errors=True)
 
     def conf(self, plugin: Plugin, network: str, cni_version: str = "1.0.0") -> dict[str, Any]:
         conf: dict[str, Any] = {
@@ -100,7 +116,7 @@ class Scratch:
             },
         }
         if plugin.is_yogurt:
-            conf.update(bpffsDir=BPFFS, stateDir=STATE, logFile=f"{self.tmp}/yogurt.log")
+            conf.update(bpffsDir=plugin.bpffs, stateDir=plugin.state, logFile=f"{self.tmp}/yogurt.log")
         return conf
 
     def ns(self, name: str) -> lab.Netns:
@@ -138,9 +154,10 @@ class Scratch:
                         host.delete_link(link["index"])
         for ns in self.netns.values():
             ns.delete()
-        unload(Pins.under(BPFFS))
-        shutil.rmtree(BPFFS, ignore_errors=True)
-        shutil.rmtree(STATE, ignore_errors=True)
+        for bpffs, state in ((BPFFS, STATE), (AGENT_BPFFS, AGENT_STATE)):
+            unload(Pins.under(bpffs))
+            shutil.rmtree(bpffs, ignore_errors=True)
+            shutil.rmtree(state, ignore_errors=True)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -186,6 +203,7 @@ def version(plugins: list[Plugin], rounds: int, samples: Samples) -> None:
     """VERSION, and `python3 -c pass` as the floor of any Python program."""
     floor = Plugin("python", "python3 -c pass", ["/usr/bin/python3", "-c", "pass"], "none", "")
     conf = {"cniVersion": "1.0.0"}
+    plugins = [p for p in plugins if not p.via_agent]  # VERSION is never forwarded to the agent
     for i in range(3 + rounds):  # 3 warm-up rounds: a node execs a plugin it has run before
         for plugin in [*plugins, floor]:
             elapsed, _ = run(plugin, "VERSION", conf, cni_path="", check=plugin is not floor)
@@ -213,7 +231,8 @@ def verbs(
                 results.append((cid, ns, out))
                 if i:
                     samples.add(plugin.key, f"ADD{figure}", elapsed)
-                elif plugin is plugins[0] and plugin.is_yogurt and not figure and ns is pair[0]:
+                elif (plugin is plugins[0] or plugin.key == "agent") and not figure and ns is pair[0]:
+                    # The entry point's: bcc compiles. Through the agent: it loaded them at start.
                     samples.add(plugin.key, "first ADD", elapsed)
             if not figure:
                 for cid, ns, out in results:
@@ -355,7 +374,7 @@ def burst(plugin: Plugin, s: Scratch, cni_path: str, adds: int = 200, at_a_time:
             future.result()
     wall = time.perf_counter() - start
 
-    wired = _wired(conf, ends) if plugin.is_yogurt else 0
+    wired = _wired(plugin, conf, ends) if plugin.is_yogurt else 0
     reached = _reached(ends, outs)
 
     def delete(end: tuple[str, lab.Netns, str]) -> None:
@@ -372,11 +391,11 @@ def burst(plugin: Plugin, s: Scratch, cni_path: str, adds: int = 200, at_a_time:
     return Burst(adds, wall, dels_wall, wired, reached, leftovers)
 
 
-def _wired(conf: dict[str, Any], ends: list[tuple[str, lab.Netns, str]]) -> int:
+def _wired(plugin: Plugin, conf: dict[str, Any], ends: list[tuple[str, lab.Netns, str]]) -> int:
     """Lines whose two ends the registry pairs and the map sends to each other."""
-    by_key = Registry(STATE).snapshot()
+    by_key = Registry(plugin.state).snapshot()
     good = 0
-    with PairMap(Pins.under(BPFFS)) as pairs:
+    with PairMap(Pins.under(plugin.bpffs)) as pairs:
         for a, b in zip(ends[::2], ends[1::2], strict=True):
             ea, eb = by_key.get(f"{a[0]}/eth0"), by_key.get(f"{b[0]}/eth0")
             if ea is None or eb is None or ea.line != a[2] or eb.line != b[2]:
@@ -420,8 +439,9 @@ def _leftovers(
         found += [f"lease {p.name}" for p in leases.iterdir() if p.name[0].isdigit()]
     if plugin.is_yogurt:
         names = {naming.host_ifname(cid, "eth0") for cid, _, _ in ends}
-        found += [f"end {e.key}" for e in Registry(STATE).snapshot().values() if e.network == conf["name"]]
-        found += [f"link pin {n}" for n in pinned_link_names(Pins.under(BPFFS)) & names]
+        registry = Registry(plugin.state)
+        found += [f"end {e.key}" for e in registry.snapshot().values() if e.network == conf["name"]]
+        found += [f"link pin {n}" for n in pinned_link_names(Pins.under(plugin.bpffs)) & names]
         host_links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
         found += [f"device {n}" for n in names if f" {n}@" in host_links or f" {n}:" in host_links]
     return found

@@ -1,14 +1,20 @@
 """The `yogurt` executable: a CNI plugin when CNI_COMMAND is set, else the admin CLI.
 
 Kept import-light on purpose: VERSION must answer without importing
-pyroute2, bcc or structlog.
+pyroute2, bcc or structlog, and with a node agent running (`yogurt agent`)
+a verb is only forwarded to it (agent/frontend.py, C modules only).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from types import ModuleType
+
+TYPE_CHECKING = False  # typing itself is not imported: see agent/protocol.py
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import ModuleType
+    from typing import TextIO
 
 
 def _load_verbs() -> ModuleType:
@@ -17,8 +23,17 @@ def _load_verbs() -> ModuleType:
     return plugin
 
 
+def _write(stream: TextIO) -> Callable[[bytes], None]:
+    def write(data: bytes) -> None:
+        stream.buffer.write(data)
+        stream.buffer.flush()
+
+    return write
+
+
 def main() -> int:
-    if os.environ.get("CNI_COMMAND") == "VERSION":
+    command = os.environ.get("CNI_COMMAND")
+    if command == "VERSION":
         # Runtimes ask this often (podman before every ADD): answered from
         # cni/version.py and json alone, before the protocol layer is loaded.
         import json
@@ -27,10 +42,19 @@ def main() -> int:
 
         sys.stdout.write(json.dumps(version_info(sys.stdin.buffer.read())) + "\n")
         return 0
-    if "CNI_COMMAND" in os.environ:
+    if command is not None:
+        from cni_yogurt.agent import frontend
+
+        data = sys.stdin.buffer.read()
+        rc = frontend.forward(os.environb, data, _write(sys.stdout), _write(sys.stderr))
+        if rc is not None:
+            return rc
+        import io
+
         from cni_yogurt.cni import skel
 
-        return skel.main(_load_verbs)
+        # No agent (or none that answers): the verb runs here, exactly as without one.
+        return skel.run(os.environ, io.BytesIO(data), sys.stdout, sys.stderr, _load_verbs)
     from cni_yogurt.cli import main as cli_main
 
     try:

@@ -46,6 +46,11 @@ class _Sink:
 
     warning = critical = exception = error
 
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
 
 def open_log_file(path: str) -> TextIO | None:
     try:
@@ -64,3 +69,10 @@ def get_logger(path: str | None, stderr: TextIO | None = None, **context: Any) -
     sink = _Sink(file, stderr or sys.stderr)
     processors: list[Any] = [add_log_level, TimeStamper(fmt="iso", utc=True), JSONRenderer(sort_keys=False)]
     return BoundLogger(sink, processors=processors, context={"pid": os.getpid(), **context})
+
+
+def close_logger(log: Any) -> None:
+    """Close the log file of an invocation's logger: the node agent serves many in one process."""
+    sink = getattr(log, "_logger", None)
+    if isinstance(sink, _Sink):
+        sink.close()

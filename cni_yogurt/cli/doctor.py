@@ -6,10 +6,11 @@ import json
 from dataclasses import asdict
 
 from cni_yogurt import health
+from cni_yogurt.agent import report
 
 
 def doctor(bpffs_dir: str, state_dir: str, as_json: bool) -> int:
-    findings = health.node_findings(bpffs_dir, state_dir, cached=False)
+    findings = [*health.node_findings(bpffs_dir, state_dir, cached=False), report.finding(state_dir)]
     if as_json:
         print(json.dumps([asdict(f) for f in findings], indent=1))
     else:

@@ -7,6 +7,8 @@ from collections import defaultdict
 from typing import Any
 
 from cni_yogurt import backend
+from cni_yogurt.agent import frontend
+from cni_yogurt.agent.report import describe
 from cni_yogurt.datapath import CounterMap, PairMap, Partner, Pins
 from cni_yogurt.kernel.netlink import Rtnl
 from cni_yogurt.line.registry import End, Registry
@@ -80,6 +82,7 @@ def collect(bpffs_dir: str, state_dir: str) -> dict[str, Any]:
         "pins": pins.root,
         "older_pins": [o.root for o in pins.others()],
         "registry_damage": registry.damage(),
+        "agent": frontend.info(state_dir),
         "lines": dict(lines),
     }
 
@@ -90,6 +93,10 @@ def status(bpffs_dir: str, state_dir: str, as_json: bool) -> int:
         print(json.dumps(report, indent=1))
         return 0
     print(f"programs: {'loaded' if report['programs_loaded'] else 'not loaded'} ({report['pins']})")
+    agent = report["agent"]
+    print(
+        f"agent: {'serving, ' + describe(agent) if agent else 'none (each plugin exec does the work itself)'}"
+    )
     if report["older_pins"]:
         print(f"older release's pins: {', '.join(report['older_pins'])} (`yogurt upgrade` moves their ends)")
     if report["registry_damage"]:

@@ -20,6 +20,20 @@ from cni_yogurt.cni.errors import CNIError, Code
 from cni_yogurt.cni.netconf import OUR_ARGS, NetConf
 from cni_yogurt.cni.result import Result, parse_result
 
+# What each delegate answered to VERSION, by its file's identity (an upgraded plugin is asked
+# again). An exec'd plugin asks at most once anyway; the node agent serves many calls in one
+# process, and so skips the refused call and the VERSION exec that an older delegate (Debian 12's
+# host-local stops at 1.0.0) costs every 1.1.0 config: two of its three execs per ADD.
+_KNOWN_VERSIONS: dict[tuple[str, int, int, int], list[str]] = {}
+
+
+def _identity(plugin: str) -> tuple[str, int, int, int] | None:
+    try:
+        st = os.stat(plugin)
+    except OSError:
+        return None
+    return (plugin, st.st_ino, st.st_size, st.st_mtime_ns)
+
 
 def find_plugin(name: str, search_path: tuple[str, ...]) -> str:
     for directory in search_path:
@@ -101,6 +115,13 @@ class IPAM:
 
     def _run(self, command: str) -> bytes | None:
         plugin = find_plugin(self.type, self._search_path)
+        known = _KNOWN_VERSIONS.get(_identity(plugin) or ("", 0, 0, 0))
+        wanted = _config_version(self._stdin)
+        if known is not None and wanted is not None and wanted not in known:
+            # It refused this version before: hand the call down at once.
+            refusal = CNIError(Code.INCOMPATIBLE_VERSION, f"IPAM plugin {self.type} does not speak {wanted}")
+            stdin = self._downgraded_stdin(plugin, command, refusal)
+            return None if stdin is None else exec_delegate(plugin, command, self._environ, stdin)
         try:
             return exec_delegate(plugin, command, self._environ, self._stdin)
         except CNIError as err:
@@ -112,6 +133,9 @@ class IPAM:
             return exec_delegate(plugin, command, self._environ, stdin)
 
     def _supported_versions(self, plugin: str) -> list[str]:
+        identity = _identity(plugin)
+        if identity is not None and identity in _KNOWN_VERSIONS:
+            return _KNOWN_VERSIONS[identity]
         raw = exec_delegate(plugin, "VERSION", self._environ, b"")
         try:
             info = json.loads(raw)
@@ -120,7 +144,10 @@ class IPAM:
             raise CNIError(
                 Code.IPAM_FAILED, f"IPAM plugin {self.type} answered VERSION with garbage", str(exc)
             ) from exc
-        return [str(v) for v in info["supportedVersions"]]
+        supported = [str(v) for v in info["supportedVersions"]]
+        if identity is not None:
+            _KNOWN_VERSIONS[identity] = supported
+        return supported
 
     def _downgraded_stdin(self, plugin: str, command: str, refusal: CNIError) -> bytes | None:
         conf = json.loads(self._stdin)
@@ -185,3 +212,11 @@ class IPAM:
         since = versions.VERB_SINCE[command]
         if any(versions.at_least(v, since) for v in self._supported_versions(plugin) if _semver(v)):
             self._run(command)
+
+
+def _config_version(stdin: bytes) -> str | None:
+    try:
+        version = json.loads(stdin).get("cniVersion")
+    except (ValueError, AttributeError, RecursionError):
+        return None
+    return version if isinstance(version, str) else None

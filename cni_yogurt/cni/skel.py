@@ -99,7 +99,7 @@ def _dispatch(
     stderr: TextIO,
     load_verbs: Callable[[], Verbs],
 ) -> int:
-    from cni_yogurt.log import get_logger
+    from cni_yogurt.log import close_logger, get_logger
 
     log = get_logger(
         conf.log_file,
@@ -109,6 +109,22 @@ def _dispatch(
         ifname=env.ifname,
         network=conf.name,
     )
+    try:
+        return _logged_dispatch(env, conf, environ, data, stdout, stderr, load_verbs, log)
+    finally:
+        close_logger(log)  # the node agent serves many calls in one process
+
+
+def _logged_dispatch(
+    env: CniEnv,
+    conf: NetConf,
+    environ: Mapping[str, str],
+    data: bytes,
+    stdout: TextIO,
+    stderr: TextIO,
+    load_verbs: Callable[[], Verbs],
+    log: Any,
+) -> int:
     started = time.monotonic()
 
     def elapsed_ms() -> float:

@@ -29,3 +29,12 @@ def test_netkit_kind_is_registered_with_pyroute2() -> None:
     from cni_yogurt.kernel import netkit
 
     assert ifinfmsg.ifinfo.data_map["netkit"] is netkit.netkit_data
+
+
+def test_front_end_imports_nothing_but_c_modules() -> None:
+    """With an agent on the node, an exec only forwards: beyond what the interpreter loads anyway,
+    the front end may load our own modules and C modules, nothing that runs Python at import."""
+    baseline = _loaded_after("pass")
+    loaded = _loaded_after("import cni_yogurt.entry, cni_yogurt.agent.frontend")
+    extra = {m for m in loaded - baseline if not m.startswith("cni_yogurt")}
+    assert extra <= {"_json", "_socket", "__future__"}, extra  # __future__: a few constants

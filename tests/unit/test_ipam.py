@@ -416,3 +416,28 @@ def test_the_delegate_gets_cni_args_it_can_take(tmp_path: Path, cni_args: str, d
     data = json.dumps(conf).encode()
     ipam = IPAM(netconf.parse(conf), parse_env(environ), environ, data)
     assert ipam._environ["CNI_ARGS"] == delegate_gets
+
+
+def test_a_resident_process_asks_an_older_delegate_its_versions_once(
+    tmp_path: Path, host_local: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Debian 12's host-local refuses 1.1.0: the first call costs three execs (refused, VERSION,
+    again as 1.0.0); the node agent's next calls hand the config down at once, one exec each."""
+    from cni_yogurt.cni import ipam as ipam_module
+
+    execs: list[str] = []
+    real = ipam_module.exec_delegate
+
+    def counted(plugin: str, command: str, environ: Any, stdin: bytes) -> bytes:
+        execs.append(command)
+        return real(plugin, command, environ, stdin)
+
+    monkeypatch.setattr(ipam_module, "exec_delegate", counted)
+    monkeypatch.setattr(ipam_module, "_KNOWN_VERSIONS", {})
+    conf = host_local_conf("1.1.0", tmp_path / "ipam")
+    delegate(conf, host_local.parent).add()
+    assert execs == ["ADD", "VERSION", "ADD"]
+    execs.clear()
+    delegate(conf, host_local.parent).delete()  # the next call in the same process
+    assert execs == ["DEL"]
+    assert leases(tmp_path / "ipam") == {}

@@ -1,0 +1,54 @@
+"""The node agent for the bench: `yogurt agent` on the bench's own agent dirs, and the plugins
+that reach it (the entry point and dist/yogurt, their configs naming its stateDir)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+
+from bench_verbs import AGENT_BPFFS, AGENT_STATE, BenchError, Plugin, log
+
+from cni_yogurt.agent import frontend
+
+# Subnets of their own beside 10.201 (entry point), 10.202 (dist/yogurt), 10.203 (ptp).
+SUBNETS = {"venv": "10.204.0.0/16", "bin": "10.205.0.0/16"}
+KEYS = {"venv": "agent", "bin": "agentbin"}
+
+
+def through_agent(plugins: list[Plugin]) -> list[Plugin]:
+    """The yogurt plugins again, as execs that forward to the agent."""
+    return [
+        dataclasses.replace(
+            p, key=KEYS[p.key], label=f"{p.label} → agent", subnet=SUBNETS[p.key], via_agent=True
+        )
+        for p in plugins
+        if p.key in KEYS
+    ]
+
+
+@contextlib.contextmanager
+def running(entry: list[str], log_path: str) -> Iterator[float]:
+    """`yogurt agent` (the venv entry point) until the block ends; yields its start-up seconds
+    (programs compiled and loaded before it listens). Its own log goes to `log_path`."""
+    start = time.perf_counter()
+    argv = [*entry, "agent", "--state-dir", AGENT_STATE, "--bpffs-dir", AGENT_BPFFS]
+    with open(log_path, "ab") as agent_log:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=agent_log)
+    try:
+        while frontend.info(AGENT_STATE) is None:
+            if proc.poll() is not None:
+                raise BenchError(f"yogurt agent exited {proc.returncode}")
+            if time.perf_counter() - start > 300:
+                raise BenchError("yogurt agent did not start serving")
+            time.sleep(0.02)
+        ready = time.perf_counter() - start
+        log(f"agent serving after {ready:.2f} s")
+        yield ready
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        if proc.wait(60) != 0:
+            log(f"agent exited {proc.returncode}")
