@@ -5,10 +5,13 @@
 #   build-image.sh REF [ARCHIVE]    stage, `podman build -t REF`, and save it as an OCI archive
 #                                   (load it on a node with `podman load` or `ctr images import`)
 #
-# The context: dist/yogurt (make binary), /bin/busybox (Debian's busybox-static) and the
-# shared libraries the binary's loader and its libpython need from the node's glibc, which
-# PyInstaller does not bundle. libbcc stays the node's concern: the programs are loaded once
-# per boot by whoever first needs them (README, "Use it on Kubernetes").
+# The context: dist/yogurt (make binary), /bin/busybox (Debian's busybox-static), the
+# shared libraries the binary's loader and its libpython need from the build host's glibc,
+# which PyInstaller does not bundle, and libbcc (Debian's libbpfcc) with every library it
+# links (LLVM, clang, z3, ICU: about 230 MB): the agent loads the BPF programs at start, and
+# a container has no node copy to dlopen. All at their Debian paths: the loader's built-in
+# multiarch dirs find them without an ld.so.cache. Kernel headers are NOT in the image: the
+# DaemonSet mounts the node's /usr/src and /lib/modules (README, "Use it on Kubernetes").
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/../.." && pwd)
@@ -27,7 +30,12 @@ stage() {
     # glibc: the loader and what it resolves for the binary; libpython (unpacked at run time)
     # needs libm and libutil besides.
     local libs
-    libs=$( { ldd "$binary"; ldd /usr/lib/x86_64-linux-gnu/libm.so.6; ldd /usr/bin/python3; } |
+    local libbcc=/usr/lib/x86_64-linux-gnu/libbcc.so.0
+    [ -e "$libbcc" ] || { echo "build-image: needs libbpfcc ($libbcc)" >&2; exit 1; }
+    libs=$( { ldd "$binary"; ldd /usr/lib/x86_64-linux-gnu/libm.so.6; ldd /usr/bin/python3;
+        echo "$libbcc => $libbcc"; ldd "$libbcc";
+        # bcc's Python side dlopens librt by name besides libbcc.
+        echo "librt => /lib/x86_64-linux-gnu/librt.so.1"; } |
         awk '/=>/ {print $3} /^[ \t]*\// {print $1}' | sort -u)
     for lib in $libs; do
         mkdir -p "$root$(dirname "$lib")"

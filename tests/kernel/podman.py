@@ -50,7 +50,7 @@ mkdir -p "$0/storage" "$0/run" "$0/libpod" "$0/var-lib/cni" "$0/var-tmp" "$0/net
 mount --bind "$0/var-lib" /var/lib
 mount --bind "$0/var-tmp" /var/tmp
 mkdir -p /run/netns /run/crun
-mount --bind "$0/netns" /run/netns
+[ "$1" = host-netns ] || mount --bind "$0/netns" /run/netns
 mount --bind "$0/crun" /run/crun
 echo ready
 exec sleep infinity
@@ -60,8 +60,13 @@ exec sleep infinity
 class Podman:
     """One podman "node" for one test: `podman(...)` runs a podman command in it."""
 
-    def __init__(self, workdir: Path, conflist: dict[str, Any], cni_bin: Path) -> None:
+    def __init__(
+        self, workdir: Path, conflist: dict[str, Any], cni_bin: Path, host_netns: bool = False
+    ) -> None:
+        """`host_netns`: keep the node's /run/netns, as it was when the namespace was made (for
+        host-network containers that open netns the test made before: podman binds none)."""
         self.workdir = workdir
+        self.host_netns = host_netns
         self.network = conflist["name"]
         self.tmpfs = workdir / "tmpfs"
         net_d = workdir / "net.d"
@@ -109,6 +114,7 @@ runroot = "{self.tmpfs}/run"
 
     def __enter__(self) -> Podman:
         argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", _HOLDER, str(self.tmpfs)]
+        argv.append("host-netns" if self.host_netns else "own-netns")
         self.holder = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert self.holder.stdout is not None
         if self.holder.stdout.readline().strip() != "ready":

@@ -5,21 +5,28 @@ scratch dir) and the node's network and PID namespaces, installs the plugin: com
 executable, and by rename — while the old plugin file is busy running, which an in-place
 write would fail on ("text file busy") and which keeps running from its old inode.
 
-Not yet here: the agent from the image serving ADDs (it comes with the node agent).
+The agent from the image, with the agent container's mounts and host network, serves the ADDs
+of the plugin the init step installed (exec'd on the host, as a runtime execs it); stopped,
+it leaves the line passing packets, and the plugin alone deletes it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from conftest import BINARY, Node, require_binary
+from conftest import BINARY, Node, addresses, private_dirs, require_binary
 from podman import Podman
+
+from cni_yogurt import lab
+from cni_yogurt.agent import frontend, protocol
 
 pytestmark = pytest.mark.runtime
 require_binary("test_image.py", ("podman", "install Debian's podman (4.x)"))
@@ -53,6 +60,9 @@ def podman_run_args(
         args.append("--read-only")
     for mount in container.get("volumeMounts", []):
         volume = volumes[mount["name"]]
+        if volume.get("emptyDir", {}).get("medium") == "Memory":
+            args += ["--tmpfs", mount["mountPath"]]
+            continue
         assert "hostPath" in volume, f"{mount['name']}: only hostPath volumes are mapped here"
         source = host_paths.get(volume["hostPath"]["path"])
         assert source is not None, f"{volume['hostPath']['path']} has no scratch stand-in"
@@ -114,3 +124,95 @@ def test_the_image_installs_the_plugin_by_rename_while_the_old_one_runs(node: No
     assert sorted(os.listdir(cni_bin)) == ["yogurt"], "a temporary file was left"
     run = subprocess.run([str(installed), "version"], capture_output=True, text=True, check=False)
     assert run.returncode == 0 and run.stdout.startswith("cni-yogurt "), run
+
+
+def _wait_for_agent(podman: Podman, name: str, state_dir: str, timeout: float = 180) -> dict[str, Any]:
+    """Until the agent in container `name` answers on <state_dir>/agent.sock (it compiles and
+    loads the programs first: bcc, in the container)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = frontend.info(state_dir, timeout=30)
+        if found is not None:
+            return found
+        if podman("inspect", "--format", "{{.State.Running}}", name, check=False).stdout.strip() != "true":
+            logs = podman("logs", name, check=False)
+            raise AssertionError(f"the agent container ended: {logs.stdout} {logs.stderr}")
+        time.sleep(0.5)
+    logs = podman("logs", name, check=False)
+    raise AssertionError(f"the agent did not serve within {timeout}s: {logs.stderr}")
+
+
+def test_the_image_runs_the_agent_that_serves_the_node(node: Node, tmp_path: Path) -> None:
+    context = tmp_path / "context"
+    subprocess.run(["bash", str(KUBE / "build-image.sh"), "--stage", str(context)], check=True)
+    cni_bin = tmp_path / "opt-cni-bin"  # the node's /opt/cni/bin: the plugin (installed) and host-local
+    cni_bin.mkdir()
+    runtime_bin = node.binary_bin_dir()
+    shutil.copy(runtime_bin / "host-local", cni_bin)
+    log = tmp_path / "cni-yogurt.log"
+    log.touch()
+    spec = daemonset()["spec"]["template"]["spec"]
+    init = next(c for c in spec["initContainers"] if c["name"] == "install-plugin")
+    agent = next(c for c in spec["containers"] if c["name"] == "agent")
+    name = f"yogurt-agent-{node.tag}"
+    with private_dirs(node, tmp_path, "image") as conf:
+        state_dir, bpffs_dir = conf["stateDir"], conf["bpffsDir"]
+        os.makedirs(state_dir)
+        # Before podman's namespace: it keeps the node's /run/netns as it is when made.
+        one, two = node.netns(), node.netns()
+        host_paths = {
+            "/opt/cni/bin": cni_bin,
+            "/sys/fs/bpf": Path("/sys/fs/bpf"),
+            "/run/cni-yogurt": Path(state_dir),
+            "/run/netns": Path("/run/netns"),
+            "/etc/cni/net.d": tmp_path / "net.d",
+            "/var/log/cni-yogurt.log": log,
+            # Kernel headers are the node's (not in the image): this machine is the node.
+            "/lib/modules": Path("/lib/modules"),
+            "/usr/src": Path("/usr/src"),
+        }
+        (tmp_path / "net.d").mkdir()
+        with Podman(
+            tmp_path / "podman", node.conflist(f"image-{node.tag}"), runtime_bin, host_netns=True
+        ) as podman:
+            podman("build", "--quiet", "-t", IMAGE, str(context))
+            run = podman(
+                "run",
+                *podman_run_args(spec, init, host_paths, host_pid=False),
+                IMAGE,
+                *init["command"],
+                check=False,
+            )
+            assert run.returncode == 0, f"install step: {run.stdout} {run.stderr}"
+            plugin = [str(cni_bin / "yogurt")]
+            node.cni_path = str(cni_bin)  # host-local: where the node keeps it, and the agent sees it
+            # The agent container as the DaemonSet has it, but on the test's private state and
+            # bpffs dirs; the test's dirs are also at their own paths inside (a runtime hands
+            # the agent the paths it sees: the state dir, the IPAM plugin's dir and data dir).
+            command = [*agent["command"][:2], "--state-dir", state_dir, "--bpffs-dir", bpffs_dir]
+            # Not the node's PID namespace: podman without cgroups refuses it ("containers not
+            # creating Cgroups must create a private PID namespace"); the netns here are paths
+            # under /run/netns, not /proc/<pid>/ns/net, so the agent does not need it.
+            args = [a for a in podman_run_args(spec, agent, host_paths, host_pid=False) if a != "--rm"]
+            try:
+                podman("run", "-d", "--name", name, *args, "-v", f"{tmp_path}:{tmp_path}", IMAGE, *command)
+                _wait_for_agent(podman, name, state_dir)
+                node.add(conf, one, exe=plugin)
+                r2 = node.add(conf, two, exe=plugin)
+                served = frontend.info(state_dir, timeout=30)
+                assert served is not None and served["served"] == 2, (
+                    f"the agent did not serve both ADDs: {served}"
+                )
+                b4, _ = addresses(r2)
+                assert lab.ping(one, b4) == 2
+                # SIGTERM, as kubelet stops it: a clean exit, its socket gone, the line still up.
+                podman("stop", "--time", "30", name)
+                code = podman("inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip()
+                assert code == "0", f"the agent exited {code}: {podman('logs', name, check=False).stderr}"
+                assert not os.path.exists(os.path.join(state_dir, protocol.SOCKET_NAME))
+                assert lab.ping(one, b4) == 2, "the line stopped passing packets with the agent"
+                # Without the agent, the plugin does the DELs itself.
+                node.delete(conf, one, exe=plugin)
+                node.delete(conf, two, exe=plugin)
+            finally:
+                podman("rm", "--force", "--time", "0", name, check=False)
