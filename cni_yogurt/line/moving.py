@@ -116,7 +116,8 @@ def _prepare_maps(pins: Pins, movers: list[End], live: list[End]) -> None:
 
 def _old_counters(pins: Pins, end: End) -> bytes | None:
     old = end.pin_dir(pins)
-    if old == pins or not old.loaded():
+    # Only the counters map: loaded() would also want what older ABIs lack (v3 has no mark map).
+    if old == pins or not os.path.exists(old.counters):
         return None
     try:
         with CounterMap(old) as counters:
