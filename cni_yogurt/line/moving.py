@@ -18,8 +18,8 @@ Once no end uses an older dir and it holds no links, it is removed.
 
 Ends of ABI < 4 kept the secret in their code, not in a map: they move the
 same way, but a packet crossing their line between its two ends' switches
-(microseconds apart: the sender of one end and the guard it sends to switch
-back to back) can be dropped.
+(the sender of one end and the guard it sends to switch back to back, yet a
+millisecond or a few apart: README, "Upgrade in place") is dropped.
 
 Repair: when the pins were lost (removed, bpffs unmounted), their links went
 with them; netkit ends fall back to their blackhole policy, veth ends lose
