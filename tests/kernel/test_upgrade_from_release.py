@@ -9,7 +9,7 @@ ABI 3 compiled its secret into its programs, so the new programs' mark differs f
 ones': a datagram sent between the switch of one end's sender and the switch of the guard it
 sends to is dropped.  The move switches those two back to back, so each direction loses at most
 the datagrams of one such window.  Measured on veth natively (Linux 6.18, 2 cores shared with
-other work, load 5 to 34), 16 moves each: 0-1 datagrams per direction with tcx, 0-8 with tc
+other work, load 5 to 34), 17 moves each: 0-1 datagrams per direction with tcx, 0-8 with tc
 (README, "Upgrade in place").  The bound below is that plus margin for a busier machine: a
 window grown to tens of milliseconds (the two switches no longer back to back, say) fails it,
 and a line the move broke fails the wait for datagrams after it.
