@@ -12,7 +12,12 @@ VM_TESTS = tests/kernel/test_wire.py tests/kernel/test_counters.py tests/kernel/
 	tests/kernel/test_cnitool.py \
 	'tests/kernel/test_upgrade.py::test_live_line_moves_to_the_next_release_without_losing_a_packet[netkit-ADD]'
 
-.PHONY: deps venv lint unit cluster cluster-net kernel kernel-native kernel-vm test demo binary image cnitool cri-stubs bench bench-deps bench-vm clean
+# The veth backend on Debian 12's 6.1 (no netkit, no tcx) in a second VM, in auto mode: every ADD must
+# pick veth + clsact by itself. The wire, the verbs, counters, a live line moving to the next release.
+VM_TC_TESTS = tests/kernel/test_wire.py tests/kernel/test_verbs.py tests/kernel/test_counters.py \
+	'tests/kernel/test_upgrade.py::test_live_line_moves_to_the_next_release_without_losing_a_packet[auto-upgrade-command]'
+
+.PHONY: deps venv lint unit cluster cluster-net kernel kernel-native kernel-vm kernel-vm-tc test demo binary image cnitool cri-stubs bench bench-deps bench-vm clean
 
 deps:  ## system packages (Debian/Ubuntu); the VM's kernel comes in tests/vm/fetch-kernel.sh
 	@bash packaging/install-deps.sh
@@ -46,7 +51,7 @@ cluster-net: venv
 # The runtime tests (cnitool, podman, containerd) drive dist/yogurt; cnitool and
 # the CRI client are built here, on the host, before the VM boots.
 # Two workers, one test file each: each test mostly waits on plugin execs.
-kernel: kernel-native kernel-vm
+kernel: kernel-native kernel-vm kernel-vm-tc
 
 kernel-native: venv binary cnitool cri-stubs  ## every backend this kernel offers, every runtime
 	YOGURT_REQUIRE_KERNEL=1 $(VENV)/bin/pytest -q -n 2 --dist loadfile tests/kernel
@@ -55,6 +60,10 @@ kernel-vm: venv binary cnitool  ## netkit in the VM, where the running kernel ha
 	@if [ "$(HAVE_NETKIT)" = 1 ]; then echo "netkit is native here: kernel-native tested it"; else \
 		set -x; YOGURT_REQUIRE_KERNEL=1 YOGURT_TEST_BACKENDS=netkit bash tests/vm/run.sh \
 		$(VENV)/bin/pytest -q -n 2 --dist loadfile $(VM_TESTS); fi
+
+kernel-vm-tc: venv  ## veth + clsact on Debian 12's 6.1 kernel in the VM, picked by the plugin
+	YOGURT_VM_SUITE=bookworm YOGURT_REQUIRE_KERNEL=1 YOGURT_TEST_BACKENDS=auto YOGURT_TEST_AUTO_PICKS=veth-tc \
+		bash tests/vm/run.sh $(VENV)/bin/pytest -q -n 2 --dist loadfile $(VM_TC_TESTS)
 
 test: lint unit cluster cluster-net kernel
 

@@ -18,8 +18,8 @@ Once no end uses an older dir and it holds no links, it is removed.
 
 Ends of ABI < 4 kept the secret in their code, not in a map: they move the
 same way, but a packet crossing their line between its two ends' switches
-(microseconds apart: the sender of one end and the guard it sends to switch
-back to back) can be dropped.
+(the sender of one end and the guard it sends to switch back to back, yet a
+millisecond or a few apart: README, "Upgrade in place") is dropped.
 
 Repair: when the pins were lost (removed, bpffs unmounted), their links went
 with them; netkit ends fall back to their blackhole policy, veth ends lose
@@ -116,7 +116,8 @@ def _prepare_maps(pins: Pins, movers: list[End], live: list[End]) -> None:
 
 def _old_counters(pins: Pins, end: End) -> bytes | None:
     old = end.pin_dir(pins)
-    if old == pins or not old.loaded():
+    # Only the counters map: loaded() would also want what older ABIs lack (v3 has no mark map).
+    if old == pins or not os.path.exists(old.counters):
         return None
     try:
         with CounterMap(old) as counters:

@@ -24,7 +24,7 @@ def test_add_check_del_in_every_version(node: Node, version: str) -> None:
     assert all(("version" in ip) == (not at_least(version, "1.0.0")) for ip in result["ips"])
     link = one.run("ip", "-d", "-o", "link", "show", "eth0").stdout
     assert "UP" in link
-    if node.backend == "netkit":
+    if result["yogurt"]["backend"] == "netkit":
         assert cont == {"name": "eth0", "mac": "00:00:00:00:00:00", "sandbox": one.path}
         assert "NOARP" in link and "netkit" in link
     else:  # the container's own MAC, which podman wants

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Fetch a netkit-capable kernel (Debian trixie's linux-image-6.12.*-amd64,
-# CONFIG_NETKIT=y) and virtme-ng into a cache, because the host kernel has no
-# netkit. Idempotent: a finished cache is reused without touching the network.
-# Prints the vmlinuz path on stdout (also symlinked as $KERNEL_DIR/vmlinuz);
-# progress goes to stderr.
+# Fetch a Debian kernel and virtme-ng into a cache: by default a netkit-capable
+# one (trixie's linux-image-6.12.*-amd64, CONFIG_NETKIT=y), because the host
+# kernel has no netkit; YOGURT_VM_SUITE=bookworm gives Debian 12's 6.1 (no
+# netkit, no tcx: the veth backend's clsact path). Each suite has its own
+# kernel dir, so the two stay side by side. Idempotent: a finished cache is
+# reused without touching the network. Prints the vmlinuz path on stdout (also
+# symlinked as $KERNEL_DIR/vmlinuz); progress goes to stderr.
 #
 # Env: YOGURT_VM_CACHE       cache root            (default <repo>/.cache/vm)
-#      YOGURT_VM_KERNEL_DIR  extracted kernel .deb (default $YOGURT_VM_CACHE/kernel)
+#      YOGURT_VM_KERNEL_DIR  extracted kernel .deb (default $YOGURT_VM_CACHE/kernel-$YOGURT_VM_SUITE)
 #      YOGURT_VM_VENV        virtme-ng venv        (default $YOGURT_VM_CACHE/venv)
 #      YOGURT_VM_SUITE       Debian suite          (default trixie)
 #      YOGURT_VM_KERNEL_PKG  exact image package   (default: what linux-image-amd64 depends on)
@@ -17,11 +19,16 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 CACHE=${YOGURT_VM_CACHE:-$REPO/.cache/vm}
-KDIR=${YOGURT_VM_KERNEL_DIR:-$CACHE/kernel}
 VENV=${YOGURT_VM_VENV:-$CACHE/venv}
 SUITE=${YOGURT_VM_SUITE:-trixie}
+KDIR=${YOGURT_VM_KERNEL_DIR:-$CACHE/kernel-$SUITE}
 VNG_VERSION=${YOGURT_VM_VNG_VERSION:-1.42}
 log() { echo "fetch-kernel: $*" >&2; }
+# Caches made before the per-suite dirs held trixie's kernel in $CACHE/kernel.
+if [ -z "${YOGURT_VM_KERNEL_DIR:-}" ] && [ "$SUITE" = trixie ] && [ ! -e "$KDIR" ] &&
+    [ -f "$CACHE/kernel/.complete" ]; then
+    mv "$CACHE/kernel" "$KDIR"
+fi
 
 # --- host packages (only the missing ones, so a prepared machine needs no apt) ---
 pkgs=()
@@ -55,7 +62,7 @@ if [ ! -f "$KDIR/.complete" ]; then
     log "using mirror $mirror, suite $SUITE"
 
     # Private apt config/state so the system's apt lists and caches stay untouched.
-    A="$CACHE/apt"
+    A="$CACHE/apt-$SUITE"   # one per suite: two fetches may run at once
     mkdir -p "$A/debs"
     echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror $SUITE main" >"$A/sources.list"
     apt_private() { bash "$REPO/packaging/apt-private.sh" "$A" "$@"; }
@@ -71,6 +78,13 @@ if [ ! -f "$KDIR/.complete" ]; then
     # leaves a half-extracted kernel that looks complete.
     rm -rf "$KDIR.tmp"
     dpkg -x "$A/debs/"*.deb "$KDIR.tmp"
+    # One layout for the rest of this script and for vng, which looks for the
+    # modules next to the image under usr/lib/modules: trixie's package ships
+    # them there (merged /usr), bookworm's under lib/modules.
+    if [ -d "$KDIR.tmp/lib/modules" ] && [ ! -e "$KDIR.tmp/usr/lib/modules" ]; then
+        mkdir -p "$KDIR.tmp/usr/lib"
+        mv "$KDIR.tmp/lib/modules" "$KDIR.tmp/usr/lib/modules"
+    fi
     rm -rf "$KDIR" && mv "$KDIR.tmp" "$KDIR"
     rm -f "$A/debs/"*.deb            # 100+ MB, not needed once extracted
     touch "$KDIR/.complete"
@@ -79,6 +93,7 @@ fi
 vmlinuz=$(ls "$KDIR"/boot/vmlinuz-* | head -n1)
 rel=${vmlinuz##*/vmlinuz-}
 moddir="$KDIR/usr/lib/modules/$rel"
+[ -d "$moddir" ] || { log "no modules for $rel under $KDIR/usr/lib/modules"; exit 1; }
 
 # vng finds the modules next to the image ($KDIR/usr/lib/modules/<rel>) and
 # links them to /lib/modules/<rel> in the guest, so the host's /lib/modules is
