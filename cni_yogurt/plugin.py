@@ -16,7 +16,7 @@ import contextlib
 import errno
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cni_yogurt import backend, datapath
 from cni_yogurt.cni import attachment
@@ -31,7 +31,30 @@ from cni_yogurt.kernel.netns import open_netns
 from cni_yogurt.line import moving, naming, recovery, sweep, wiring
 from cni_yogurt.line.registry import End, Registry, attachment_key
 
+if TYPE_CHECKING:
+    from cni_yogurt.agent.cluster import ClusterNode
+    from cni_yogurt.cluster.claims import Claim
+
 ZERO_MAC = "00:00:00:00:00:00"  # L3 netkit has no MAC; podman still wants the field
+
+# The node agent's hold on the cluster store (agent/cluster.py), set when it runs with --cluster.
+# None in an exec'd plugin: a network with "cluster": true then cannot ADD (code 11).
+cluster_node: ClusterNode | None = None
+
+
+def _cluster(inv: Invocation) -> ClusterNode | None:
+    """The cluster side of this network's verbs: None for a node-local network; code 11 for a
+    cluster network that no agent with a cluster configuration serves."""
+    if not inv.conf.cluster:
+        return None
+    if cluster_node is None:
+        raise CNIError(
+            Code.TRY_AGAIN_LATER,
+            f"network {inv.conf.name!r} spans nodes: start yogurt agent --cluster <file> on this node",
+            f"its lines are claimed in etcd by the node agent; none with a cluster configuration "
+            f"serves {inv.conf.state_dir}",
+        )
+    return cluster_node
 
 
 def _ipam(inv: Invocation) -> IPAM | None:
@@ -105,6 +128,7 @@ def add(inv: Invocation) -> Result:
     pod = attachment.pod_of(env.args)
     kind = backend.resolve(conf.mode, conf.veth_attach, conf.state_dir)
     attachment.refuse_mac_on(kind.device, wanted_mac)
+    cluster = _cluster(inv)
     netns_fd = _open_netns(env.netns)
     pins, registry = _node(inv)
     host_ifname = naming.host_ifname(env.container_id, env.ifname)
@@ -114,9 +138,13 @@ def add(inv: Invocation) -> Result:
     undo: list[tuple[str, Callable[[], object]]] = []
     # Both sockets outlive the rollback below, which needs them.
     host, cont = Rtnl(), Rtnl.in_netns(netns_fd)
+    claim: Claim | None = None
     try:
         wiring.reserve(registry, end)
         undo.append(("leave line", lambda: wiring.leave(registry, pins, end)))
+        if cluster is not None:  # the line's ends across the cluster: at most two, as locally
+            claim = cluster.claim(line, end.key, conf.name)
+            undo.append(("release claim", lambda: cluster.abandon(claim) if claim else None))
         crash_point("add:reserved")
         _ensure_programs(pins, registry, inv)
         end.device, end.attach = kind.device, kind.attach
@@ -157,6 +185,10 @@ def add(inv: Invocation) -> Result:
         _configure_container(cont, end.peer_ifindex, ipam_result)
         crash_point("add:configured")
         partner = wiring.connect(registry, pins, end)
+        if cluster is not None and claim is not None:
+            # Ready from now on under the node's lease; a partner on another node is wired by the
+            # agent's reconciler once both ends are ready (agent/cluster.py).
+            claim = cluster.ready(claim)
         crash_point("add:wired")
     except BaseException:
         for what, step in reversed(undo):
@@ -234,10 +266,16 @@ def delete(inv: Invocation) -> None:
     env = inv.env
     pins, registry = _node(inv)
     host_ifname = naming.host_ifname(env.container_id, env.ifname)
+    # A cluster network's DEL without the agent still does its local part: the claim is released
+    # by the agent's reconciler later (a claim with no end), or ages out with the node's lease.
+    cluster = cluster_node if inv.conf.cluster else None
+    line = _line_of(registry, env.container_id, env.ifname) if cluster is not None else None
     with Rtnl() as host:
         link = host.link(host_ifname)
         index = link["index"] if link is not None and link_kind(link) in backend.DEVICE_KINDS else 0
         own = wiring.hang_up(registry, pins, env.container_id, env.ifname, index)
+        if cluster is not None:
+            cluster.cut(index)
         crash_point("del:left")
         datapath.detach(own, host_ifname)
         if own != pins:
@@ -250,6 +288,14 @@ def delete(inv: Invocation) -> None:
     if ipam is not None:
         ipam.delete()
     wiring.forget(registry, env.container_id, env.ifname)
+    if cluster is not None:
+        cluster.release(attachment_key(env.container_id, env.ifname), line)
+
+
+def _line_of(registry: Registry, container_id: str, ifname: str) -> str | None:
+    with registry.transaction(host_ifname=naming.host_ifname(container_id, ifname)) as ends:
+        end = ends.get(attachment_key(container_id, ifname))
+        return end.line if end is not None else None
 
 
 def check(inv: Invocation) -> None:
@@ -331,6 +377,16 @@ def status(inv: Invocation) -> None:
     from cni_yogurt import health
 
     conf = inv.conf
+    if conf.cluster:
+        if cluster_node is None:
+            raise CNIError(
+                Code.NOT_AVAILABLE,
+                f"network {conf.name!r} spans nodes and no node agent with --cluster serves it",
+                "start yogurt agent --cluster <file> on this node",
+            )
+        unreachable = cluster_node.status_error()
+        if unreachable is not None:
+            raise unreachable
     findings = health.node_findings(conf.bpffs_dir, conf.state_dir, conf.mode, conf.veth_attach)
     inv.log.info("status", **{f.name: f.detail for f in findings})
     failed = [f for f in findings if not f.ok and f.fatal]
@@ -395,6 +451,8 @@ def gc(inv: Invocation) -> None:
             keep.add(end.host_ifname)
         sweep.remove_ends(registry, pins, host, released, log)
         sweep.leftovers(registry, pins, host, conf.state_dir, conf.name, keep)
+    if conf.cluster and cluster_node is not None:
+        cluster_node.reconcile()  # releases the claims of ends that are gone from this node
     if failed:
         raise CNIError(Code.IPAM_FAILED, "GC could not release every IP lease", "; ".join(failed))
     if ipam is not None:

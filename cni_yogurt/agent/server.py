@@ -91,6 +91,7 @@ class Agent:
         self._threads: set[threading.Thread] = set()
         self._threads_lock = threading.Lock()
         self.owned_paths: list[str] = []  # the metrics socket, removed with ours
+        self.cluster: Any = None  # agent/cluster.py's ClusterNode with --cluster
 
     # -- start ------------------------------------------------------------------
 
@@ -240,19 +241,43 @@ class Agent:
             "state_dir": self.state_dir,
             "bpffs_dir": self.bpffs_dir,
             "served": self.served,
+            "cluster": self.cluster.describe() if self.cluster is not None else None,
         }
 
 
-def run(state_dir: str, bpffs_dir: str, metrics_address: str | None, metrics_socket: str | None) -> int:
+def start_cluster(cluster_file: str, state_dir: str, bpffs_dir: str, log: Any) -> Any:
+    """Join the cluster store (agent/cluster.py) and hand the verbs the node's hold on it."""
+    from cni_yogurt import plugin
+    from cni_yogurt.agent.cluster import ClusterNode
+    from cni_yogurt.cluster import config
+
+    node = ClusterNode(config.load(cluster_file), state_dir, bpffs_dir, log).start()
+    plugin.cluster_node = node
+    log.info("cluster: node registered", **node.describe())
+    return node
+
+
+def run(
+    state_dir: str,
+    bpffs_dir: str,
+    metrics_address: str | None,
+    metrics_socket: str | None,
+    cluster_file: str | None = None,
+) -> int:
     """`yogurt agent`, in the foreground."""
+    from cni_yogurt.cni.errors import CNIError
     from cni_yogurt.log import get_logger
 
     log = get_logger(None, command="agent", state_dir=state_dir)
     observe: Observer | None = None
     agent = Agent(state_dir, bpffs_dir, log)
+    node = None
     try:
         agent.claim()
         moved = agent.prepare()
+        if cluster_file:
+            node = start_cluster(cluster_file, state_dir, bpffs_dir, log)
+            agent.cluster = node
         if metrics_address or metrics_socket:
             from cni_yogurt.agent import metrics
 
@@ -264,6 +289,10 @@ def run(state_dir: str, bpffs_dir: str, metrics_address: str | None, metrics_soc
     except AgentBusy as exc:
         log.error("agent not started", error=str(exc))
         return 1
+    except CNIError as exc:  # the cluster's configuration or store: named, no traceback
+        log.error("agent not started", error=f"{exc.msg}: {exc.details}" if exc.details else exc.msg)
+        agent.close()
+        return 1
     except Exception as exc:  # noqa: BLE001  (an admin command: say what failed, no traceback)
         log.error("agent not started", error=f"{type(exc).__name__}: {exc}")
         agent.close()
@@ -271,5 +300,7 @@ def run(state_dir: str, bpffs_dir: str, metrics_address: str | None, metrics_soc
     log.info("agent serving", socket=agent.path, pins=Pins.under(bpffs_dir).root, moved=moved)
     agent.serve()
     agent.close()
+    if node is not None:
+        node.stop()
     log.info("agent stopped", served=agent.served)
     return 0

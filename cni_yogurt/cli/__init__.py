@@ -26,11 +26,16 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--bpffs-dir", default=DEFAULT_BPFFS_DIR)
         p.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
         p.add_argument("--json", action="store_true", help="machine-readable output")
+        if name == "doctor":
+            p.add_argument("--cluster", metavar="FILE", help="also check the cluster store of this file")
     agent = sub.add_parser("agent", help="serve CNI calls from one resident process (optional; see README)")
     agent.add_argument("--bpffs-dir", default=DEFAULT_BPFFS_DIR)
     agent.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
     agent.add_argument("--metrics-address", metavar="HOST:PORT", help="serve Prometheus metrics over HTTP")
     agent.add_argument("--metrics-socket", metavar="PATH", help="serve Prometheus metrics on a unix socket")
+    agent.add_argument(
+        "--cluster", metavar="FILE", help='join the cluster store (etcd) for networks with "cluster": true'
+    )
     demo = sub.add_parser("demo", help="the yogurt phone: two netns on one line, through the CNI protocol")
     demo.add_argument("--keep", action="store_true", help="leave the namespaces wired up afterwards")
     return parser
@@ -45,7 +50,7 @@ def main(argv: list[str]) -> int:
     if args.cmd == "doctor":
         from cni_yogurt.cli.doctor import doctor
 
-        return doctor(args.bpffs_dir, args.state_dir, args.json)
+        return doctor(args.bpffs_dir, args.state_dir, args.json, args.cluster)
     if args.cmd == "status":
         from cni_yogurt.cli.status import status
 
@@ -57,7 +62,7 @@ def main(argv: list[str]) -> int:
     if args.cmd == "agent":
         from cni_yogurt.agent.server import run
 
-        return run(args.state_dir, args.bpffs_dir, args.metrics_address, args.metrics_socket)
+        return run(args.state_dir, args.bpffs_dir, args.metrics_address, args.metrics_socket, args.cluster)
     if args.cmd == "demo":
         from cni_yogurt.cli.demo import demo
 

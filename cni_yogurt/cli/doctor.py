@@ -7,10 +7,38 @@ from dataclasses import asdict
 
 from cni_yogurt import health
 from cni_yogurt.agent import report
+from cni_yogurt.health import Finding
 
 
-def doctor(bpffs_dir: str, state_dir: str, as_json: bool) -> int:
+def cluster_finding(cluster_file: str) -> Finding:
+    """The cluster store as this node sees it (cluster/probe.py): config, members, quorum, registration."""
+    from cni_yogurt.cluster import config
+    from cni_yogurt.cluster.probe import probe
+    from cni_yogurt.cni.errors import CNIError
+
+    try:
+        cfg = config.load(cluster_file)
+    except CNIError as e:
+        return Finding("cluster", False, f"{e.msg}: {e.details}", f"fix {cluster_file}")
+    found = probe(cfg)
+    if not found.ok:
+        return Finding(
+            "cluster",
+            False,
+            "; ".join(found.problems + found.warnings),
+            "check endpoints, certificates and the node name; is `yogurt agent --cluster` running?",
+        )
+    members = ", ".join(f"{ep} (etcd {v})" for ep, v in found.versions.items())
+    detail = f"node {cfg.node} registered; {members}" + (
+        f"; warnings: {'; '.join(found.warnings)}" if found.warnings else ""
+    )
+    return Finding("cluster", True, detail)
+
+
+def doctor(bpffs_dir: str, state_dir: str, as_json: bool, cluster_file: str | None = None) -> int:
     findings = [*health.node_findings(bpffs_dir, state_dir, cached=False), report.finding(state_dir)]
+    if cluster_file:
+        findings.append(cluster_finding(cluster_file))
     if as_json:
         print(json.dumps([asdict(f) for f in findings], indent=1))
     else:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import ssl
 import threading
@@ -129,6 +130,7 @@ class Client:
         ca_file: str = "",
         cert_file: str = "",
         key_file: str = "",
+        netns: str = "",
     ) -> None:
         if not endpoints:
             raise ValueError("no endpoints")
@@ -137,6 +139,9 @@ class Client:
         self._ctx = tls_context(ca_file, cert_file, key_file) if endpoints[0].scheme == "https" else None
         self._current = 0  # the member that answered last: tried first next time
         self._local = threading.local()  # one kept-alive connection per thread
+        # Connect from inside this network namespace (a path), whatever the caller's: the node lab's
+        # tools, in the host's netns, reach an etcd that listens on the lab's underlay.
+        self.netns = netns
 
     @classmethod
     def from_config(cls, cfg: ClusterConfig) -> Client:
@@ -151,9 +156,25 @@ class Client:
     # -- transport ---------------------------------------------------------------------------------
 
     def _connect(self, ep: Endpoint, timeout: float) -> http.client.HTTPConnection:
+        conn: http.client.HTTPConnection
         if ep.scheme == "https":
-            return http.client.HTTPSConnection(ep.host, ep.port, timeout=timeout, context=self._ctx)
-        return http.client.HTTPConnection(ep.host, ep.port, timeout=timeout)
+            conn = http.client.HTTPSConnection(ep.host, ep.port, timeout=timeout, context=self._ctx)
+        else:
+            conn = http.client.HTTPConnection(ep.host, ep.port, timeout=timeout)
+        if self.netns:
+            from cni_yogurt.kernel.netns import create_in, open_netns
+
+            plain = conn.connect
+
+            def connect_there() -> None:
+                fd = open_netns(self.netns)
+                try:
+                    create_in(fd, plain)
+                finally:
+                    os.close(fd)
+
+            conn.connect = connect_there  # type: ignore[method-assign]
+        return conn
 
     def _order(self) -> list[int]:
         n = len(self.endpoints)
@@ -326,6 +347,6 @@ class Client:
         """The answering member's status (version, leader, revision); of `endpoint` alone if given."""
         if endpoint is None:
             return self.call("maintenance/status", {}, timeout=timeout)
-        one = Client([endpoint], timeout=self.timeout)
+        one = Client([endpoint], timeout=self.timeout, netns=self.netns)
         one._ctx = self._ctx
         return one.call("maintenance/status", {}, timeout=timeout)

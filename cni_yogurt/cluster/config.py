@@ -3,13 +3,20 @@
 Given as a JSON object (the `cluster` key of a network config, or the agent's file):
 
     {"endpoints": ["https://10.0.0.1:2379", ...], "node": "node-a", "prefix": "/cni-yogurt",
-     "caFile": "...", "certFile": "...", "keyFile": "...", "timeout": 8}
+     "caFile": "...", "certFile": "...", "keyFile": "...", "timeout": 8,
+     "address": "192.0.2.10", "wireguardDevice": "wg0", "tunnelDevice": "yvx0"}
+
+The last three are the node agent's (`yogurt agent --cluster <file>`): the node's underlay address
+(other nodes' WireGuard sends to it), the WireGuard device whose public key, port and address the
+node publishes (read from the device: the private key is never read), and the tunnel device (an
+external-mode VXLAN) that cross-node lines go through.
 
 Every problem is a CNIError with code 7 (invalid config) that names the key and the value at fault.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass
@@ -26,7 +33,11 @@ DEFAULT_PREFIX = "/cni-yogurt"
 # a quorum fails with code 11 well inside the runtime's own timeout.
 DEFAULT_TIMEOUT = 8.0
 MAX_TIMEOUT = 10.0
-KNOWN_KEYS = frozenset({"endpoints", "node", "prefix", "caFile", "certFile", "keyFile", "timeout"})
+AGENT_KEYS = frozenset({"address", "wireguardDevice", "tunnelDevice"})
+KNOWN_KEYS = (
+    frozenset({"endpoints", "node", "prefix", "caFile", "certFile", "keyFile", "timeout"}) | AGENT_KEYS
+)
+IFNAME_RE = re.compile(r"[^/\s:]{1,15}")
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,9 @@ class ClusterConfig:
     cert_file: str = ""
     key_file: str = ""
     timeout: float = DEFAULT_TIMEOUT
+    address: str = ""  # the agent's: underlay address
+    wireguard_device: str = ""
+    tunnel_device: str = ""
 
     @property
     def tls(self) -> bool:
@@ -112,4 +126,48 @@ def parse(raw: Any, *, check_files: bool = True) -> ClusterConfig:
         raise _bad("certFile and keyFile go together", "give both (a client certificate) or neither")
     if (ca or cert) and endpoints[0].scheme != "https":
         raise _bad("TLS files with http endpoints", "use https:// endpoints with caFile/certFile/keyFile")
-    return ClusterConfig(endpoints, node, prefix, ca, cert, key, float(timeout))
+    address = raw.get("address", "")
+    if address != "":
+        try:
+            address = str(ipaddress.ip_address(address))
+        except ValueError:
+            raise _bad("invalid address", f"{address!r} is not an IP address") from None
+    devices = []
+    for k in ("wireguardDevice", "tunnelDevice"):
+        dev = raw.get(k, "")
+        if dev != "" and (not isinstance(dev, str) or not IFNAME_RE.fullmatch(dev)):
+            raise _bad(f"invalid {k}", f"{dev!r} is not an interface name")
+        devices.append(dev)
+    return ClusterConfig(endpoints, node, prefix, ca, cert, key, float(timeout), address, *devices)
+
+
+def for_agent(cfg: ClusterConfig) -> ClusterConfig:
+    """The agent needs to know which devices and address it publishes: code 7 naming what is missing."""
+    missing = [
+        k
+        for k, v in (
+            ("address", cfg.address),
+            ("wireguardDevice", cfg.wireguard_device),
+            ("tunnelDevice", cfg.tunnel_device),
+        )
+        if not v
+    ]
+    if missing:
+        raise _bad("the agent's keys are missing", ", ".join(missing))
+    return cfg
+
+
+def load(path: str) -> ClusterConfig:
+    """The agent's file: the JSON object above (or a network config's `cluster` object form)."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except OSError as e:
+        raise _bad("cannot read the cluster file", f"{path}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise _bad("the cluster file is not JSON", f"{path}: {e}") from None
+    if isinstance(raw, dict) and isinstance(raw.get("cluster"), dict):
+        raw = raw["cluster"]
+    return for_agent(parse(raw))

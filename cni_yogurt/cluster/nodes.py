@@ -27,6 +27,7 @@ class NodeInfo:
     wg_public_key: str  # base64, 32 bytes
     wg_port: int
     tunnel_endpoint: str  # host:port other nodes send to (usually address:wg_port)
+    wg_address: str = ""  # the node's address inside WireGuard: a line's outer source and destination
 
     def __post_init__(self) -> None:
         if not NODE_RE.fullmatch(self.name):
@@ -37,6 +38,8 @@ class NodeInfo:
                 raise ValueError
         except (ValueError, binascii.Error):
             raise ValueError(f"invalid WireGuard public key {self.wg_public_key!r}") from None
+        if self.wg_address:
+            ipaddress.IPv4Address(self.wg_address)
         if not 0 < self.wg_port < 65536:
             raise ValueError(f"invalid WireGuard port {self.wg_port}")
 

@@ -13,6 +13,9 @@ Our keys (all optional):
              else veth), "netkit" or "veth"
   vethAttach how veth programs attach: "auto" (tcx links where the kernel has
              them, >= 6.6, else clsact + cls_bpf), "tcx" or "tc"
+  cluster    true: this network's lines span nodes (claimed in etcd, wired
+             through the tunnel); served by the node agent started with
+             `--cluster <file>`, which holds the store's configuration
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ class NetConf:
     mtu: int | None = None
     mode: str = "auto"
     veth_attach: str = "auto"
+    cluster: bool = False
     # GC only: the attachments the runtime still knows, as (containerID, ifname).
     valid_attachments: tuple[tuple[str, str], ...] | None = None
 
@@ -138,6 +142,7 @@ def parse(obj: dict[str, Any]) -> NetConf:
         mtu=mtu,
         mode=_choice(obj, "mode", MODES),
         veth_attach=_choice(obj, "vethAttach", VETH_ATTACH),
+        cluster=_typed(obj, "cluster", bool, False),
         valid_attachments=_valid_attachments(obj),
     )
 
