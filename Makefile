@@ -41,12 +41,13 @@ unit: venv
 # into .cache/etcd, once (packaging/fetch-etcd.sh), unless YOGURT_ETCD names the user's own.
 cluster: venv
 	@test -n "$$YOGURT_ETCD" || bash packaging/fetch-etcd.sh >/dev/null
-	$(VENV)/bin/pytest -q tests/cluster --ignore=tests/cluster/test_nodelab.py
+	$(VENV)/bin/pytest -q tests/cluster --ignore=tests/cluster/test_nodelab.py --ignore=tests/cluster/test_cluster_lines.py
 
 # A cluster on one machine: nodes as netns on an underlay, wireguard-go between them, a VXLAN device
 # in external mode over it (cni_yogurt/nodelab.py).  Root; about 5 s.
 cluster-net: venv
-	YOGURT_REQUIRE_KERNEL=1 $(VENV)/bin/pytest -q tests/cluster/test_nodelab.py
+	@test -n "$$YOGURT_ETCD" || bash packaging/fetch-etcd.sh >/dev/null
+	YOGURT_REQUIRE_KERNEL=1 $(VENV)/bin/pytest -q tests/cluster/test_nodelab.py tests/cluster/test_cluster_lines.py
 
 # The runtime tests (cnitool, podman, containerd) drive dist/yogurt; cnitool and
 # the CRI client are built here, on the host, before the VM boots.

@@ -7,7 +7,8 @@ why it lives in the package (as lab.py does for the one-node demo) and not under
 programs yet: nothing here knows about lines; a test steers frames into the VXLAN device itself.
 
 Layout (every address inside the lab's namespaces; the host netns gets nothing):
-    <name>-hub        a bridge, br0, with one veth port per node
+    <name>-hub        a bridge, br0, with one veth port per node; 10.215.0.250/24 on it, where a
+                  cluster store may listen (tests/cluster/etcdlab.py runs etcd in this netns)
     <name>-<i>        node i: under0 (underlay 10.215.0.<i+1>/24) on that bridge; WireGuard
                       <wg_if> (10.216.0.<i+1>/24, UDP 51820); VXLAN yvx0 (external, UDP 4789);
                       nftables: WireGuard's port only from under0, VXLAN's only from <wg_if>
@@ -34,6 +35,7 @@ from pathlib import Path
 from cni_yogurt.lab import Netns
 
 UNDERLAY = ipaddress.IPv4Network("10.215.0.0/24")  # node i: .i+1 (no other test uses 10.215-217)
+STORE_ADDRESS = UNDERLAY[250]  # the hub's own address: the cluster store's, reachable from every node
 WIREGUARD = ipaddress.IPv4Network("10.216.0.0/24")  # node i's WireGuard address: .i+1
 WG_PORT = 51820
 VXLAN_PORT = 4789
@@ -106,12 +108,16 @@ class NodeLab:
     """`n` nodes; `start` builds them (and removes everything again if any step fails), `close`
     removes netns, processes, control sockets and the nodes' dirs; `leftovers` names what is left."""
 
-    def __init__(self, n: int = 2, *, wireguard_go: str = "wireguard-go", tag: str | None = None) -> None:
+    def __init__(
+        self, n: int = 2, *, wireguard_go: str = "wireguard-go", tag: str | None = None, peers: bool = True
+    ) -> None:
+        """`peers=False`: each node's WireGuard knows no peer (the node agent sets them from etcd)."""
         if not 1 < n < 250:
             raise ValueError("a lab has 2 to 249 nodes")
         self.tag = tag or secrets.token_hex(3)
         self.name = f"yn-{self.tag}"
         self.wireguard_go = wireguard_go
+        self.with_peers = peers
         self.hub = Netns(f"{self.name}-hub")
         self.dir = Path(tempfile.mkdtemp(prefix=f"yogurt-nodes-{self.tag}-"))
         self.nodes = [
@@ -134,7 +140,8 @@ class NodeLab:
             for node in self.nodes:
                 self._wireguard(node)
             for node in self.nodes:
-                self._peers(node)
+                if self.with_peers:
+                    self._peers(node)
                 self._vxlan(node)
                 self._firewall(node)
         except BaseException:
@@ -146,6 +153,10 @@ class NodeLab:
         self.hub.create()
         _run(["ip", "-n", self.hub.name, "link", "add", "br0", "type", "bridge"])
         _run(["ip", "-n", self.hub.name, "link", "set", "br0", "up"])
+        _run(["ip", "-n", self.hub.name, "link", "set", "lo", "up"])
+        _run(
+            ["ip", "-n", self.hub.name, "addr", "add", f"{STORE_ADDRESS}/{UNDERLAY.prefixlen}", "dev", "br0"]
+        )
         for node in self.nodes:
             node.netns.create()
             ns = node.netns.name

@@ -430,11 +430,9 @@ class ClusterNode:
             self._wire(view, todo)
 
     def _wire(self, view: View, todo: Plan) -> None:
-        if not self.tunnel_ifindex:
-            return
-        from cni_yogurt.line import remote
-
-        want: dict[int, remote.RemotePartner] = {}
+        """The line's tunnel id for each end whose partner is on another node (allocated on first
+        need), then the datapath: wired as planned, the rest cut."""
+        want: dict[int, tuple[int, ipaddress.IPv4Address]] = {}
         for index, (line, node) in todo.wire.items():
             n = view.vnis.get(line)
             if n is None:
@@ -443,12 +441,17 @@ class ClusterNode:
                 except CNIError as e:
                     self.log.warning("cluster: no tunnel id yet", line=line, error=e.msg)
                     continue
-            want[index] = remote.RemotePartner(n, ipaddress.IPv4Address(view.nodes[node].wg_address))
+            want[index] = (n, ipaddress.IPv4Address(view.nodes[node].wg_address))
+        if not self.tunnel_ifindex:
+            return
+        from cni_yogurt.line import remote
+
+        wanted = {index: remote.RemotePartner(n, address) for index, (n, address) in want.items()}
         have = remote.remote_partners(self.pins)
-        for index in sorted(set(have) - set(want)):
+        for index in sorted(set(have) - set(wanted)):
             remote.cut_remote(self.pins, index)
             self.log.info("cluster: remote partner cut", host_ifindex=index)
-        for index, partner in want.items():
+        for index, partner in wanted.items():
             if have.get(index) != partner:
                 remote.wire_remote(self.pins, index, partner, self.tunnel_ifindex)
                 self.log.info(

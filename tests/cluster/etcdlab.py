@@ -162,7 +162,11 @@ def make_tls(directory: Path) -> TLSFiles:
 
 
 class EtcdLab:
-    def __init__(self, tls: bool = False, size: int = 3) -> None:
+    """`netns`/`host`: run the members inside that network namespace, serving clients on `host` (the
+    node lab's hub, on its underlay: tests/cluster/test_cluster_lines.py); the lab's own clients
+    then connect from inside it too."""
+
+    def __init__(self, tls: bool = False, size: int = 3, *, netns: str = "", host: str = "127.0.0.1") -> None:
         if not ETCD:
             raise RuntimeError("no etcd: run packaging/fetch-etcd.sh (make cluster does) or set YOGURT_ETCD")
         if not os.access(ETCD, os.X_OK):
@@ -176,10 +180,11 @@ class EtcdLab:
         self.names = [f"m{i}" for i in range(size)]
         self.procs: list[subprocess.Popen[bytes] | None] = [None] * size
         self.started = [False] * size
+        self.netns, self.host = netns, host
 
     @property
     def endpoints(self) -> list[Endpoint]:
-        return [Endpoint(self.scheme, "127.0.0.1", p) for p in self.client_ports]
+        return [Endpoint(self.scheme, self.host, p) for p in self.client_ports]
 
     def endpoint_urls(self) -> list[str]:
         return [str(e) for e in self.endpoints]
@@ -188,14 +193,17 @@ class EtcdLab:
         """A client of every member; with the lab's client certificate unless told otherwise."""
         if self.tls and not tls:
             tls = {"ca_file": self.tls.ca, "cert_file": self.tls.client_cert, "key_file": self.tls.client_key}
-        return Client(self.endpoints, timeout=timeout, **tls)
+        return Client(
+            self.endpoints, timeout=timeout, netns=f"/run/netns/{self.netns}" if self.netns else "", **tls
+        )
 
     def _args(self, i: int) -> list[str]:
         peers = ",".join(
             f"{n}=http://127.0.0.1:{p}" for n, p in zip(self.names, self.peer_ports, strict=True)
         )
-        url = f"{self.scheme}://127.0.0.1:{self.client_ports[i]}"
+        url = f"{self.scheme}://{self.host}:{self.client_ports[i]}"
         args = [
+            *(["ip", "netns", "exec", self.netns] if self.netns else []),
             ETCD,
             f"--name={self.names[i]}",
             f"--data-dir={self.dir / self.names[i]}",

@@ -1,0 +1,370 @@
+"""Lines across nodes, end to end: nodes of cni_yogurt/nodelab.py (netns, wireguard-go), a
+three-member etcd on the lab's underlay (in the hub's netns, tests/cluster/etcdlab.py), and on each
+node a real `yogurt agent --cluster`, entered into the node's network namespace only (nsenter --net:
+`ip netns exec` would remount /sys and hide bpffs), with its own stateDir and bpffsDir.  The plugin
+is exec'd as a runtime would; it hands each call to the node's agent by stateDir.
+
+Root, wireguard-go, wg, nft and an etcd (`make cluster-net`).  A minute or two: three agents load
+their programs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from etcdlab import EtcdLab
+from helpers import wait_until
+
+from cni_yogurt import lab
+from cni_yogurt.agent import frontend
+from cni_yogurt.cluster.claims import Claim
+from cni_yogurt.cluster.client import Client
+from cni_yogurt.cluster.keys import Keys
+from cni_yogurt.cluster.nodes import NodeInfo
+from cni_yogurt.cni.errors import Code
+from cni_yogurt.nodelab import STORE_ADDRESS, VXLAN_IF, NodeLab
+
+NODES = 3
+SUFFIX = os.environ.get("YOGURT_TEST_NODE_DIRS", "")
+CONTAINERS = "10.218.0"  # the lines' container addresses: 10.218.0.<n>/24 (no other test uses it)
+
+
+def _missing() -> str | None:
+    if os.geteuid() != 0:
+        return "the node lab needs root"
+    tools = [t for t in ("wireguard-go", "wg", "nft", "ip", "nsenter") if shutil.which(t) is None]
+    return f"missing {', '.join(tools)} (packaging/install-deps.sh)" if tools else None
+
+
+if (_why := _missing()) is not None:
+    if os.environ.get("YOGURT_REQUIRE_KERNEL") == "1":
+        raise pytest.UsageError(f"YOGURT_REQUIRE_KERNEL=1 but {_why}")
+    pytest.skip(_why, allow_module_level=True)
+
+
+@dataclass
+class NodeAgent:
+    index: int
+    netns: str  # the node's
+    dir: Path
+    bpffs_dir: str
+    cluster_file: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def name(self) -> str:
+        return f"node-{self.index}"
+
+    @property
+    def state_dir(self) -> str:
+        return str(self.dir / "state")
+
+    @property
+    def log(self) -> Path:
+        return self.dir / "agent.log"
+
+    def start(self) -> NodeAgent:
+        argv = [*lab.self_command(), "agent", "--state-dir", self.state_dir, "--bpffs-dir", self.bpffs_dir]
+        argv += ["--cluster", str(self.cluster_file)]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                ["nsenter", f"--net=/run/netns/{self.netns}", *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        return self
+
+    def ready(self, timeout: float = 180) -> NodeAgent:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if frontend.info(self.state_dir, timeout=10) is not None:
+                return self
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"agent {self.name} exited {self.proc.returncode}: {self.log_text()}")
+            time.sleep(0.1)
+        raise AssertionError(f"agent {self.name} did not start: {self.log_text()}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        rc = self.proc.wait(60)
+        self.proc = None
+        return rc
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+    def conf(self, network: str = "xnet", **extra: Any) -> dict[str, Any]:
+        return {
+            "cniVersion": "1.1.0",
+            "name": network,
+            "type": "yogurt",
+            "cluster": True,
+            "mode": "veth",
+            "stateDir": self.state_dir,
+            "bpffsDir": self.bpffs_dir,
+            "logFile": str(self.dir / "plugin.log"),
+            **extra,
+        }
+
+    def sh(self, *argv: str) -> str:
+        return subprocess.run(
+            ["ip", "netns", "exec", self.netns, *argv], capture_output=True, text=True, check=True, timeout=30
+        ).stdout
+
+
+@dataclass
+class Cluster:
+    nodes: NodeLab
+    store: EtcdLab
+    agents: list[NodeAgent]
+    keys: Keys
+    client: Client
+    containers: list[lab.Netns]
+
+    def container(self, name: str) -> lab.Netns:
+        ns = lab.Netns(f"{self.nodes.name}-c{name}").create()
+        self.containers.append(ns)
+        return ns
+
+    def claims(self, line: str) -> list[Claim]:
+        kvs, _ = self.client.get_prefix(self.keys.line_ends(line))
+        return [Claim.decode(kv) for kv in kvs]
+
+    def vni(self, line: str) -> int | None:
+        kv = self.client.get(self.keys.line_vni(line))
+        return int(kv.value) if kv else None
+
+
+def _plugin(command: str, conf: dict[str, Any], ctr: lab.Netns | None, cid: str, **kw: Any) -> lab.PluginRun:
+    return lab.run_plugin(
+        command, conf, container_id=cid, netns=f"/run/netns/{ctr.name}" if ctr else "", **kw
+    )
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    top = tmp_path_factory.mktemp("cluster-lines")
+    with NodeLab(NODES, peers=False) as nodes:
+        store = EtcdLab(netns=nodes.hub.name, host=str(STORE_ADDRESS)).start()
+        keys = Keys(f"/yogurt-{nodes.tag}")
+        agents: list[NodeAgent] = []
+        made = Cluster(nodes, store, agents, keys, store.client(), [])
+        try:
+            for node in nodes.nodes:
+                d = top / f"node{node.index}"
+                d.mkdir()
+                agent = NodeAgent(
+                    node.index,
+                    node.netns.name,
+                    d,
+                    f"/sys/fs/bpf/yogurt-cl-{SUFFIX}-{nodes.tag}-n{node.index}",
+                    d / "cluster.json",
+                )
+                agent.cluster_file.write_text(
+                    json.dumps(
+                        {
+                            "endpoints": store.endpoint_urls(),
+                            "node": agent.name,
+                            "prefix": keys.prefix,
+                            "address": str(node.underlay),
+                            "wireguardDevice": node.wg_if,
+                            "tunnelDevice": VXLAN_IF,
+                        }
+                    )
+                )
+                agents.append(agent.start())
+            for agent in agents:
+                agent.ready()
+            yield made
+        finally:
+            for agent in agents:
+                agent.stop()
+            for ns in made.containers:
+                ns.delete()
+            store.close()
+            for agent in agents:
+                shutil.rmtree(agent.bpffs_dir, ignore_errors=True)
+    assert nodes.leftovers() == []
+
+
+def _agent_of(cluster: Cluster, i: int) -> NodeAgent:
+    return cluster.agents[i]
+
+
+def _devices(agent: NodeAgent) -> list[str]:
+    out = json.loads(agent.sh("ip", "-j", "link", "show"))
+    return [link["ifname"] for link in out if link["ifname"].startswith("yg")]
+
+
+def test_agents_register_their_nodes_and_set_wireguard_peers_from_etcd(cluster: Cluster) -> None:
+    kvs, _ = cluster.client.get_prefix(cluster.keys.nodes())
+    infos = {i.name: i for i in (NodeInfo.decode(kv.value) for kv in kvs)}
+    assert sorted(infos) == [a.name for a in cluster.agents]
+    for node, agent in zip(cluster.nodes.nodes, cluster.agents, strict=True):
+        info = infos[agent.name]
+        assert (info.address, info.wg_public_key, info.wg_address) == (
+            str(node.underlay),
+            node.public_key,
+            str(node.wg_addr),
+        )
+        assert all(kv.lease for kv in kvs)
+    # The lab gave WireGuard no peers: the agents set them from the nodes registered.
+    a, b = cluster.nodes.nodes[:2]
+    assert wait_until(lambda: lab.ping(a.netns, str(b.wg_addr), count=1, wait=2) == 1, 15)
+    peers = dict(line.split("\t") for line in a.sh("wg", "show", a.wg_if, "allowed-ips").splitlines())
+    assert peers == {n.public_key: f"{n.wg_addr}/32" for n in cluster.nodes.nodes[1:]}
+
+
+def test_three_adds_racing_on_three_nodes_give_two_ends(cluster: Cluster) -> None:
+    runs: dict[int, lab.PluginRun] = {}
+    ctrs = [cluster.container(f"race{i}") for i in range(NODES)]
+
+    def add(i: int) -> None:
+        conf = _agent_of(cluster, i).conf(line="race")
+        runs[i] = _plugin("ADD", conf, ctrs[i], f"race-{i}", cni_args=f"IP={CONTAINERS}.{10 + i}/24")
+
+    threads = [threading.Thread(target=add, args=(i,)) for i in range(NODES)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    won = sorted(i for i, r in runs.items() if r.rc == 0)
+    lost = [r for r in runs.values() if r.rc != 0]
+    assert len(won) == 2, runs
+    [loser] = lost
+    assert loser.out["code"] == Code.LINE_FULL, loser.out
+    assert "held by" in loser.out["details"] and "on node-" in loser.out["details"]
+    assert sorted(c.node for c in cluster.claims("race")) == [f"node-{i}" for i in won]
+    assert all(c.ready for c in cluster.claims("race"))
+    loser_i = next(i for i in runs if i not in won)
+    assert _devices(_agent_of(cluster, loser_i)) == []  # the loser built nothing
+    for i in range(NODES):
+        assert _plugin("DEL", _agent_of(cluster, i).conf(line="race"), ctrs[i], f"race-{i}").rc == 0
+    assert cluster.claims("race") == []
+    assert cluster.vni("race") is None
+    assert all(_devices(a) == [] for a in cluster.agents)
+
+
+def test_a_cross_node_line_is_claimed_on_both_nodes_with_a_tunnel_id(cluster: Cluster) -> None:
+    a, b = cluster.agents[:2]
+    ca, cb = cluster.container("xa"), cluster.container("xb")
+    try:
+        ra = _plugin("ADD", a.conf(line="x1"), ca, "x1-a", cni_args=f"IP={CONTAINERS}.1/24")
+        assert ra.rc == 0, ra.out
+        [only] = cluster.claims("x1")
+        assert (only.node, only.ready, only.end_key) == ("node-0", True, "x1-a/eth0")
+        rb = _plugin("ADD", b.conf(line="x1"), cb, "x1-b", cni_args=f"IP={CONTAINERS}.2/24")
+        assert rb.rc == 0, rb.out
+        assert sorted((c.node, c.ready) for c in cluster.claims("x1")) == [("node-0", True), ("node-1", True)]
+        # Both ends ready on two nodes: the reconcilers allocate the line's tunnel id (one, by transaction).
+        assert wait_until(lambda: cluster.vni("x1") is not None, 10)
+    except BaseException:
+        _plugin("DEL", a.conf(line="x1"), ca, "x1-a")
+        _plugin("DEL", b.conf(line="x1"), cb, "x1-b")
+        raise
+    assert _plugin("DEL", a.conf(line="x1"), ca, "x1-a").rc == 0
+    assert [c.node for c in cluster.claims("x1")] == ["node-1"]
+    assert cluster.vni("x1") is not None  # the line still has an end
+    assert _plugin("DEL", b.conf(line="x1"), cb, "x1-b").rc == 0
+    assert cluster.claims("x1") == []
+    assert cluster.vni("x1") is None
+
+
+def test_ping_and_tcp_across_nodes(cluster: Cluster) -> None:
+    """Needs the cross-node datapath (line/remote.py): fails, not skips, where it is missing."""
+    a, b = cluster.agents[:2]
+    ca, cb = cluster.container("pa"), cluster.container("pb")
+    assert _plugin("ADD", a.conf(line="p1"), ca, "p1-a", cni_args=f"IP={CONTAINERS}.21/24").rc == 0
+    assert _plugin("ADD", b.conf(line="p1"), cb, "p1-b", cni_args=f"IP={CONTAINERS}.22/24").rc == 0
+    try:
+        assert wait_until(lambda: lab.ping(ca, f"{CONTAINERS}.22", count=1, wait=1) == 1, 15), (
+            a.log_text() + b.log_text()
+        )
+        assert lab.ping(cb, f"{CONTAINERS}.21", count=3, wait=2) == 3
+        # DEL of one end: the other fails closed within a second.
+        assert _plugin("DEL", a.conf(line="p1"), ca, "p1-a").rc == 0
+        time.sleep(1)
+        assert lab.ping(cb, f"{CONTAINERS}.21", count=2, wait=1) == 0
+    finally:
+        _plugin("DEL", a.conf(line="p1"), ca, "p1-a")
+        _plugin("DEL", b.conf(line="p1"), cb, "p1-b")
+    assert cluster.claims("p1") == []
+
+
+def test_a_failed_add_leaves_no_claim(cluster: Cluster) -> None:
+    a = cluster.agents[0]
+    ctr = cluster.container("fail")
+    conf = a.conf(line="f1")
+    assert _plugin("ADD", conf, ctr, "f1-a", cni_args=f"IP={CONTAINERS}.31/24").rc == 0
+    # Another attachment into the same netns under the same ifname: refused after its claim was made.
+    bad = _plugin("ADD", a.conf(line="f2"), ctr, "f2-a", cni_args=f"IP={CONTAINERS}.32/24")
+    assert bad.rc != 0 and "already exists" in bad.out["msg"], bad.out
+    assert cluster.claims("f2") == []
+    assert _plugin("DEL", conf, ctr, "f1-a").rc == 0
+    assert cluster.claims("f1") == []
+
+
+def test_without_the_agent_add_fails_with_11_and_del_still_works(cluster: Cluster, tmp_path: Path) -> None:
+    a = cluster.agents[0]
+    conf = a.conf(line="n1") | {"stateDir": str(tmp_path / "no-agent")}
+    ctr = cluster.container("noagent")
+    run = _plugin("ADD", conf, ctr, "n1-a")
+    assert run.rc != 0 and run.out["code"] == Code.TRY_AGAIN_LATER, run.out
+    assert "start yogurt agent" in run.out["msg"]
+    assert cluster.claims("n1") == []
+    assert _plugin("DEL", conf, ctr, "n1-a").rc == 0
+    status = _plugin("STATUS", conf, None, "")
+    assert status.rc != 0 and status.out["code"] == Code.NOT_AVAILABLE
+
+
+def test_quorum_lost_add_fails_with_11_in_bounded_time_and_status_50(cluster: Cluster) -> None:
+    a = cluster.agents[0]
+    ctr = cluster.container("quorum")
+    conf = a.conf(line="q1")
+    assert _plugin("STATUS", conf, None, "").rc == 0
+    cluster.store.kill(1)
+    cluster.store.kill(2)
+    try:
+        started = time.monotonic()
+        run = _plugin("ADD", conf, ctr, "q1-a", cni_args=f"IP={CONTAINERS}.41/24")
+        took = time.monotonic() - started
+        assert run.rc != 0 and run.out["code"] == Code.TRY_AGAIN_LATER, run.out
+        assert took <= 10.0, took
+        assert _devices(a) == []  # nothing left on the node
+        assert ctr.run("ip", "-j", "link", "show", "eth0").returncode != 0
+        status = _plugin("STATUS", conf, None, "")
+        assert status.rc != 0 and status.out["code"] == Code.NOT_AVAILABLE, status.out
+    finally:
+        cluster.store.start_member(1)
+        cluster.store.start_member(2)
+        cluster.store.wait_healthy()
+    assert cluster.claims("q1") == []
+    assert wait_until(lambda: _plugin("STATUS", conf, None, "").rc == 0, 15)
+
+
+def test_an_agent_killed_past_its_lease_drops_its_node_and_comes_back(cluster: Cluster) -> None:
+    c = cluster.agents[2]
+    key = cluster.keys.node(c.name)
+    assert cluster.client.get(key) is not None
+    c.stop(signal.SIGKILL)
+    assert cluster.client.get(key) is not None  # alive until the TTL runs out
+    assert wait_until(lambda: cluster.client.get(key) is None, 20), "the node's lease did not run out"
+    c.start().ready()
+    assert wait_until(lambda: cluster.client.get(key) is not None, 10)
