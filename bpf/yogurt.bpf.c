@@ -45,6 +45,33 @@
 // Every end's two devices have the same ifindex (the plugin asks for it when
 // it makes the pair), so the guard, which sees the container-side device,
 // finds its own end's counters under the same key as the sender.
+//
+// Lines across nodes (cni_yogurt/line/remote.py): an end whose partner is on
+// another node has no yogurt_pairs entry but a yogurt_remote one.  Its sender
+// gives the packet a tunnel key (the line's VNI, the partner node's WireGuard
+// address) and redirects it to the node's tunnel device, an external-mode
+// VXLAN device whose outer packets go through WireGuard:
+//
+//  container A --tx--> [sender] --set_tunnel_key, bpf_redirect--> yvx0 (VXLAN)
+//  --> WireGuard --> ... partner node: WireGuard --> yvx0
+//  --> [yogurt_tunnel: tc ingress of yvx0] --> B's guard --> container B
+//
+//   No mark on the way out: it leaves the node inside WireGuard.  The receive
+//   program takes a packet only if its (VNI, outer source) is the pair
+//   recorded for one local end (yogurt_tunnel_in) and that end still has the
+//   matching yogurt_remote entry; it marks it with cb[2] = FROM_TUNNEL (no
+//   ifindex: ifindexes are positive int32) and hands it to the end as the
+//   local sender would: bpf_redirect_peer to the container-side ingress
+//   (veth), bpf_redirect to the primary's egress (netkit).  The guard passes
+//   FROM_TUNNEL only for a device wired to a remote partner.  WireGuard
+//   authenticates the outer source (its allowed-ips); the node's firewall
+//   takes the VXLAN port only from the WireGuard device (nodelab.py), so a
+//   frame sent in clear to the underlay never reaches the tunnel device.
+//
+//   netkit devices are L3 (no Ethernet header) and VXLAN carries Ethernet
+//   frames: the netkit sender pushes a header (addresses unused: the receiver
+//   matches on the tunnel key, not on MACs) and the redirect to an L3 device
+//   strips it again on the other side (__bpf_redirect_no_mac).
 
 #include <uapi/linux/bpf.h>
 
@@ -92,6 +119,47 @@ struct yogurt_counters {
 
 BPF_PERCPU_HASH(yogurt_counters, u32, struct yogurt_counters, 65536);
 
+// cb[2] of a packet the tunnel's receive program marked: never an ifindex.
+#define FROM_TUNNEL 0xffffffff
+#define TUNNEL_TTL 64
+
+// Set in yogurt_tunnel_in's value: the end is a netkit pair (else veth).
+#define END_NETKIT 1
+
+// An end wired to a partner on another node, keyed by its host-side ifindex.
+struct yogurt_remote {
+    u32 vni;             // the line's tunnel id
+    u32 node_ipv4;       // the partner node's WireGuard address, host byte order
+    u32 tunnel_ifindex;  // the node's tunnel device
+    u32 flags;           // END_NETKIT
+};
+
+BPF_HASH(yogurt_remote, u32, struct yogurt_remote, 65536);
+
+// What the tunnel delivers where: (VNI, outer source) -> the local end.
+struct yogurt_tunnel_key {
+    u32 vni;
+    u32 node_ipv4;  // host byte order, as bpf_skb_get_tunnel_key gives it
+};
+
+struct yogurt_tunnel_end {
+    u32 host_ifindex;
+    u32 flags;  // END_NETKIT
+};
+
+BPF_HASH(yogurt_tunnel_in, struct yogurt_tunnel_key, struct yogurt_tunnel_end, 65536);
+
+// The tunnel's receive program, per node (one entry), per CPU.
+struct yogurt_tunnel_counters {
+    u64 delivered_packets;  // handed to a local end
+    u64 delivered_bytes;
+    u64 drop_no_key;        // no tunnel metadata (not from the external-mode device)
+    u64 drop_unknown;       // (VNI, outer source) of no local end: another line's, another node's
+    u64 drop_no_mark;       // the secret is not set (never after a complete load)
+};
+
+BPF_PERCPU_ARRAY(yogurt_tunnel_counters, struct yogurt_tunnel_counters, 1);
+
 // An end's counters on this CPU; NULL for a device ADD did not make (then nothing is counted).
 static __always_inline struct yogurt_counters *counters_of(u32 end)
 {
@@ -99,37 +167,81 @@ static __always_inline struct yogurt_counters *counters_of(u32 end)
 }
 
 // The partner of the host-side device `self`, with the mark written; NULL if
-// the end is not (or no longer) on a wired line.
+// the end has no partner on this node.
 static __always_inline struct yogurt_end *mark_for_partner(struct __sk_buff *skb, u32 self)
 {
     struct yogurt_end *end = yogurt_pairs.lookup(&self);
-    struct yogurt_counters *count = counters_of(self);
     struct yogurt_mark *mark = the_mark();
 
-    if (!end || !mark || !(mark->lo | mark->hi)) {
-        if (count)
-            count->drop_not_wired++;
+    if (!end || !mark || !(mark->lo | mark->hi))
         return 0;
-    }
     skb->cb[0] = mark->lo;
     skb->cb[1] = mark->hi;
     skb->cb[2] = self;
+    return end;
+}
+
+static __always_inline void count_sent(struct __sk_buff *skb, struct yogurt_counters *count)
+{
     if (count) {
         count->redirected_packets++;
         count->redirected_bytes += skb->len;
     }
-    return end;
+}
+
+// The end's remote partner, with the tunnel key set; NULL if it has none (or
+// the packet cannot be sent: then it is dropped as not wired).
+static __always_inline struct yogurt_remote *tunnel_to_partner(struct __sk_buff *skb, u32 self, int netkit)
+{
+    struct yogurt_remote *remote = yogurt_remote.lookup(&self);
+    struct bpf_tunnel_key key = {};
+
+    if (!remote)
+        return 0;
+    if (netkit) {
+        // An Ethernet header for VXLAN: zero MACs, the packet's own protocol.
+        __be16 proto = skb->protocol;
+
+        if (bpf_skb_change_head(skb, 14, 0))
+            return 0;
+        if (bpf_skb_store_bytes(skb, 12, &proto, sizeof(proto), 0))
+            return 0;
+    }
+    key.tunnel_id = remote->vni;
+    key.remote_ipv4 = remote->node_ipv4;
+    key.tunnel_ttl = TUNNEL_TTL;
+    if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX))
+        return 0;
+    return remote;
+}
+
+static __always_inline void count_not_wired(struct yogurt_counters *count)
+{
+    if (count)
+        count->drop_not_wired++;
 }
 
 // netkit peer hook (container transmit).  skb->ifindex is the sender's
 // host-side device.
 int yogurt_peer(struct __sk_buff *skb)
 {
-    struct yogurt_end *end = mark_for_partner(skb, skb->ifindex);
+    u32 self = skb->ifindex;
+    struct yogurt_counters *count = counters_of(self);
+    struct yogurt_end *end = mark_for_partner(skb, self);
+    struct yogurt_remote *remote;
 
-    if (!end)
+    if (end) {
+        count_sent(skb, count);
+        bpf_redirect(end->partner_host_ifindex, 0);
+        return NETKIT_REDIRECT;
+    }
+    remote = tunnel_to_partner(skb, self, 1);
+    if (!remote) {
+        count_not_wired(count);
         return NETKIT_DROP;
-    bpf_redirect(end->partner_host_ifindex, 0);
+    }
+    count_sent(skb, count);
+    bpf_redirect(remote->tunnel_ifindex, 0);
     return NETKIT_REDIRECT;
 }
 
@@ -138,11 +250,74 @@ int yogurt_peer(struct __sk_buff *skb)
 // dropped.
 int yogurt_veth_peer(struct __sk_buff *skb)
 {
-    struct yogurt_end *end = mark_for_partner(skb, skb->ifindex);
+    u32 self = skb->ifindex;
+    struct yogurt_counters *count = counters_of(self);
+    struct yogurt_end *end = mark_for_partner(skb, self);
+    struct yogurt_remote *remote;
 
-    if (!end)
+    if (end) {
+        count_sent(skb, count);
+        return bpf_redirect_peer(end->partner_host_ifindex, 0);
+    }
+    remote = tunnel_to_partner(skb, self, 0);
+    if (!remote) {
+        count_not_wired(count);
         return NETKIT_DROP;
-    return bpf_redirect_peer(end->partner_host_ifindex, 0);
+    }
+    count_sent(skb, count);
+    return bpf_redirect(remote->tunnel_ifindex, 0);
+}
+
+// The tunnel device's receive program (tc ingress of the node's external-mode
+// VXLAN device, tcx or cls_bpf): deliver to the one end recorded for the
+// packet's (VNI, outer source), marked as from the tunnel; drop the rest.
+int yogurt_tunnel(struct __sk_buff *skb)
+{
+    u32 zero = 0;
+    struct yogurt_tunnel_counters *count = yogurt_tunnel_counters.lookup(&zero);
+    struct yogurt_mark *mark = the_mark();
+    struct bpf_tunnel_key key = {};
+    struct yogurt_tunnel_key where = {};
+    struct yogurt_tunnel_end *end;
+    struct yogurt_remote *remote;
+    u32 target;
+
+    if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0)) {
+        if (count)
+            count->drop_no_key++;
+        return NETKIT_DROP;
+    }
+    where.vni = key.tunnel_id;
+    where.node_ipv4 = key.remote_ipv4;
+    end = yogurt_tunnel_in.lookup(&where);
+    if (!end) {
+        if (count)
+            count->drop_unknown++;
+        return NETKIT_DROP;
+    }
+    target = end->host_ifindex;
+    // A stale entry (a cut cut short) must not deliver: the end's own wiring says the same.
+    remote = yogurt_remote.lookup(&target);
+    if (!remote || remote->vni != where.vni || remote->node_ipv4 != where.node_ipv4) {
+        if (count)
+            count->drop_unknown++;
+        return NETKIT_DROP;
+    }
+    if (!mark || !(mark->lo | mark->hi)) {
+        if (count)
+            count->drop_no_mark++;
+        return NETKIT_DROP;
+    }
+    skb->cb[0] = mark->lo;
+    skb->cb[1] = mark->hi;
+    skb->cb[2] = FROM_TUNNEL;
+    if (count) {
+        count->delivered_packets++;
+        count->delivered_bytes += skb->len;
+    }
+    if (end->flags & END_NETKIT)
+        return bpf_redirect(target, 0);
+    return bpf_redirect_peer(target, 0);
 }
 
 // The guard: netkit primary hook, or tc ingress of the container-side veth.
@@ -161,12 +336,23 @@ int yogurt_primary(struct __sk_buff *skb)
             count->drop_unmarked++;  // host-originated, forwarded or injected
         return NETKIT_DROP;
     }
+    if (sender == FROM_TUNNEL) {
+        // Only the tunnel's receive program marks so, and only for an end wired to a
+        // remote partner whose (VNI, node) the packet came with: this device must be one.
+        if (!yogurt_remote.lookup(&self)) {
+            if (count)
+                count->drop_wrong_sender++;
+            return NETKIT_DROP;
+        }
+        goto pass;
+    }
     end = yogurt_pairs.lookup(&sender);
     if (!end || end->partner_peer_ifindex != self) {
         if (count)
             count->drop_wrong_sender++;  // not this device's partner (any more)
         return NETKIT_DROP;
     }
+pass:
     skb->cb[0] = 0;
     skb->cb[1] = 0;
     skb->cb[2] = 0;

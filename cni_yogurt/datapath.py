@@ -4,9 +4,11 @@ Layout under `<bpffsDir>/v<ABI>/` (the ABI number changes whenever the
 programs or the map layout change, so a new release loads its own objects
 next to an older one's, and line/moving.py moves live ends across):
 
-    prog_peer prog_veth_peer prog_primary      loaded once per node, by bcc
+    prog_peer prog_veth_peer prog_tunnel prog_primary   loaded once per node, by bcc
     pairs counters mark                        the pairing map, per-end counters, the secret
+    remote tunnel_in tunnel_counters           ends wired across nodes (line/remote.py)
     links/<host-ifname>_peer|_primary       one pair of links per device
+    links/<tunnel-ifname>_tunnel            the tunnel device's receive program (tcx)
 
 A link must be pinned: an unpinned BPF link detaches when the plugin
 process exits.  Pairing map: host-side ifindex -> (partner's host-side
@@ -26,15 +28,31 @@ from cni_yogurt.faults import test_abi
 from cni_yogurt.kernel import bpf
 
 # 2: the veth sender program (prog_veth_peer); 3: 64-bit mark, counters;
-# 4: the secret in a map, handed on to the next release (upgrade in place).
-ABI = test_abi() or 4
+# 4: the secret in a map, handed on to the next release (upgrade in place);
+# 5: lines across nodes (the tunnel's receive program, remote maps).
+ABI = test_abi() or 5
 _KEY = struct.Struct("=I")
 _VALUE = struct.Struct("=II")
 _MARK = struct.Struct("=II")  # struct yogurt_mark: cb[0], cb[1]
 _VERSION_DIR = re.compile(r"v(\d+)")
 # Pinned program name -> function in bpf/yogurt.bpf.c; the same for maps.
-PROGRAMS = {"peer": "yogurt_peer", "veth_peer": "yogurt_veth_peer", "primary": "yogurt_primary"}
-MAPS = {"pairs": "yogurt_pairs", "counters": "yogurt_counters", "mark": "yogurt_mark"}
+# "primary" last: its pin completes the set (Pins.loaded).
+PROGRAMS = {
+    "peer": "yogurt_peer",
+    "veth_peer": "yogurt_veth_peer",
+    "tunnel": "yogurt_tunnel",
+    "primary": "yogurt_primary",
+}
+MAPS = {
+    "pairs": "yogurt_pairs",
+    "counters": "yogurt_counters",
+    "mark": "yogurt_mark",
+    "remote": "yogurt_remote",
+    "tunnel_in": "yogurt_tunnel_in",
+    "tunnel_counters": "yogurt_tunnel_counters",
+}
+# The tunnel device's link pin: links/<tunnel ifname>_tunnel (never a device of an end's).
+TUNNEL_HOOK = "tunnel"
 
 
 @dataclass(frozen=True)
@@ -85,6 +103,10 @@ class Pins:
     def link(self, host_ifname: str, hook: str) -> str:
         # No dots: bpffs refuses names with a '.' (EPERM), reserved for its own files.
         return os.path.join(self.links_dir, f"{host_ifname}_{hook}")
+
+    def has_remote(self) -> bool:
+        """Whether these pins have the maps of ends wired across nodes (ABI >= 5)."""
+        return os.path.exists(self.map("remote")) and os.path.exists(self.map("tunnel_in"))
 
     def loaded(self) -> bool:
         return all(os.path.exists(p) for p in self.objects())
@@ -149,11 +171,16 @@ def detach(pins: Pins, host_ifname: str) -> None:
             os.unlink(pins.link(host_ifname, hook))
 
 
-def pinned_link_names(pins: Pins) -> set[str]:
+def pinned_link_names(pins: Pins, hook: str | None = None) -> set[str]:
+    """Devices with a pinned link: ends' (peer, primary), or those of one `hook` ("tunnel")."""
     try:
-        return {name.rsplit("_", 1)[0] for name in os.listdir(pins.links_dir)}
+        names = os.listdir(pins.links_dir)
     except FileNotFoundError:
         return set()
+    split = [name.rsplit("_", 1) for name in names]
+    if hook is None:
+        return {parts[0] for parts in split if parts[-1] != TUNNEL_HOOK}
+    return {parts[0] for parts in split if len(parts) == 2 and parts[1] == hook}
 
 
 def program_id(pins: Pins, program: str) -> int:
@@ -270,3 +297,114 @@ class PairMap:
             partner = self.get(_KEY.unpack(raw_key)[0])
             if partner is not None:
                 yield _KEY.unpack(raw_key)[0], partner
+
+
+# -- ends wired across nodes (line/remote.py) ---------------------------------
+
+END_NETKIT = 1  # yogurt_remote/yogurt_tunnel_in flags: the end is a netkit pair
+_REMOTE = struct.Struct("=IIII")  # struct yogurt_remote: vni, node_ipv4 (host order), tunnel ifindex, flags
+_TUNNEL_KEY = struct.Struct("=II")  # struct yogurt_tunnel_key: vni, node_ipv4 (host order)
+_TUNNEL_END = struct.Struct("=II")  # struct yogurt_tunnel_end: host ifindex, flags
+
+
+@dataclass(frozen=True)
+class Remote:
+    vni: int
+    node_ipv4: int  # as an integer (ipaddress.IPv4Address's int())
+    tunnel_ifindex: int
+    flags: int
+
+
+class RemoteMap:
+    """yogurt_remote and yogurt_tunnel_in, kept in step: an end's way out and its one way in."""
+
+    def __init__(self, pins: Pins) -> None:
+        self._remote = bpf.Map.open_pinned(pins.map("remote"), _KEY.size, _REMOTE.size)
+        try:
+            self._in = bpf.Map.open_pinned(pins.map("tunnel_in"), _TUNNEL_KEY.size, _TUNNEL_END.size)
+        except OSError:
+            self._remote.close()
+            raise
+
+    def __enter__(self) -> RemoteMap:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._remote.close()
+        self._in.close()
+
+    def get(self, host_ifindex: int) -> Remote | None:
+        raw = self._remote.lookup(_KEY.pack(host_ifindex))
+        return Remote(*_REMOTE.unpack(raw)) if raw is not None else None
+
+    def set(self, host_ifindex: int, remote: Remote) -> None:
+        """Wire (or rewire) an end: the way in first, then the way out; an earlier wiring's
+        way in goes last (the receive program also checks the way out, so a stale way in
+        never delivers)."""
+        before = self.get(host_ifindex)
+        self._in.update(
+            _TUNNEL_KEY.pack(remote.vni, remote.node_ipv4), _TUNNEL_END.pack(host_ifindex, remote.flags)
+        )
+        self._remote.update(
+            _KEY.pack(host_ifindex),
+            _REMOTE.pack(remote.vni, remote.node_ipv4, remote.tunnel_ifindex, remote.flags),
+        )
+        if before is not None and (before.vni, before.node_ipv4) != (remote.vni, remote.node_ipv4):
+            self._drop_in(before.vni, before.node_ipv4, host_ifindex)
+
+    def cut(self, *host_ifindexes: int) -> None:
+        """Unwire ends: the way out first (the end fails closed both ways at once), then
+        every way in that leads to them. One pass over the map however many go."""
+        gone = set(host_ifindexes)
+        for index in gone:
+            self._remote.delete(_KEY.pack(index))
+        for key, (index, _flags) in list(self.ways_in()):
+            if index in gone:
+                self._in.delete(_TUNNEL_KEY.pack(*key))
+
+    def way_in(self, vni: int, node_ipv4: int) -> int | None:
+        """The host-side ifindex that (vni, node) delivers to, if any."""
+        raw = self._in.lookup(_TUNNEL_KEY.pack(vni, node_ipv4))
+        return int(_TUNNEL_END.unpack(raw)[0]) if raw is not None else None
+
+    def _drop_in(self, vni: int, node_ipv4: int, host_ifindex: int) -> None:
+        if self.way_in(vni, node_ipv4) == host_ifindex:
+            self._in.delete(_TUNNEL_KEY.pack(vni, node_ipv4))
+
+    def items(self) -> Iterator[tuple[int, Remote]]:
+        for raw_key in list(self._remote.keys()):
+            index = _KEY.unpack(raw_key)[0]
+            remote = self.get(index)
+            if remote is not None:
+                yield index, remote
+
+    def ways_in(self) -> Iterator[tuple[tuple[int, int], tuple[int, int]]]:
+        """((vni, node_ipv4), (host_ifindex, flags)) of every way in."""
+        for raw_key in list(self._in.keys()):
+            raw = self._in.lookup(raw_key)
+            if raw is not None:
+                vni, node = _TUNNEL_KEY.unpack(raw_key)
+                index, flags = _TUNNEL_END.unpack(raw)
+                yield (vni, node), (index, flags)
+
+
+TUNNEL_COUNTER_FIELDS = (
+    "delivered_packets",
+    "delivered_bytes",
+    "drop_no_key",
+    "drop_unknown",
+    "drop_no_mark",
+)
+_TUNNEL_COUNTERS = struct.Struct("=5Q")  # struct yogurt_tunnel_counters
+
+
+def tunnel_counters(pins: Pins) -> dict[str, int]:
+    """The tunnel receive program's counters on this node, summed over CPUs."""
+    cpus = possible_cpus()
+    with bpf.Map.open_pinned(pins.map("tunnel_counters"), 4, _TUNNEL_COUNTERS.size * cpus) as table:
+        raw = table.lookup(bytes(4)) or bytes(_TUNNEL_COUNTERS.size * cpus)
+    totals = [0] * len(TUNNEL_COUNTER_FIELDS)
+    for cpu in range(cpus):
+        for i, value in enumerate(_TUNNEL_COUNTERS.unpack_from(raw, cpu * _TUNNEL_COUNTERS.size)):
+            totals[i] += value
+    return dict(zip(TUNNEL_COUNTER_FIELDS, totals, strict=True))

@@ -131,6 +131,13 @@ def link_prog_id(fd: int) -> int:
     return int(struct.unpack_from("=I", info.raw, 8)[0])
 
 
+def tcx_link_ifindex(fd: int) -> int:
+    """bpf_link_info.tcx.ifindex: the device a tcx link is attached to (0 once that is gone)."""
+    info = ctypes.create_string_buffer(64)
+    _call(OBJ_GET_INFO_BY_FD, info_attr(fd, ctypes.addressof(info), 64))
+    return int(struct.unpack_from("=I", info.raw, 16)[0])  # after type, id, prog_id (the union is 8-aligned)
+
+
 class Map:
     """A pinned BPF map with fixed-size byte keys and values."""
 

@@ -113,6 +113,17 @@ class Rtnl:
             raise
         return found[0] if found else None
 
+    def link_by_index(self, index: int) -> Any | None:
+        msg = ifinfmsg()
+        msg["index"] = index
+        try:
+            found = self.request(msg, RTM_GETLINK)
+        except OSError as exc:
+            if exc.errno in (errno.ENODEV, errno.ENOENT):
+                return None
+            raise
+        return found[0] if found else None
+
     def links(self) -> list[Any]:
         return self.request(ifinfmsg(), RTM_GETLINK, NLM_F_DUMP)
 
@@ -283,6 +294,16 @@ class Rtnl:
         self.request(
             tc.bpf_filter_msg(index, parent, prog_fd, name), tc.RTM_NEWTFILTER, NLM_F_CREATE | NLM_F_REPLACE
         )
+
+    def delete_bpf_filter(self, index: int, parent: int) -> bool:
+        """Remove our filter (add_bpf_filter's handle and priority); False if there was none."""
+        try:
+            self.request(tc.bpf_filter_msg(index, parent, 0, "", options=False), tc.RTM_DELTFILTER)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.EINVAL, errno.ENODEV):
+                return False
+            raise
+        return True
 
     def bpf_filter_ids(self, index: int, parent: int) -> list[int]:
         """IDs of the programs in the cls_bpf filters of one clsact direction."""

@@ -17,6 +17,7 @@ from pyroute2.netlink import nla, nlmsg
 
 RTM_NEWQDISC = 36
 RTM_NEWTFILTER = 44
+RTM_DELTFILTER = 45
 RTM_GETTFILTER = 46
 
 TC_H_CLSACT = 0xFFFFFFF1  # also TC_H_INGRESS: the clsact qdisc's parent
@@ -79,14 +80,18 @@ def clsact_msg(index: int) -> tcmsg:
     return msg
 
 
-def bpf_filter_msg(index: int, parent: int, prog_fd: int, name: str) -> tcmsg:
-    """A direct-action cls_bpf filter for every protocol, at one fixed priority."""
+def bpf_filter_msg(index: int, parent: int, prog_fd: int, name: str, options: bool = True) -> tcmsg:
+    """A direct-action cls_bpf filter for every protocol, at one fixed priority (`options`:
+    False to name that filter only, for deleting it)."""
     msg = tcmsg()
     msg["family"] = socket.AF_UNSPEC
     msg["index"] = index
     msg["parent"] = parent
     msg["handle"] = 1
     msg["info"] = (PRIORITY << 16) | socket.htons(ETH_P_ALL)
+    if not options:
+        msg["attrs"] = [("TCA_KIND", "bpf")]
+        return msg
     msg["attrs"] = [
         ("TCA_KIND", "bpf"),
         (

@@ -6,8 +6,10 @@ its own mark map, so old and new programs mark and check alike.  Every live
 end then moves, under the registry lock, in two steps:
 
 1. the new maps get what the ends need before any program changes: each
-   end's counters (carried over) and its line's pairing (from the registry,
-   which ADD and DEL keep in step with the map under this same lock);
+   end's counters (carried over), its line's pairing (from the registry,
+   which ADD and DEL keep in step with the map under this same lock) and,
+   for an end wired to a partner on another node, its remote wiring (carried
+   over from the old maps: the agent, not the registry, knows it);
 2. each hook switches program in place: BPF_LINK_UPDATE on its pinned link
    (netkit, tcx) or a replaced cls_bpf filter (tc) — atomic in the kernel,
    so every packet meets either the old program with the old maps or the new
@@ -15,6 +17,13 @@ end then moves, under the registry lock, in two steps:
    new dir, then its old pin goes.
 
 Once no end uses an older dir and it holds no links, it is removed.
+
+The tunnel device's receive program (line/remote.py): its tcx link, pinned in
+an older dir, is switched in place the same way once the ends have moved
+(until then the old program, with the old maps, delivers with the shared
+mark, and the new guards accept it).  A tc-mode tunnel filter has no pin to
+find it by: it keeps the old program until the agent calls attach_tunnel
+again, which replaces it in place; so does a tcx link when no end moves.
 
 Ends of ABI < 4 kept the secret in their code, not in a map: they move the
 same way, but a packet crossing their line between its two ends' switches
@@ -30,11 +39,12 @@ the same way, making new links where the old ones are gone.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from typing import Any
 
 from cni_yogurt import backend
-from cni_yogurt.datapath import CounterMap, PairMap, Pins, unload
+from cni_yogurt.datapath import TUNNEL_HOOK, CounterMap, PairMap, Pins, RemoteMap, pinned_link_names, unload
 from cni_yogurt.faults import crash_point
 from cni_yogurt.kernel.netlink import Rtnl
 from cni_yogurt.line.registry import End, Registry
@@ -64,6 +74,7 @@ def move(registry: Registry, pins: Pins, log: Any, lost: bool = False) -> int:
             _prepare_maps(pins, movers, live)
             for line in _by_line(movers).values():
                 _switch_line(host, pins, line, log)
+            _switch_tunnels(pins, log)
             for end in movers:
                 if end.ready:
                     end.pins = pins.root
@@ -112,6 +123,42 @@ def _prepare_maps(pins: Pins, movers: list[End], live: list[End]) -> None:
         for line, pair in _by_line(live).items():
             if line in moving and len(pair) == 2:
                 pairs.wire(pair[0].wire, pair[1].wire)
+
+    _carry_remote(pins, movers)
+
+
+def _carry_remote(pins: Pins, movers: list[End]) -> None:
+    """Each moving end's wiring to a remote partner, from its release's maps (ABI >= 5)."""
+    if not pins.has_remote():
+        return
+    with RemoteMap(pins) as new:
+        for end in movers:
+            old = end.pin_dir(pins)
+            if old == pins or not old.has_remote():
+                continue
+            try:
+                with RemoteMap(old) as remotes:
+                    wired = remotes.get(end.host_ifindex)
+            except OSError:
+                continue
+            if wired is not None:
+                new.set(end.host_ifindex, wired)
+
+
+def _switch_tunnels(pins: Pins, log: Any) -> None:
+    """Tunnel links pinned by an older release: onto this release's receive program."""
+    from cni_yogurt.line import remote
+
+    for other in pins.others():
+        for tunnel in pinned_link_names(other, TUNNEL_HOOK):
+            try:
+                remote.attach_tunnel(pins, tunnel, "tcx")
+            except OSError as exc:
+                if exc.errno == errno.ENODEV:  # the device is gone, and its link with it
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(other.link(tunnel, TUNNEL_HOOK))
+                    continue
+                log.error("cannot move the tunnel device to the new programs", tunnel=tunnel, error=str(exc))
 
 
 def _old_counters(pins: Pins, end: End) -> bytes | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from cni_yogurt.cni.errors import CNIError, Code
-from cni_yogurt.datapath import CounterMap, PairMap, Pins
+from cni_yogurt.datapath import CounterMap, PairMap, Pins, RemoteMap
 from cni_yogurt.line import naming
 from cni_yogurt.line.recovery import adopt
 from cni_yogurt.line.registry import End, Registry, attachment_key, others_on_line
@@ -84,8 +84,9 @@ def leave_all(registry: Registry, pins: Pins, keys: list[str]) -> list[End]:
 
 
 def _cut(current: Pins, ends: list[End], indexes: Iterable[int] = ()) -> None:
-    """Take ends out of the maps: pairing (both directions) and counters; out of this
-    release's maps too, which a move to them that was cut short may have filled."""
+    """Take ends out of the maps: pairing (both directions), wiring to a remote partner
+    (both directions) and counters; out of this release's maps too, which a move to them
+    that was cut short may have filled."""
     where: dict[Pins, set[int]] = {current: set(indexes)}
     for end in ends:
         for pins in (end.pin_dir(current), current):
@@ -95,6 +96,9 @@ def _cut(current: Pins, ends: list[End], indexes: Iterable[int] = ()) -> None:
         if found and pins.loaded():
             with PairMap(pins) as pairs:
                 pairs.cut(*found)
+            if pins.has_remote():
+                with RemoteMap(pins) as remotes:
+                    remotes.cut(*found)
             with CounterMap(pins) as counters:
                 for index in found:
                     counters.stop(index)
