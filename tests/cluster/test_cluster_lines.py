@@ -33,7 +33,7 @@ from cni_yogurt.cluster.client import Client
 from cni_yogurt.cluster.keys import Keys
 from cni_yogurt.cluster.nodes import NodeInfo
 from cni_yogurt.cni.errors import Code
-from cni_yogurt.nodelab import STORE_ADDRESS, VXLAN_IF, NodeLab
+from cni_yogurt.nodelab import STORE_ADDRESS, VXLAN_IF, VXLAN_MTU, NodeLab
 
 NODES = 3
 SUFFIX = os.environ.get("YOGURT_TEST_NODE_DIRS", "")
@@ -287,25 +287,53 @@ def test_a_cross_node_line_is_claimed_on_both_nodes_with_a_tunnel_id(cluster: Cl
     assert cluster.vni("x1") is None
 
 
-def test_ping_and_tcp_across_nodes(cluster: Cluster) -> None:
+def test_ping_and_tcp_across_nodes_hosts_locked_out_and_del_fails_closed(cluster: Cluster) -> None:
     """Needs the cross-node datapath (line/remote.py): fails, not skips, where it is missing."""
     a, b = cluster.agents[:2]
     ca, cb = cluster.container("pa"), cluster.container("pb")
-    assert _plugin("ADD", a.conf(line="p1"), ca, "p1-a", cni_args=f"IP={CONTAINERS}.21/24").rc == 0
-    assert _plugin("ADD", b.conf(line="p1"), cb, "p1-b", cni_args=f"IP={CONTAINERS}.22/24").rc == 0
+    ip_a, ip_b = f"{CONTAINERS}.21", f"{CONTAINERS}.22"
     try:
-        assert wait_until(lambda: lab.ping(ca, f"{CONTAINERS}.22", count=1, wait=1) == 1, 15), (
-            a.log_text() + b.log_text()
-        )
-        assert lab.ping(cb, f"{CONTAINERS}.21", count=3, wait=2) == 3
+        assert _plugin("ADD", a.conf(line="p1", mtu=VXLAN_MTU), ca, "p1-a", cni_args=f"IP={ip_a}/24").rc == 0
+        assert _plugin("ADD", b.conf(line="p1", mtu=VXLAN_MTU), cb, "p1-b", cni_args=f"IP={ip_b}/24").rc == 0
+        assert wait_until(lambda: lab.ping(ca, ip_b, count=1, wait=1) == 1, 15), a.log_text() + b.log_text()
+        assert lab.ping(cb, ip_a, count=3, wait=2) == 3
+        assert lab.tcp_exchange(cb, ip_b, ca)
+        assert lab.tcp_exchange(ca, ip_a, cb, port=4243)
+        # Neither node's host reaches either container.
+        for node in cluster.nodes.nodes[:2]:
+            assert lab.ping(node.netns, ip_a, count=1, wait=1) == 0
+            assert lab.ping(node.netns, ip_b, count=1, wait=1) == 0
         # DEL of one end: the other fails closed within a second.
         assert _plugin("DEL", a.conf(line="p1"), ca, "p1-a").rc == 0
         time.sleep(1)
-        assert lab.ping(cb, f"{CONTAINERS}.21", count=2, wait=1) == 0
+        assert lab.ping(cb, ip_a, count=2, wait=1) == 0
     finally:
         _plugin("DEL", a.conf(line="p1"), ca, "p1-a")
         _plugin("DEL", b.conf(line="p1"), cb, "p1-b")
     assert cluster.claims("p1") == []
+    assert cluster.vni("p1") is None
+
+
+def test_an_agent_killed_keeps_its_lines_and_resyncs_when_restarted(cluster: Cluster) -> None:
+    a, b = cluster.agents[:2]
+    ca, cb = cluster.container("ka"), cluster.container("kb")
+    ip_a, ip_b = f"{CONTAINERS}.51", f"{CONTAINERS}.52"
+    try:
+        assert _plugin("ADD", a.conf(line="k1", mtu=VXLAN_MTU), ca, "k1-a", cni_args=f"IP={ip_a}/24").rc == 0
+        assert _plugin("ADD", b.conf(line="k1", mtu=VXLAN_MTU), cb, "k1-b", cni_args=f"IP={ip_b}/24").rc == 0
+        assert wait_until(lambda: lab.ping(ca, ip_b, count=1, wait=1) == 1, 15)
+        lease = cluster.claims("k1")[0].lease
+        a.stop(signal.SIGKILL)
+        assert lab.ping(ca, ip_b, count=5, wait=1) == 5  # pinned: the line does without its agent
+        a.start().ready()
+        # The restarted agent adopted its node's lease: the claims never lapsed.
+        assert sorted(c.lease for c in cluster.claims("k1") if c.node == "node-0") == [lease]
+        assert lab.ping(ca, ip_b, count=5, wait=1) == 5
+        assert lab.tcp_exchange(cb, ip_b, ca)
+    finally:
+        _plugin("DEL", a.conf(line="k1"), ca, "k1-a")
+        _plugin("DEL", b.conf(line="k1"), cb, "k1-b")
+    assert cluster.claims("k1") == []
 
 
 def test_a_failed_add_leaves_no_claim(cluster: Cluster) -> None:
@@ -359,12 +387,81 @@ def test_quorum_lost_add_fails_with_11_in_bounded_time_and_status_50(cluster: Cl
     assert wait_until(lambda: _plugin("STATUS", conf, None, "").rc == 0, 15)
 
 
-def test_an_agent_killed_past_its_lease_drops_its_node_and_comes_back(cluster: Cluster) -> None:
-    c = cluster.agents[2]
+def test_a_node_gone_past_its_lease_fails_closed_at_its_partner_and_comes_back(cluster: Cluster) -> None:
+    a, c = cluster.agents[0], cluster.agents[2]
+    ca, cc = cluster.container("ga"), cluster.container("gc")
+    ip_a, ip_c = f"{CONTAINERS}.61", f"{CONTAINERS}.63"
     key = cluster.keys.node(c.name)
-    assert cluster.client.get(key) is not None
-    c.stop(signal.SIGKILL)
-    assert cluster.client.get(key) is not None  # alive until the TTL runs out
-    assert wait_until(lambda: cluster.client.get(key) is None, 20), "the node's lease did not run out"
-    c.start().ready()
-    assert wait_until(lambda: cluster.client.get(key) is not None, 10)
+    try:
+        assert _plugin("ADD", a.conf(line="g1", mtu=VXLAN_MTU), ca, "g1-a", cni_args=f"IP={ip_a}/24").rc == 0
+        assert _plugin("ADD", c.conf(line="g1", mtu=VXLAN_MTU), cc, "g1-c", cni_args=f"IP={ip_c}/24").rc == 0
+        assert wait_until(lambda: lab.ping(ca, ip_c, count=1, wait=1) == 1, 15)
+        c.stop(signal.SIGKILL)
+        assert cluster.client.get(key) is not None  # alive until the TTL runs out
+        assert wait_until(lambda: cluster.client.get(key) is None, 20), "the node's lease did not run out"
+        assert [x.node for x in cluster.claims("g1")] == ["node-0"]  # its claim went with it
+        time.sleep(1)
+        assert lab.ping(ca, ip_c, count=2, wait=1) == 0  # its partner failed closed
+        assert lab.ping(cc, ip_a, count=2, wait=1) == 0
+        c.start().ready()
+        assert wait_until(lambda: cluster.client.get(key) is not None, 10)
+    finally:
+        _plugin("DEL", a.conf(line="g1"), ca, "g1-a")
+        _plugin("DEL", c.conf(line="g1"), cc, "g1-c")
+    assert cluster.claims("g1") == []
+    assert cluster.vni("g1") is None
+
+
+def _agent_start_error(cluster: Cluster, tmp_path: Path, **changes: Any) -> str:
+    """Start a second agent on node 0 with a changed cluster file; its error (it must not start)."""
+    a = cluster.agents[0]
+    cfg = json.loads(a.cluster_file.read_text()) | changes
+    d = tmp_path / f"other-{len(list(tmp_path.iterdir()))}"
+    d.mkdir()
+    other = NodeAgent(0, a.netns, d, a.bpffs_dir, d / "cluster.json")
+    other.cluster_file.write_text(json.dumps(cfg))
+    other.start()
+    assert other.proc is not None
+    assert other.proc.wait(60) == 1, other.log_text()
+    return other.log_text()
+
+
+def test_the_agent_names_a_wrong_cluster_configuration_at_start(cluster: Cluster, tmp_path: Path) -> None:
+    assert "cluster store not usable" in _agent_start_error(
+        cluster, tmp_path, endpoints=[f"http://{STORE_ADDRESS}:1"]
+    )
+    # node-1's name, node 0's WireGuard key: another node holds that name.
+    assert "is held by another live node" in _agent_start_error(cluster, tmp_path, node="node-1")
+    assert "wireguardDevice 'nope0'" in _agent_start_error(cluster, tmp_path, wireguardDevice="nope0")
+    assert "invalid endpoint" in _agent_start_error(cluster, tmp_path, endpoints=["etcd:2379"])
+
+
+def test_doctor_reports_the_store(cluster: Cluster, tmp_path: Path) -> None:
+    a = cluster.agents[0]
+
+    def doctor(cluster_file: Path) -> dict[str, Any]:
+        argv = [
+            *lab.self_command(),
+            "doctor",
+            "--json",
+            "--state-dir",
+            a.state_dir,
+            "--bpffs-dir",
+            a.bpffs_dir,
+        ]
+        out = subprocess.run(
+            ["nsenter", f"--net=/run/netns/{a.netns}", *argv, "--cluster", str(cluster_file)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        ).stdout
+        [found] = [f for f in json.loads(out) if f["name"] == "cluster"]
+        return dict(found)
+
+    good = doctor(a.cluster_file)
+    assert good["ok"] and "node node-0 registered" in good["detail"], good
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(json.loads(a.cluster_file.read_text()) | {"node": "node-9"}))
+    found = doctor(bad)
+    assert not found["ok"] and "node-9" in found["detail"], found
