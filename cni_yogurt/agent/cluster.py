@@ -203,6 +203,9 @@ class ClusterNode:
         self._stop = threading.Event()
         self._lease_lost = threading.Event()
         self._lock = threading.Lock()  # one reconcile at a time
+        # The ends this node holds a ready claim for, as it last knew them: what it claims again
+        # if its lease runs out while it lives.  Kept apart from the mirror, which loses them then.
+        self._held: dict[tuple[str, str], Claim] = {}
         self._thread = threading.Thread(target=self._run, name="reconcile", daemon=True)
 
     # -- start and stop ---------------------------------------------------------------------
@@ -282,22 +285,27 @@ class ClusterNode:
 
     def _renew(self) -> None:
         """The node's lease expired (the store was out of reach longer than its TTL): its record and
-        its ends' claims are gone.  Register again, then claim again what the node still has."""
+        its ends' claims are gone.  Register again, then claim again the ends the node still has."""
         assert self.info is not None
-        held = self._held
+        local = Registry(self.state_dir).snapshot()
         self.lease = leases.grant(self.client, NODE_TTL)
         nodes.register(self.client, self.keys, self.info, self.lease)
         if self.keepalive is not None:
             self.keepalive.stop()
         self.keepalive = leases.KeepAlive(self.client, self.lease, on_lost=self._on_lease_lost).start()
         self._lease_lost.clear()
-        for c in held:
+        again = 0
+        for (line, end_key), c in sorted(self._held.items()):
+            end = local.get(end_key)
+            if end is None or end.line != line or not end.ready or end.leaving:
+                self._held.pop((line, end_key), None)
+                continue
             try:
-                again = self.claims.claim(c.line, c.end_key, self.lease, c.network)
-                self.claims.ready(again, self.lease)
+                self.claims.ready(self.claims.claim(line, end_key, self.lease, c.network), self.lease)
+                again += 1
             except CNIError as e:
-                self.log.error("cluster: end not claimed again", line=c.line, end=c.end_key, error=e.msg)
-        self.log.warning("cluster: node lease renewed", lease=f"{self.lease.id:x}", ends=len(held))
+                self.log.error("cluster: end not claimed again", line=line, end=end_key, error=e.msg)
+        self.log.warning("cluster: node lease renewed", lease=f"{self.lease.id:x}", ends=again)
 
     def stop(self) -> None:
         """Stop following the store; the lease is left to run out (a restart adopts it)."""
@@ -327,6 +335,7 @@ class ClusterNode:
         """The end is built: from now on it lives with the node's lease."""
         assert self.lease is not None
         done = self.claims.ready(claim, self.lease)
+        self._held[(claim.line, claim.end_key)] = done
         self._revoke(claim.lease)
         self._wake.set()
         return done
@@ -346,7 +355,9 @@ class ClusterNode:
         reach does not fail the DEL: the reconciler releases claims with no end later."""
         lines = {line} if line else set()
         lines |= {c.line for c in self._mine() if c.end_key == end_key}
+        lines |= {held_line for held_line, key in self._held if key == end_key}
         for name in sorted(lines):
+            self._held.pop((name, end_key), None)
             try:
                 self.claims.release(name, end_key)
                 vni.release_if_unused(self.client, self.keys, name)
@@ -379,15 +390,14 @@ class ClusterNode:
             "lease": f"{self.lease.id:x}" if self.lease else "",
             "tunnel": self.cfg.tunnel_device if self.tunnel_ifindex else "",
             "reconciles": self.reconciles,
+            "relists": self.watcher.relists if self.watcher is not None else 0,
+            "resumes": self.watcher.resumes if self.watcher is not None else 0,
+            "revision": self.watcher.revision if self.watcher is not None else 0,
+            "watch_error": self.watcher.last_error if self.watcher is not None else "",
             "last_error": self.last_error,
         }
 
     # -- the reconciler ------------------------------------------------------------------------
-
-    @property
-    def _held(self) -> list[Claim]:
-        local = Registry(self.state_dir).snapshot()
-        return [c for c in self._mine() if c.ready and c.end_key in local]
 
     def _mine(self) -> list[Claim]:
         if self.watcher is None:
@@ -419,6 +429,10 @@ class ClusterNode:
             view = parse_view(self.keys, self.watcher.snapshot())
             local = Registry(self.state_dir).snapshot()
             todo = plan(view, self.me, local)
+            for line, claims in view.ends.items():
+                for c in claims:
+                    if c.node == self.me and c.ready and c.end_key in local:
+                        self._held[(line, c.end_key)] = c
             changed = sync_peers(self.cfg.wireguard_device, wanted_peers(todo.peers))
             if changed:
                 self.log.info("cluster: WireGuard peers set", changes=changed)
@@ -462,6 +476,7 @@ class ClusterNode:
                 )
 
     def _release_orphan(self, c: Claim) -> None:
+        self._held.pop((c.line, c.end_key), None)
         try:
             self.claims.release(c.line, c.end_key)
             vni.release_if_unused(self.client, self.keys, c.line)

@@ -10,6 +10,7 @@ their programs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -208,6 +209,27 @@ def _agent_of(cluster: Cluster, i: int) -> NodeAgent:
     return cluster.agents[i]
 
 
+@contextlib.contextmanager
+def _line(
+    cluster: Cluster, x: NodeAgent, y: NodeAgent, line: str, n: int
+) -> Iterator[tuple[lab.Netns, lab.Netns, str, str]]:
+    """A line between a container on node x and one on node y, passing packets; DEL'd after."""
+    cx, cy = cluster.container(f"{line}x"), cluster.container(f"{line}y")
+    ip_x, ip_y = f"{CONTAINERS}.{n}", f"{CONTAINERS}.{n + 1}"
+    try:
+        for agent, ctr, ip, end in ((x, cx, ip_x, "x"), (y, cy, ip_y, "y")):
+            run = _plugin(
+                "ADD", agent.conf(line=line, mtu=VXLAN_MTU), ctr, f"{line}-{end}", cni_args=f"IP={ip}/24"
+            )
+            assert run.rc == 0, run.out
+        assert wait_until(lambda: lab.ping(cx, ip_y, count=1, wait=1) == 1, 15), x.log_text() + y.log_text()
+        yield cx, cy, ip_x, ip_y
+    finally:
+        _plugin("DEL", x.conf(line=line), cx, f"{line}-x")
+        _plugin("DEL", y.conf(line=line), cy, f"{line}-y")
+    assert cluster.claims(line) == []
+
+
 def _devices(agent: NodeAgent) -> list[str]:
     out = json.loads(agent.sh("ip", "-j", "link", "show"))
     return [link["ifname"] for link in out if link["ifname"].startswith("yg")]
@@ -306,6 +328,7 @@ def test_ping_and_tcp_across_nodes_hosts_locked_out_and_del_fails_closed(cluster
         # DEL of one end: the other fails closed within a second.
         assert _plugin("DEL", a.conf(line="p1"), ca, "p1-a").rc == 0
         time.sleep(1)
+        assert _remote_wired(b) == {}  # its agent heard of it and cut its end's wiring
         assert lab.ping(cb, ip_a, count=2, wait=1) == 0
     finally:
         _plugin("DEL", a.conf(line="p1"), ca, "p1-a")
@@ -363,28 +386,139 @@ def test_without_the_agent_add_fails_with_11_and_del_still_works(cluster: Cluste
 
 
 def test_quorum_lost_add_fails_with_11_in_bounded_time_and_status_50(cluster: Cluster) -> None:
-    a = cluster.agents[0]
+    a, b, c = cluster.agents
     ctr = cluster.container("quorum")
     conf = a.conf(line="q1")
     assert _plugin("STATUS", conf, None, "").rc == 0
-    cluster.store.kill(1)
-    cluster.store.kill(2)
+    with _line(cluster, b, c, "q0", 70) as (cb, cc, ip_b, ip_c):
+        cluster.store.kill(1)
+        cluster.store.kill(2)
+        try:
+            started = time.monotonic()
+            run = _plugin("ADD", conf, ctr, "q1-a", cni_args=f"IP={CONTAINERS}.41/24")
+            took = time.monotonic() - started
+            assert run.rc != 0 and run.out["code"] == Code.TRY_AGAIN_LATER, run.out
+            assert took <= 10.0, took
+            assert _devices(a) == []  # nothing left on the node
+            assert ctr.run("ip", "-j", "link", "show", "eth0").returncode != 0
+            status = _plugin("STATUS", conf, None, "")
+            assert status.rc != 0 and status.out["code"] == Code.NOT_AVAILABLE, status.out
+            assert lab.ping(cb, ip_c, count=5, wait=1) == 5  # an existing line keeps passing packets
+        finally:
+            cluster.store.start_member(1)
+            cluster.store.start_member(2)
+            cluster.store.wait_healthy()
+        assert cluster.claims("q1") == []
+        assert wait_until(lambda: _plugin("STATUS", conf, None, "").rc == 0, 15)
+        assert lab.ping(cb, ip_c, count=3, wait=1) == 3
+
+
+def test_a_member_killed_during_traffic_and_adds(cluster: Cluster) -> None:
+    a, b, c = cluster.agents
+    with _line(cluster, a, b, "m0", 80) as (ca, cb, ip_a, ip_b):
+        pinging = threading.Thread(target=lambda: results.append(lab.ping(ca, ip_b, count=20, wait=1)))
+        results: list[int] = []
+        pinging.start()
+        leader = cluster.store.leader()
+        cluster.store.kill(leader)
+        try:
+            with _line(cluster, a, c, "m1", 90) as (ca1, cc1, ip_a1, ip_c1):  # ADDs through the election
+                assert wait_until(lambda: lab.ping(ca1, ip_c1, count=1, wait=1) == 1, 15)
+        finally:
+            pinging.join()
+            cluster.store.start_member(leader)
+            cluster.store.wait_healthy()
+        assert results == [20]  # not one packet of the existing line lost
+
+
+@contextlib.contextmanager
+def _cut_off(agent: NodeAgent) -> Iterator[None]:
+    """The node cannot reach the store: its packets to it dropped, its connections to it killed."""
+    chain = f"type filter hook output priority 0; ip daddr {STORE_ADDRESS} drop"
+    rules = f"table inet yogurt_cut {{\n chain out {{\n {chain}\n }}\n}}\n"
+    subprocess.run(["ip", "netns", "exec", agent.netns, "nft", "-f", "-"], input=rules, text=True, check=True)
+    subprocess.run(
+        ["ip", "netns", "exec", agent.netns, "ss", "-K", "dst", str(STORE_ADDRESS)],
+        capture_output=True,
+        check=False,
+    )
     try:
-        started = time.monotonic()
-        run = _plugin("ADD", conf, ctr, "q1-a", cni_args=f"IP={CONTAINERS}.41/24")
-        took = time.monotonic() - started
-        assert run.rc != 0 and run.out["code"] == Code.TRY_AGAIN_LATER, run.out
-        assert took <= 10.0, took
-        assert _devices(a) == []  # nothing left on the node
-        assert ctr.run("ip", "-j", "link", "show", "eth0").returncode != 0
-        status = _plugin("STATUS", conf, None, "")
-        assert status.rc != 0 and status.out["code"] == Code.NOT_AVAILABLE, status.out
+        yield
     finally:
-        cluster.store.start_member(1)
-        cluster.store.start_member(2)
-        cluster.store.wait_healthy()
-    assert cluster.claims("q1") == []
-    assert wait_until(lambda: _plugin("STATUS", conf, None, "").rc == 0, 15)
+        subprocess.run(
+            ["ip", "netns", "exec", agent.netns, "nft", "delete", "table", "inet", "yogurt_cut"], check=True
+        )
+
+
+def _remote_wired(agent: NodeAgent) -> dict[int, Any]:
+    from cni_yogurt.datapath import Pins
+    from cni_yogurt.line import remote
+
+    return dict(remote.remote_partners(Pins.under(agent.bpffs_dir)))
+
+
+def _watch(agent: NodeAgent) -> dict[str, Any]:
+    info = frontend.info(agent.state_dir, timeout=10)
+    assert info is not None
+    found = info["cluster"]
+    assert isinstance(found, dict)
+    return found
+
+
+def _relists(agent: NodeAgent) -> int:
+    return int(_watch(agent)["relists"])
+
+
+def _revision(agent: NodeAgent) -> int:
+    return int(_watch(agent)["revision"])
+
+
+def test_an_agent_behind_a_compaction_lists_again_and_converges(cluster: Cluster) -> None:
+    a, b = cluster.agents[:2]
+    with _line(cluster, a, b, "w1", 100) as (ca, cb, ip_a, ip_b):
+        assert wait_until(lambda: len(_remote_wired(b)) == 1, 10)
+        before = _relists(b)
+        with _cut_off(b):
+            assert _plugin("DEL", a.conf(line="w1"), ca, "w1-x").rc == 0  # b does not hear of it
+            assert [c.node for c in cluster.claims("w1")] == ["node-1"]
+            time.sleep(1)
+            assert len(_remote_wired(b)) == 1
+            compacted = cluster.store.compact()
+        assert compacted > _revision(b)
+        # Its watch resumes from a revision compacted away: it lists again, and cuts the wiring.
+        assert wait_until(lambda: _remote_wired(b) == {}, 20), b.log_text()
+        assert _relists(b) > before
+
+
+def test_a_node_cut_off_past_its_lease_registers_and_claims_again(cluster: Cluster) -> None:
+    a, b = cluster.agents[:2]
+    with _line(cluster, a, b, "r1", 110) as (ca, cb, ip_a, ip_b):
+        assert wait_until(lambda: lab.ping(ca, ip_b, count=1, wait=1) == 1, 15)
+        old = cluster.client.get(cluster.keys.node(a.name))
+        assert old is not None
+        with _cut_off(a):
+            assert wait_until(lambda: cluster.client.get(cluster.keys.node(a.name)) is None, 25)
+            assert [c.node for c in cluster.claims("r1")] == ["node-1"]
+            time.sleep(1)
+            assert lab.ping(cb, ip_a, count=2, wait=1) == 0  # its partner failed closed
+        # Back: a new lease, its record and its end's claim again, the line passes again.
+        assert wait_until(lambda: sorted(c.node for c in cluster.claims("r1")) == ["node-0", "node-1"], 25), (
+            a.log_text()
+        )
+        new = cluster.client.get(cluster.keys.node(a.name))
+        assert new is not None and new.lease != old.lease
+        assert wait_until(lambda: lab.ping(ca, ip_b, count=1, wait=1) == 1, 15)
+
+
+def test_gc_releases_the_claims_of_ends_the_runtime_no_longer_knows(cluster: Cluster) -> None:
+    a = cluster.agents[0]
+    ctr = cluster.container("gc")
+    conf = a.conf(line="gc1")
+    assert _plugin("ADD", conf, ctr, "gc1-a", cni_args=f"IP={CONTAINERS}.121/24").rc == 0
+    assert [c.node for c in cluster.claims("gc1")] == ["node-0"]
+    assert _plugin("GC", conf | {"cni.dev/valid-attachments": []}, None, "").rc == 0
+    assert cluster.claims("gc1") == []
+    assert _devices(a) == []
 
 
 def test_a_node_gone_past_its_lease_fails_closed_at_its_partner_and_comes_back(cluster: Cluster) -> None:
