@@ -17,7 +17,7 @@ VM_TESTS = tests/kernel/test_wire.py tests/kernel/test_counters.py tests/kernel/
 VM_TC_TESTS = tests/kernel/test_wire.py tests/kernel/test_verbs.py tests/kernel/test_counters.py \
 	'tests/kernel/test_upgrade.py::test_live_line_moves_to_the_next_release_without_losing_a_packet[auto-upgrade-command]'
 
-.PHONY: deps venv lint unit cluster cluster-net kernel kernel-native kernel-vm kernel-vm-tc test demo binary image cnitool cri-stubs bench bench-deps bench-vm clean
+.PHONY: deps venv lint unit cluster cluster-net demo-nodes kernel kernel-native kernel-vm kernel-vm-tc test demo binary image cnitool cri-stubs bench bench-deps bench-vm clean
 
 deps:  ## system packages (Debian/Ubuntu); the VM's kernel comes in tests/vm/fetch-kernel.sh
 	@bash packaging/install-deps.sh
@@ -47,7 +47,14 @@ cluster: venv
 # in external mode over it (cni_yogurt/nodelab.py).  Root; about 5 s.
 cluster-net: venv
 	@test -n "$$YOGURT_ETCD" || bash packaging/fetch-etcd.sh >/dev/null
-	YOGURT_REQUIRE_KERNEL=1 $(VENV)/bin/pytest -q tests/cluster/test_nodelab.py tests/cluster/test_cluster_lines.py
+	YOGURT_REQUIRE_KERNEL=1 $(VENV)/bin/pytest -q tests/cluster/test_nodelab.py tests/cluster/test_cluster_lines.py \
+		tests/cluster/test_demo_nodes.py
+
+# One line across two nodes on this machine (`yogurt demo --nodes 2`): the node lab, etcd on its
+# underlay, an agent per node; root.
+demo-nodes: venv
+	@test -n "$$YOGURT_ETCD" || bash packaging/fetch-etcd.sh >/dev/null
+	$(VENV)/bin/yogurt demo --nodes 2
 
 # The runtime tests (cnitool, podman, containerd) drive dist/yogurt; cnitool and
 # the CRI client are built here, on the host, before the VM boots.

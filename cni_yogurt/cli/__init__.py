@@ -38,6 +38,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo = sub.add_parser("demo", help="the yogurt phone: two netns on one line, through the CNI protocol")
     demo.add_argument("--keep", action="store_true", help="leave the namespaces wired up afterwards")
+    demo.add_argument(
+        "--nodes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="2: one line across two nodes (netns, WireGuard, etcd)",
+    )
     return parser
 
 
@@ -64,6 +71,12 @@ def main(argv: list[str]) -> int:
 
         return run(args.state_dir, args.bpffs_dir, args.metrics_address, args.metrics_socket, args.cluster)
     if args.cmd == "demo":
+        if args.nodes != 1:
+            from cni_yogurt.cli.demo_nodes import demo_nodes
+
+            if args.nodes != 2:
+                parser.error("--nodes: 1 (one node) or 2 (a line across two nodes)")
+            return demo_nodes(args.nodes)
         from cni_yogurt.cli.demo import demo
 
         return demo(keep=args.keep)
