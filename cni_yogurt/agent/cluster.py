@@ -43,6 +43,7 @@ CLAIM_TTL = 30  # an ADD's own lease: a claim of an ADD killed half-way ages out
 NODE_TTL = 10  # the node's: its ends fail closed at their partners this long after it dies
 TICK = 5.0  # the reconciler runs at least this often (a failed step is retried)
 STATUS_TIMEOUT = 3.0
+RELEASE_TIMEOUT = 3.0  # DEL does not wait longer for the store: the reconciler releases later
 WG_TIMEOUT = 10.0
 
 
@@ -359,8 +360,9 @@ class ClusterNode:
         for name in sorted(lines):
             self._held.pop((name, end_key), None)
             try:
-                self.claims.release(name, end_key)
-                vni.release_if_unused(self.client, self.keys, name)
+                with self.client.deadline(RELEASE_TIMEOUT):
+                    self.claims.release(name, end_key)
+                    vni.release_if_unused(self.client, self.keys, name)
             except StoreError as e:
                 self.log.warning("cluster: claim released later", line=name, end=end_key, error=e.msg)
         self._wake.set()
