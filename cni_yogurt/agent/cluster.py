@@ -246,9 +246,6 @@ class ClusterNode:
                 raise ClusterStartError(f"tunnelDevice {dev!r} does not exist on this node")
         try:
             return remote.attach_tunnel(self.pins, dev)
-        except NotImplementedError:
-            self.log.error("cross-node datapath missing in this release: remote partners are not wired")
-            return 0
         except OSError as e:
             raise ClusterStartError(f"cannot attach the tunnel program to {dev!r}: {e}") from None
 

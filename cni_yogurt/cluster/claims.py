@@ -1,10 +1,8 @@
 """Line membership across the cluster: at most two ends per line, claimed by etcd transactions.
 
-The intention: the verbs will reach line membership through one interface — reserve an end (a full
-line fails before anything is created), mark it ready, release it, list a line's ends — with two
-implementations behind it: the node-local files under stateDir (cni_yogurt/line/registry.py, the
-default, no cluster needed) and this one when a cluster is configured.  `LineClaims` already has
-that shape: `claim` is reserve, `ready`, `release`, `ends`.
+For a network with "cluster": true the verbs use both: the node-local files under stateDir
+(cni_yogurt/line/registry.py, the node's record of its devices) and these claims, made through the
+node agent (agent/cluster.py): `claim` reserves the end cluster-wide, `ready`, `release`, `ends`.
 
 How a claim stays safe without a lock:
 

@@ -1,6 +1,6 @@
 """The cluster configuration: which etcd, how to trust it, who this node is.  Pure: parsing and checks only.
 
-Given as a JSON object (the `cluster` key of a network config, or the agent's file):
+Given as a JSON object (the node agent's file, `yogurt agent --cluster <file>`):
 
     {"endpoints": ["https://10.0.0.1:2379", ...], "node": "node-a", "prefix": "/cni-yogurt",
      "caFile": "...", "certFile": "...", "keyFile": "...", "timeout": 8,

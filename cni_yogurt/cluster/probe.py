@@ -1,4 +1,4 @@
-"""Can this node use the cluster store?  What `yogurt doctor` will print and STATUS will report.
+"""Can this node use the cluster store?  What `yogurt doctor --cluster` prints and the agent checks at start.
 
 Each endpoint is asked for its status on its own (so a dead one is named even when others answer),
 then a read that needs a quorum goes through the client as the verbs use it, then this node's
