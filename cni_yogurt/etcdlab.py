@@ -85,8 +85,9 @@ class TLSFiles:
     rogue_key: str
 
 
-def make_tls(directory: Path) -> TLSFiles:
-    """A CA, a server certificate for 127.0.0.1, a client certificate; and a rogue CA with its own client."""
+def make_tls(directory: Path, host: str = "127.0.0.1") -> TLSFiles:
+    """A CA, a server certificate for `host` (and localhost), a client certificate; and a rogue CA with
+    its own client."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -146,7 +147,7 @@ def make_tls(directory: Path) -> TLSFiles:
 
             builder = builder.add_extension(
                 x509.SubjectAlternativeName(
-                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(host))]
                 ),
                 critical=False,
             )
@@ -182,7 +183,7 @@ class EtcdLab:
             raise RuntimeError(f"{self.etcd} (from {ETCD_FROM}) is not executable")
         etcd_version(self.etcd)
         self.dir = Path(tempfile.mkdtemp(prefix="yogurt-etcd-"))
-        self.tls = make_tls(self.dir) if tls else None
+        self.tls = make_tls(self.dir, host) if tls else None
         self.scheme = "https" if tls else "http"
         ports = free_ports(2 * size)
         self.client_ports, self.peer_ports = ports[:size], ports[size:]

@@ -581,32 +581,45 @@ def test_the_agent_names_a_wrong_cluster_configuration_at_start(cluster: Cluster
     assert "invalid endpoint" in _agent_start_error(cluster, tmp_path, endpoints=["etcd:2379"])
 
 
+def test_the_agent_names_a_bad_certificate_at_start(cluster: Cluster, tmp_path: Path) -> None:
+    """A TLS store (client certificates) on the same underlay: a certificate of another CA, or a CA
+    that did not sign the server's, is named and the agent does not start."""
+    with EtcdLab(tls=True, netns=cluster.nodes.hub.name, host=str(STORE_ADDRESS)) as secure:
+        assert secure.tls is not None
+        base = {"endpoints": secure.endpoint_urls(), "caFile": secure.tls.ca}
+        rogue = base | {"certFile": secure.tls.rogue_cert, "keyFile": secure.tls.rogue_key}
+        said = _agent_start_error(cluster, tmp_path, **rogue)
+        assert "refused the TLS session" in said and "certFile" in said, said
+        untrusted = base | {"caFile": secure.tls.rogue_ca}
+        untrusted |= {"certFile": secure.tls.client_cert, "keyFile": secure.tls.client_key}
+        said = _agent_start_error(cluster, tmp_path, **untrusted)
+        assert "is not trusted" in said and "caFile" in said, said
+        # The right files: the store is usable (doctor: only the registration is missing there).
+        good = base | {"certFile": secure.tls.client_cert, "keyFile": secure.tls.client_key}
+        cfg = tmp_path / "tls.json"
+        cfg.write_text(json.dumps(json.loads(cluster.agents[0].cluster_file.read_text()) | good))
+        found = _doctor(cluster.agents[0], cfg)
+        assert not found["ok"] and "not registered" in found["detail"] and "TLS" not in found["detail"], found
+
+
+def _doctor(a: NodeAgent, cluster_file: Path) -> dict[str, Any]:
+    argv = [*lab.self_command(), "doctor", "--json", "--state-dir", a.state_dir, "--bpffs-dir", a.bpffs_dir]
+    out = subprocess.run(
+        ["nsenter", f"--net=/run/netns/{a.netns}", *argv, "--cluster", str(cluster_file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    ).stdout
+    [found] = [f for f in json.loads(out) if f["name"] == "cluster"]
+    return dict(found)
+
+
 def test_doctor_reports_the_store(cluster: Cluster, tmp_path: Path) -> None:
     a = cluster.agents[0]
-
-    def doctor(cluster_file: Path) -> dict[str, Any]:
-        argv = [
-            *lab.self_command(),
-            "doctor",
-            "--json",
-            "--state-dir",
-            a.state_dir,
-            "--bpffs-dir",
-            a.bpffs_dir,
-        ]
-        out = subprocess.run(
-            ["nsenter", f"--net=/run/netns/{a.netns}", *argv, "--cluster", str(cluster_file)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        ).stdout
-        [found] = [f for f in json.loads(out) if f["name"] == "cluster"]
-        return dict(found)
-
-    good = doctor(a.cluster_file)
+    good = _doctor(a, a.cluster_file)
     assert good["ok"] and "node node-0 registered" in good["detail"], good
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(json.loads(a.cluster_file.read_text()) | {"node": "node-9"}))
-    found = doctor(bad)
+    found = _doctor(a, bad)
     assert not found["ok"] and "node-9" in found["detail"], found
