@@ -13,10 +13,16 @@ from cni_yogurt.health import Finding
 
 def describe(info: dict[str, Any]) -> str:
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(info["started"])))
-    return (
+    text = (
         f"pid {info['pid']}, release {info['version']} (ABI {info['abi']}), since {started}, "
         f"{info['served']} calls served"
     )
+    cluster = info.get("cluster")
+    if isinstance(cluster, dict):  # started with --cluster
+        text += f"; cluster node {cluster.get('node')}, lease {cluster.get('lease')}"
+        if cluster.get("last_error") or cluster.get("watch_error"):
+            text += f", last error: {cluster.get('last_error') or cluster.get('watch_error')}"
+    return text
 
 
 def finding(state_dir: str) -> Finding:

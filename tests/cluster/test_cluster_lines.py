@@ -602,7 +602,7 @@ def test_the_agent_names_a_bad_certificate_at_start(cluster: Cluster, tmp_path: 
         assert not found["ok"] and "not registered" in found["detail"] and "TLS" not in found["detail"], found
 
 
-def _doctor(a: NodeAgent, cluster_file: Path) -> dict[str, Any]:
+def _doctor_all(a: NodeAgent, cluster_file: Path) -> list[dict[str, Any]]:
     argv = [*lab.self_command(), "doctor", "--json", "--state-dir", a.state_dir, "--bpffs-dir", a.bpffs_dir]
     out = subprocess.run(
         ["nsenter", f"--net=/run/netns/{a.netns}", *argv, "--cluster", str(cluster_file)],
@@ -611,14 +611,21 @@ def _doctor(a: NodeAgent, cluster_file: Path) -> dict[str, Any]:
         timeout=60,
         check=False,
     ).stdout
-    [found] = [f for f in json.loads(out) if f["name"] == "cluster"]
-    return dict(found)
+    found: list[dict[str, Any]] = json.loads(out)
+    return found
+
+
+def _doctor(a: NodeAgent, cluster_file: Path) -> dict[str, Any]:
+    [found] = [f for f in _doctor_all(a, cluster_file) if f["name"] == "cluster"]
+    return found
 
 
 def test_doctor_reports_the_store(cluster: Cluster, tmp_path: Path) -> None:
     a = cluster.agents[0]
     good = _doctor(a, a.cluster_file)
     assert good["ok"] and "node node-0 registered" in good["detail"], good
+    [agent] = [f for f in _doctor_all(a, a.cluster_file) if f["name"] == "agent"]
+    assert "cluster node node-0, lease " in agent["detail"], agent
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(json.loads(a.cluster_file.read_text()) | {"node": "node-9"}))
     found = _doctor(a, bad)
