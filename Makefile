@@ -46,7 +46,7 @@ cluster: venv
 # A cluster on one machine: nodes as netns on an underlay, wireguard-go between them, a VXLAN device
 # in external mode over it (cni_yogurt/nodelab.py).  Root; about 5 s.
 cluster-net: venv
-	YOGURT_REQUIRE_KERNEL=1 $(VENV)/bin/pytest -q tests/cluster/test_nodelab.py
+	YOGURT_REQUIRE_KERNEL=1 $(VENV)/bin/pytest -q tests/cluster/test_nodelab.py tests/cluster/test_wire_across.py
 
 # The runtime tests (cnitool, podman, containerd) drive dist/yogurt; cnitool and
 # the CRI client are built here, on the host, before the VM boots.

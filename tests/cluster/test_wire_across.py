@@ -3,7 +3,8 @@ joined by the tunnel programs (bpf/yogurt.bpf.c) through an external VXLAN devic
 
 Each node runs the real plugin inside its own netns, on its own bpffsDir and stateDir, as a node
 would; the ends are wired across by hand with line/remote.py (the agent's job later).  veth ends,
-with tcx links and with clsact filters (the tunnel's receive program attaches the same way).
+with tcx links and with clsact filters (the tunnel's receive program attaches the same way), and
+netkit ends where the kernel has netkit (in the VM: YOGURT_TEST_BACKENDS=netkit).
 Needs root, wireguard-go, wg, nft, host-local (`make cluster-net`, YOGURT_REQUIRE_KERNEL=1).
 About a minute per attach mode (most of it compiling the programs once per node).
 """
@@ -16,6 +17,7 @@ import os
 import shutil
 import socket
 import struct
+import subprocess
 import sys
 import time
 import uuid
@@ -27,7 +29,8 @@ from typing import Any, TypeVar
 import pytest
 
 from cni_yogurt import backend, lab
-from cni_yogurt.datapath import CounterMap, Pins, RemoteMap, tunnel_counters
+from cni_yogurt.datapath import CounterMap, Pins, RemoteMap, program_id, tunnel_counters
+from cni_yogurt.kernel import bpf, tc
 from cni_yogurt.kernel.netlink import Rtnl
 from cni_yogurt.kernel.netns import create_in, open_netns
 from cni_yogurt.line import remote
@@ -74,7 +77,7 @@ class YogurtNode:
     """One node of the lab as the plugin sees it: its bpffsDir, stateDir and IPAM, in its netns."""
 
     node: Node
-    attach: str
+    backend: str  # netkit | veth-tcx | veth-tc
     tmp: Path
     tag: str
     bpffs: str = ""
@@ -83,6 +86,17 @@ class YogurtNode:
 
     def __post_init__(self) -> None:
         self.bpffs = f"/sys/fs/bpf/cni-yogurt-test-{_SUFFIX}-across-{self.tag}-n{self.node.index}"
+
+    @property
+    def attach(self) -> str:
+        """How the tunnel's receive program attaches: as the node's ends do (netkit: tcx)."""
+        return "tc" if self.backend == "veth-tc" else "tcx"
+
+    @property
+    def mode(self) -> dict[str, str]:
+        if self.backend == "netkit":
+            return {"mode": "netkit"}
+        return {"mode": "veth", "vethAttach": self.attach}
 
     @property
     def pins(self) -> Pins:
@@ -104,8 +118,7 @@ class YogurtNode:
             "name": f"across-{line}",
             "type": "yogurt",
             "line": line,
-            "mode": "veth",
-            "vethAttach": self.attach,
+            **self.mode,
             "mtu": VXLAN_MTU,
             "bpffsDir": self.bpffs,
             "stateDir": str(self.tmp / "state"),
@@ -191,23 +204,37 @@ class Cluster:
     red: tuple[EndOnNode, EndOnNode]
 
 
-@pytest.fixture(scope="module", params=["tcx", "tc"], ids=["veth-tcx", "veth-tc"])
+def _backends() -> list[str]:
+    """YOGURT_TEST_BACKENDS if set (as for the kernel tests), else what this kernel offers."""
+    named = [b for b in os.environ.get("YOGURT_TEST_BACKENDS", "").split(",") if b]
+    if named:
+        return named
+    offered = ["veth-tcx"] if backend.tcx_supported() else []
+    offered.append("veth-tc")
+    if backend.probe_netkit() is None:
+        offered.insert(0, "netkit")
+    return offered
+
+
+@pytest.fixture(scope="module", params=_backends())
 def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """Three nodes; line red with one end on node 0 and one on node 1, wired across.  Node 2 is
     a node of the cluster (valid WireGuard keys) that has no end of red."""
-    attach = str(request.param)
-    if attach == "tcx" and not backend.tcx_supported():
-        pytest.fail("no tcx on this kernel")
+    kind = str(request.param)
+    if kind not in ("netkit", "veth-tcx", "veth-tc"):
+        raise pytest.UsageError(f"YOGURT_TEST_BACKENDS: {kind} is not netkit, veth-tcx or veth-tc")
     tag = uuid.uuid4().hex[:5]
     with NodeLab(3) as nodelab:
         nodes = [
-            YogurtNode(n, attach, tmp_path_factory.mktemp(f"node{n.index}"), tag) for n in nodelab.nodes[:2]
+            YogurtNode(n, kind, tmp_path_factory.mktemp(f"node{n.index}"), tag) for n in nodelab.nodes[:2]
         ]
         try:
             a, b = nodes
             red = (a.add("red"), b.add("red"))
             for yn in nodes:
-                yn.tunnel_ifindex = yn.inside(lambda yn=yn: remote.attach_tunnel(yn.pins, VXLAN_IF, attach))
+                yn.tunnel_ifindex = yn.inside(
+                    lambda yn=yn: remote.attach_tunnel(yn.pins, VXLAN_IF, yn.attach)
+                )
             a.wire(red[0], b)
             b.wire(red[1], a)
             yield Cluster(nodelab, nodes, red)
@@ -483,3 +510,46 @@ def test_wire_remote_refuses_what_is_not_an_end(cluster: Cluster) -> None:
             lambda: remote.wire_remote(yn.pins, yn.tunnel_ifindex, RemotePartner(5, yn.node.wg_addr), 1)
         )
     assert remote.remote_partners(yn.pins).keys() == {yn.ends[0].host_ifindex}
+
+
+def _upgrade(yn: YogurtNode, abi: int | None) -> str:
+    """`yogurt upgrade` in the node's netns, as this code under ABI `abi` (None: its own)."""
+    env = {k: v for k, v in os.environ.items() if k != "YOGURT_TEST_ABI"}
+    if abi is not None:
+        env["YOGURT_TEST_ABI"] = str(abi)
+    argv = ["nsenter", f"--net={yn.node.netns.path}", sys.executable, "-m", "cni_yogurt", "upgrade"]
+    argv += ["--state-dir", yn.conf("red")["stateDir"], "--bpffs-dir", yn.bpffs]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_an_upgrade_carries_the_remote_wiring_and_the_tunnel_over(cluster: Cluster) -> None:
+    """The next release (this code under another ABI) takes node 0's ends and tunnel over, and
+    the line keeps working; then the same back (so the module's ends end on this release)."""
+    yn, a, b = cluster.nodes[0], *cluster.red
+    here = yn.pins
+    for abi, pins in ((here.abi + 1, Pins(os.path.join(yn.bpffs, f"v{here.abi + 1}"))), (None, here)):
+        out = _upgrade(yn, abi)
+        assert "live ends moved" in out and not out.startswith("0 "), out
+        assert remote.remote_partners(pins) == {
+            a.host_ifindex: RemotePartner(VNIS["red"], cluster.nodes[1].node.wg_addr)
+        }
+        others = [p for p in os.listdir(yn.bpffs) if p != os.path.basename(pins.root)]
+        assert others == [], others  # the older release's pins went (the tunnel link moved with the ends)
+        if yn.attach == "tcx":
+            assert os.path.exists(pins.link(VXLAN_IF, "tunnel"))
+        else:  # the tc filter kept the older program (and its maps) until attached again
+            yn.inside(lambda pins=pins: remote.attach_tunnel(pins, VXLAN_IF, "tc"))
+        tunnel_ids = yn.inside(lambda: _tunnel_programs(yn))
+        assert tunnel_ids == [program_id(pins, "tunnel")]
+        assert ping(a.ns, b.ip4) == 2
+        assert ping(b.ns, a.ip6) == 2
+
+
+def _tunnel_programs(yn: YogurtNode) -> list[int]:
+    """IDs of the programs on the tunnel device's ingress (call it in the node's netns)."""
+    if yn.attach == "tcx":
+        return bpf.prog_query(yn.tunnel_ifindex, bpf.TCX_INGRESS)
+    with Rtnl() as nl:
+        return nl.bpf_filter_ids(yn.tunnel_ifindex, tc.INGRESS)
