@@ -168,6 +168,15 @@ class YogurtNode:
         end.ns.delete()
         self.ends.remove(end)
 
+    def gc(self, line: str, valid: list[EndOnNode]) -> None:
+        conf = {
+            **self.conf(line),
+            "cni.dev/valid-attachments": [{"containerID": e.ns.name, "ifname": "eth0"} for e in valid],
+        }
+        exe = ["nsenter", f"--net={self.node.netns.path}", sys.executable, "-m", "cni_yogurt"]
+        run = lab.run_plugin("GC", conf, cni_path=lab.have_host_local() or "", exe=exe)
+        assert run.rc == 0, f"GC on node {self.node.index}: {run.out} {run.stderr}"
+
     def wire(self, end: EndOnNode, partner_node: YogurtNode) -> None:
         partner = RemotePartner(VNIS[end.line], partner_node.node.wg_addr)
         self.inside(lambda: remote.wire_remote(self.pins, end.host_ifindex, partner, self.tunnel_ifindex))
@@ -180,6 +189,10 @@ class YogurtNode:
             found = counters.get(end.host_ifindex)
         assert found is not None
         return found
+
+    def remote_entries_in(self) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+        with RemoteMap(self.pins) as remotes:
+            return list(remotes.ways_in())
 
     def remote_entries(self) -> dict[str, Any]:
         if not self.pins.loaded():
@@ -441,6 +454,27 @@ def test_an_end_alone_passes_nothing(cluster: Cluster) -> None:
     finally:
         a_node.delete(lone)
     assert lone.host_ifindex not in remote.remote_partners(a_node.pins)  # DEL cut it
+
+
+def test_gc_leaves_no_remote_wiring_behind(cluster: Cluster) -> None:
+    a_node, b_node = cluster.nodes
+    # An end whose device went (deleted by hand): GC takes its wiring out, though the end is valid.
+    gone = a_node.add("lone")
+    a_node.wire(gone, b_node)
+    a_node.node.sh("ip", "link", "del", gone.host_ifname)
+    assert gone.host_ifindex in remote.remote_partners(a_node.pins)
+    a_node.gc("lone", [gone])
+    assert gone.host_ifindex not in remote.remote_partners(a_node.pins)
+    a_node.delete(gone)
+    # A stale end (not a valid attachment any more): GC removes it, and its wiring with it.
+    stale = a_node.add("lone")
+    a_node.wire(stale, b_node)
+    a_node.gc("lone", [])
+    assert stale.host_ifindex not in remote.remote_partners(a_node.pins)
+    assert VNIS["lone"] not in {vni for (vni, _), _ in a_node.remote_entries_in()}
+    stale.ns.delete()
+    a_node.ends.remove(stale)
+    assert remote.remote_partners(a_node.pins).keys() == {cluster.red[0].host_ifindex}
 
 
 def test_cut_remote_on_one_node_makes_both_ways_fail_closed_at_once(cluster: Cluster) -> None:
