@@ -53,6 +53,8 @@ MAPS = {
 }
 # The tunnel device's link pin: links/<tunnel ifname>_tunnel (never a device of an end's).
 TUNNEL_HOOK = "tunnel"
+# Objects an older release's pin dir lacks: the ABI each arrived with (the rest were in v2).
+_SINCE_ABI = {"mark": 4, "remote": 5, "tunnel_in": 5, "tunnel_counters": 5, "prog_tunnel": 5}
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,11 @@ class Pins:
         return all(os.path.exists(p) for p in self.objects())
 
     def objects(self) -> list[str]:
-        return [*map(self.map, MAPS), *map(self.prog, PROGRAMS)]
+        """What a complete pin dir of its release holds (an older release's has less: a v4 dir
+        is complete without the tunnel's objects, and its ends are DEL'd and shown from it)."""
+        names = [*MAPS, *(f"prog_{p}" for p in PROGRAMS)]
+        known = self.abi or ABI
+        return [os.path.join(self.root, n) for n in names if _SINCE_ABI.get(n, 0) <= known]
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from cni_yogurt.kernel.netlink import Rtnl
 from cni_yogurt.kernel.netns import create_in, open_netns
 from cni_yogurt.line import remote
 from cni_yogurt.line.remote import RemotePartner
-from cni_yogurt.nodelab import VXLAN_IF, VXLAN_MTU, VXLAN_PORT, Node, NodeLab
+from cni_yogurt.nodelab import NFT_TABLE, VXLAN_IF, VXLAN_MTU, VXLAN_PORT, Node, NodeLab
 
 T = TypeVar("T")
 _SUFFIX = os.environ.get("YOGURT_TEST_NODE_DIRS", "")
@@ -412,6 +412,18 @@ def test_a_vxlan_frame_in_clear_on_the_underlay_never_arrives(cluster: Cluster) 
         a.ns, a.ip4, 7102, lambda: send_udp(node_b, _port(frame, 7102), str(node_a.wg_addr), VXLAN_PORT)
     )
     assert got == b"in clear"
+    # Without the firewall, the receive program still drops it: the outer source is the partner
+    # node's underlay address, not the WireGuard address the line's VNI is bound to.
+    pins = cluster.nodes[0].pins
+    node_a.sh("nft", "delete", "table", "inet", NFT_TABLE)
+    try:
+        unknown = tunnel_counters(pins)["drop_unknown"]
+        clear = _port(frame, 7103)
+        got = receives(a.ns, a.ip4, 7103, lambda: send_udp(node_b, clear, str(node_a.underlay), VXLAN_PORT))
+        assert got is None
+        assert tunnel_counters(pins)["drop_unknown"] > unknown
+    finally:
+        cluster.lab._firewall(node_a)  # noqa: SLF001  (the lab's own rules, put back)
 
 
 def _port(vxlan: bytes, port: int) -> bytes:

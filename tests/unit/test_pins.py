@@ -63,6 +63,14 @@ def test_the_pin_set_of_abi_5_has_the_tunnel_and_its_maps() -> None:
     assert pins.objects()[-1] == "/x/v5/prog_primary"
 
 
+def test_an_older_release_s_pin_dir_is_complete_without_what_came_later() -> None:
+    v4 = Pins("/x/v4").objects()
+    assert "/x/v4/mark" in v4 and "/x/v4/prog_primary" in v4
+    assert not any(p.endswith(("remote", "tunnel_in", "tunnel_counters", "prog_tunnel")) for p in v4)
+    assert "/x/v3/mark" not in Pins("/x/v3").objects()
+    assert "/x/v3/pairs" in Pins("/x/v3").objects()
+
+
 def test_tunnel_link_pins_are_not_taken_for_an_end_s(tmp_path: Path) -> None:
     pins = Pins(str(tmp_path / "v5"))
     Path(pins.links_dir).mkdir(parents=True)
