@@ -493,13 +493,14 @@ def test_cut_remote_on_one_node_makes_both_ways_fail_closed_at_once(cluster: Clu
     a, b = cluster.red
     a_node, b_node = cluster.nodes
     assert ping(a.ns, b.ip4, count=1) == 1
-    b_node.cut(b)
     started = time.monotonic()
+    b_node.cut(b)
+    # The cut is done when the call returns (a few map deletes, well within a second) ...
+    assert time.monotonic() - started < 1.0
     assert b.host_ifindex not in remote.remote_partners(b_node.pins)
-    # Within a second: the very next packets are dropped, both ways.
+    # ... and the very next packets are dropped, both ways.
     assert lab.ping(a.ns, b.ip4, count=1, wait=0.5) == 0
     assert lab.ping(b.ns, a.ip4, count=1, wait=0.5) == 0
-    assert time.monotonic() - started < 1.5
     # Wired again (twice: idempotent), the line works again.
     b_node.wire(b, a_node)
     b_node.wire(b, a_node)
