@@ -358,15 +358,21 @@ class RemoteMap:
         if before is not None and (before.vni, before.node_ipv4) != (remote.vni, remote.node_ipv4):
             self._drop_in(before.vni, before.node_ipv4, host_ifindex)
 
-    def cut(self, *host_ifindexes: int) -> None:
-        """Unwire ends: the way out first (the end fails closed both ways at once), then
-        every way in that leads to them. One pass over the map however many go."""
+    def cut(self, *host_ifindexes: int, thorough: bool = False) -> None:
+        """Unwire ends: the way out first (the end fails closed both ways at once), then its
+        way in.  `thorough` (GC): also every other way in that leads to them, in one pass over
+        the map however many go (left by a wire_remote cut short, which never delivers: the
+        receive program also wants the way out); DEL does not pay for that pass."""
         gone = set(host_ifindexes)
         for index in gone:
+            wired = self.get(index)
             self._remote.delete(_KEY.pack(index))
-        for key, (index, _flags) in list(self.ways_in()):
-            if index in gone:
-                self._in.delete(_TUNNEL_KEY.pack(*key))
+            if wired is not None:
+                self._drop_in(wired.vni, wired.node_ipv4, index)
+        if thorough:
+            for key, (index, _flags) in list(self.ways_in()):
+                if index in gone:
+                    self._in.delete(_TUNNEL_KEY.pack(*key))
 
     def way_in(self, vni: int, node_ipv4: int) -> int | None:
         """The host-side ifindex that (vni, node) delivers to, if any."""
