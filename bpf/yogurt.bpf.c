@@ -68,10 +68,9 @@
 //   takes the VXLAN port only from the WireGuard device (nodelab.py), so a
 //   frame sent in clear to the underlay never reaches the tunnel device.
 //
-//   netkit devices are L3 (no Ethernet header) and VXLAN carries Ethernet
-//   frames: the netkit sender pushes a header (addresses unused: the receiver
-//   matches on the tunnel key, not on MACs) and the redirect to an L3 device
-//   strips it again on the other side (__bpf_redirect_no_mac).
+//   VXLAN carries Ethernet frames, and both backends' packets have an
+//   Ethernet header at these hooks: netkit's "L3" devices are Ethernet
+//   devices without ARP (all-zero addresses), so a frame crosses unchanged.
 
 #include <uapi/linux/bpf.h>
 
@@ -191,22 +190,13 @@ static __always_inline void count_sent(struct __sk_buff *skb, struct yogurt_coun
 
 // The end's remote partner, with the tunnel key set; NULL if it has none (or
 // the packet cannot be sent: then it is dropped as not wired).
-static __always_inline struct yogurt_remote *tunnel_to_partner(struct __sk_buff *skb, u32 self, int netkit)
+static __always_inline struct yogurt_remote *tunnel_to_partner(struct __sk_buff *skb, u32 self)
 {
     struct yogurt_remote *remote = yogurt_remote.lookup(&self);
     struct bpf_tunnel_key key = {};
 
     if (!remote)
         return 0;
-    if (netkit) {
-        // An Ethernet header for VXLAN: zero MACs, the packet's own protocol.
-        __be16 proto = skb->protocol;
-
-        if (bpf_skb_change_head(skb, 14, 0))
-            return 0;
-        if (bpf_skb_store_bytes(skb, 12, &proto, sizeof(proto), 0))
-            return 0;
-    }
     key.tunnel_id = remote->vni;
     key.remote_ipv4 = remote->node_ipv4;
     key.tunnel_ttl = TUNNEL_TTL;
@@ -235,7 +225,7 @@ int yogurt_peer(struct __sk_buff *skb)
         bpf_redirect(end->partner_host_ifindex, 0);
         return NETKIT_REDIRECT;
     }
-    remote = tunnel_to_partner(skb, self, 1);
+    remote = tunnel_to_partner(skb, self);
     if (!remote) {
         count_not_wired(count);
         return NETKIT_DROP;
@@ -259,7 +249,7 @@ int yogurt_veth_peer(struct __sk_buff *skb)
         count_sent(skb, count);
         return bpf_redirect_peer(end->partner_host_ifindex, 0);
     }
-    remote = tunnel_to_partner(skb, self, 0);
+    remote = tunnel_to_partner(skb, self);
     if (!remote) {
         count_not_wired(count);
         return NETKIT_DROP;

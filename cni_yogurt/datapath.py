@@ -53,6 +53,8 @@ MAPS = {
 }
 # The tunnel device's link pin: links/<tunnel ifname>_tunnel (never a device of an end's).
 TUNNEL_HOOK = "tunnel"
+# Objects an older release's pin dir lacks: the ABI each arrived with (the rest were in v2).
+_SINCE_ABI = {"mark": 4, "remote": 5, "tunnel_in": 5, "tunnel_counters": 5, "prog_tunnel": 5}
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,11 @@ class Pins:
         return all(os.path.exists(p) for p in self.objects())
 
     def objects(self) -> list[str]:
-        return [*map(self.map, MAPS), *map(self.prog, PROGRAMS)]
+        """What a complete pin dir of its release holds (an older release's has less: a v4 dir
+        is complete without the tunnel's objects, and its ends are DEL'd and shown from it)."""
+        names = [*MAPS, *(f"prog_{p}" for p in PROGRAMS)]
+        known = self.abi or ABI
+        return [os.path.join(self.root, n) for n in names if _SINCE_ABI.get(n, 0) <= known]
 
 
 @dataclass(frozen=True)
@@ -352,15 +358,21 @@ class RemoteMap:
         if before is not None and (before.vni, before.node_ipv4) != (remote.vni, remote.node_ipv4):
             self._drop_in(before.vni, before.node_ipv4, host_ifindex)
 
-    def cut(self, *host_ifindexes: int) -> None:
-        """Unwire ends: the way out first (the end fails closed both ways at once), then
-        every way in that leads to them. One pass over the map however many go."""
+    def cut(self, *host_ifindexes: int, thorough: bool = False) -> None:
+        """Unwire ends: the way out first (the end fails closed both ways at once), then its
+        way in.  `thorough` (GC): also every other way in that leads to them, in one pass over
+        the map however many go (left by a wire_remote cut short, which never delivers: the
+        receive program also wants the way out); DEL does not pay for that pass."""
         gone = set(host_ifindexes)
         for index in gone:
+            wired = self.get(index)
             self._remote.delete(_KEY.pack(index))
-        for key, (index, _flags) in list(self.ways_in()):
-            if index in gone:
-                self._in.delete(_TUNNEL_KEY.pack(*key))
+            if wired is not None:
+                self._drop_in(wired.vni, wired.node_ipv4, index)
+        if thorough:
+            for key, (index, _flags) in list(self.ways_in()):
+                if index in gone:
+                    self._in.delete(_TUNNEL_KEY.pack(*key))
 
     def way_in(self, vni: int, node_ipv4: int) -> int | None:
         """The host-side ifindex that (vni, node) delivers to, if any."""

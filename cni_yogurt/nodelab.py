@@ -172,6 +172,10 @@ class NodeLab:
             _run(["ip", "-n", ns, "link", "set", UNDERLAY_IF, "up"])
 
     def _wireguard(self, node: Node) -> None:
+        if not os.path.exists("/dev/net/tun"):
+            # A kernel with tun as a module and nothing that loads it at boot (the test VM):
+            # loading it makes the device node.
+            subprocess.run(["modprobe", "tun"], capture_output=True, check=False, timeout=30)
         if node.wg_socket.exists():
             raise NodeLabError(f"{node.wg_socket} exists: another wireguard-go has the name {node.wg_if}")
         node.dir.mkdir(mode=0o700)

@@ -154,7 +154,7 @@ def wire_remote(pins: Pins, host_ifindex: int, partner: RemotePartner, tunnel_if
 def cut_remote(pins: Pins, host_ifindex: int) -> None:
     """Undo wire_remote for one end (no-op if it was not wired): it fails closed at once."""
     with RemoteMap(pins) as remotes:
-        remotes.cut(host_ifindex)
+        remotes.cut(host_ifindex, thorough=True)
 
 
 def remote_partners(pins: Pins) -> dict[int, RemotePartner]:

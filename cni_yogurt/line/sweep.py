@@ -85,7 +85,7 @@ def leftovers(
             with datapath.RemoteMap(pins) as remotes:  # remote wiring of devices that are gone
                 wired = {index for index, _ in remotes.items()} | {i for _, (i, _) in remotes.ways_in()}
                 if wired - present:
-                    remotes.cut(*(wired - present))
+                    remotes.cut(*(wired - present), thorough=True)
         for where in (pins, *pins.others()):  # an older release's too: it can then go
             for name in datapath.pinned_link_names(where):
                 if sweep(name):

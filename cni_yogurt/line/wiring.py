@@ -79,11 +79,11 @@ def leave_all(registry: Registry, pins: Pins, keys: list[str]) -> list[End]:
     """`leave` for many ends (GC): one registry write and one pass over each map."""
     with registry.transaction() as ends:
         gone = [ends.pop(key) for key in keys if key in ends]
-        _cut(pins, gone)
+        _cut(pins, gone, thorough=True)
         return gone
 
 
-def _cut(current: Pins, ends: list[End], indexes: Iterable[int] = ()) -> None:
+def _cut(current: Pins, ends: list[End], indexes: Iterable[int] = (), thorough: bool = False) -> None:
     """Take ends out of the maps: pairing (both directions), wiring to a remote partner
     (both directions) and counters; out of this release's maps too, which a move to them
     that was cut short may have filled."""
@@ -98,7 +98,7 @@ def _cut(current: Pins, ends: list[End], indexes: Iterable[int] = ()) -> None:
                 pairs.cut(*found)
             if pins.has_remote():
                 with RemoteMap(pins) as remotes:
-                    remotes.cut(*found)
+                    remotes.cut(*found, thorough=thorough)
             with CounterMap(pins) as counters:
                 for index in found:
                     counters.stop(index)
