@@ -3,8 +3,10 @@ userspace WireGuard (wireguard-go) and a VXLAN device in external (metadata) mod
 packets go over the WireGuard addresses.
 
 Groundwork for the wire between nodes (lines across nodes) and for `yogurt demo --nodes 2`, which is
-why it lives in the package (as lab.py does for the one-node demo) and not under tests/.  No tunnel
-programs yet: nothing here knows about lines; a test steers frames into the VXLAN device itself.
+why it lives in the package (as lab.py does for the one-node demo) and not under tests/.  Nothing here
+knows about lines: tests/cluster/test_wire_across.py runs the plugin on these nodes and wires lines
+across them with line/remote.py (the tunnel programs then send through yvx0); test_nodelab.py steers
+frames into the VXLAN device itself.
 
 Layout (every address inside the lab's namespaces; the host netns gets nothing):
     <name>-hub        a bridge, br0, with one veth port per node; 10.215.0.250/24 on it, where a
@@ -216,7 +218,7 @@ class NodeLab:
 
     def _vxlan(self, node: Node) -> None:
         """External (metadata) mode: no VNI or remote of its own; whoever sends through it says
-        both per packet (the tunnel programs, later; a route's `encap ip` in the tests)."""
+        both per packet (the tunnel programs; a route's `encap ip` in test_nodelab.py)."""
         ns = node.netns.name
         _run(
             ["ip", "-n", ns, "link", "add", VXLAN_IF, "type", "vxlan", "external", "dstport", str(VXLAN_PORT)]

@@ -459,8 +459,12 @@ def test_an_end_alone_passes_nothing(cluster: Cluster) -> None:
         assert a_node.counters(lone)["drop_not_wired"] >= 1
         a_node.wire(lone, b_node)
         before = tunnel_counters(b_node.pins)["drop_unknown"]
-        assert ping(lone.ns, "10.219.0.56", count=2) == 0
-        # It left node 0 into the tunnel, and node 1, which has no end for that VNI, dropped it.
+        # It leaves node 0 into the tunnel, and node 1, which has no end for that VNI, drops it.
+        # (Asked a few times: wireguard-go on a loaded machine loses a packet now and then.)
+        for last in range(56, 61):
+            assert ping(lone.ns, f"10.219.0.{last}", count=1) == 0
+            if tunnel_counters(b_node.pins)["drop_unknown"] > before:
+                break
         assert tunnel_counters(b_node.pins)["drop_unknown"] > before
         # And the wired-lone end cannot reach the red line's ends either.
         assert ping(lone.ns, cluster.red[1].ip4, count=1) == 0
