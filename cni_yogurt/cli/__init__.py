@@ -31,6 +31,13 @@ def _parser() -> argparse.ArgumentParser:
     agent.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
     agent.add_argument("--metrics-address", metavar="HOST:PORT", help="serve Prometheus metrics over HTTP")
     agent.add_argument("--metrics-socket", metavar="PATH", help="serve Prometheus metrics on a unix socket")
+    agent.add_argument(
+        "--pool",
+        type=int,
+        default=8,
+        metavar="N",
+        help="veth pairs kept made and attached ahead, for ADDs on veth + tcx (0: none)",
+    )
     demo = sub.add_parser("demo", help="the yogurt phone: two netns on one line, through the CNI protocol")
     demo.add_argument("--keep", action="store_true", help="leave the namespaces wired up afterwards")
     return parser
@@ -57,7 +64,7 @@ def main(argv: list[str]) -> int:
     if args.cmd == "agent":
         from cni_yogurt.agent.server import run
 
-        return run(args.state_dir, args.bpffs_dir, args.metrics_address, args.metrics_socket)
+        return run(args.state_dir, args.bpffs_dir, args.metrics_address, args.metrics_socket, args.pool)
     if args.cmd == "demo":
         from cni_yogurt.cli.demo import demo
 
