@@ -27,7 +27,9 @@ grace period anyway; netkit ADDs take the usual path.  A take that does not
 fit (another bpffs dir, programs reloaded since the pair was made, the
 ifindex taken in the container's netns: EBUSY) gives the pair up and lets
 the usual path make one.  The pool refills in a thread of its own, only
-while no call is in flight: its attaches hold the rtnl lock that ADDs need.
+once no call has been in flight for a moment (QUIET): its attaches hold the
+rtnl lock through their grace periods, and a runtime's calls come in runs
+(a pod's ADD, then its partner's, then CHECKs).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import contextlib
 import os
 import secrets
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -50,6 +53,7 @@ PREFIX = "ygp"  # host-side names of pooled pairs: never naming.is_ours
 DEFAULT_SIZE = 8
 KIND = backend.VETH_TCX
 _RETRY = 2.0  # seconds after a failed refill
+QUIET = 0.25  # seconds without a call before the refill goes on
 
 
 @dataclass
@@ -74,6 +78,7 @@ class Pool:
         self._ready: deque[Pooled] = deque()
         self._cond = threading.Condition()
         self._in_flight = 0
+        self._last_call = 0.0  # when the last call ended (monotonic)
         self._stopped = False
         self.taken = 0
         self.missed = 0
@@ -94,6 +99,7 @@ class Pool:
         finally:
             with self._cond:
                 self._in_flight -= 1
+                self._last_call = time.monotonic()
                 self._cond.notify_all()
 
     def ready(self) -> int:
@@ -168,8 +174,8 @@ class Pool:
     def _refill(self) -> None:
         while True:
             with self._cond:
-                while not self._stopped and (len(self._ready) >= self.size or self._in_flight):
-                    self._cond.wait()
+                while not self._stopped and (wait := self._wait()) != 0.0:
+                    self._cond.wait(wait)
                 if self._stopped:
                     return
             try:
@@ -183,6 +189,12 @@ class Pool:
                 self._ready.append(pooled)
                 if self._stopped:
                     return  # close() deletes it with the rest
+
+    def _wait(self) -> float | None:
+        """How long the refill waits before its next pair (None: until woken; 0: not at all)."""
+        if len(self._ready) >= self.size or self._in_flight:
+            return None
+        return max(0.0, self._last_call + QUIET - time.monotonic())
 
     def _make(self) -> Pooled:
         name = PREFIX + secrets.token_hex(6)
