@@ -124,9 +124,9 @@ class Agent:
         return moving.move(registry, pins, self.log, lost) if moving.needed(registry, pins, lost) else 0
 
     def start_pool(self, size: int) -> None:
-        """Keep `size` veth pairs made and attached ahead (agent/pool.py), where ADDs would
-        attach with tcx; the verbs run in this process take from it."""
-        if size <= 0 or not backend.tcx_supported():
+        """Keep `size` veth pairs made and attached ahead (agent/pool.py) where this node's
+        ADDs get veth + tcx (no netkit; tcx); the verbs run in this process take from it."""
+        if size <= 0 or backend.resolve("auto", "auto", self.state_dir) != backend.VETH_TCX:
             return
         from cni_yogurt import plugin
         from cni_yogurt.agent.pool import Pool
