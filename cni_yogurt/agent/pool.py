@@ -149,10 +149,12 @@ class Pool:
         if pooled is None:
             self.missed += 1
             return None
+        pinned = False
         try:
             if pooled.programs != _programs(pins):
                 raise LookupError("the programs were loaded again since this pair was made")
-            host.set_link(pooled.index, name=host_ifname, mtu=mtu)
+            host.set_link(pooled.index, name=host_ifname, mtu=mtu)  # EEXIST: not ours to touch
+            pinned = True
             backend.pin_held(pins, host_ifname, pooled.links)
             with Rtnl.in_netns(self.netns_fd) as pool:
                 pool.move_link(pooled.index, netns_fd, ifname)
@@ -161,7 +163,8 @@ class Pool:
                     cont.set_link(pooled.index, mtu=mtu, mac=mac)
         except (OSError, LookupError) as exc:
             self.log.info("pool: pair given up, making one", index=pooled.index, reason=str(exc))
-            datapath.detach(pins, host_ifname)
+            if pinned:
+                datapath.detach(pins, host_ifname)
             self._discard(pooled, host)
             self.missed += 1
             return None
