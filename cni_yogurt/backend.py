@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -227,6 +228,36 @@ def attach_hook(backend: Backend, pins: Pins, pair: Pair, hook: Hook, pinned: st
             _attach_link(pins, pair, hook, prog_fd)
     finally:
         os.close(prog_fd)
+
+
+def attach_held(backend: Backend, pins: Pins, pair: Pair) -> dict[str, int]:
+    """Attach the sender and the guard with links that are not pinned: the caller holds
+    their fds (hook name -> link fd), and they detach when it closes them or dies."""
+    assert backend.pins_links
+    held: dict[str, int] = {}
+    try:
+        for hook in backend.hooks:
+            prog_fd = bpf.obj_get(pins.prog(hook.program))
+            try:
+                held[hook.name] = pair.on_side(hook, functools.partial(_link, prog_fd, pair, hook))
+            finally:
+                os.close(prog_fd)
+    except BaseException:
+        for fd in held.values():
+            os.close(fd)
+        raise
+    return held
+
+
+def _link(prog_fd: int, pair: Pair, hook: Hook) -> int:
+    return bpf.link_create(prog_fd, pair.ifindex(hook), hook.attach_type)
+
+
+def pin_held(pins: Pins, host_ifname: str, held: dict[str, int]) -> None:
+    """Pin links made by attach_held as an end's own (what `attach` would have pinned)."""
+    os.makedirs(pins.links_dir, exist_ok=True)
+    for hook, link_fd in held.items():
+        _pin(link_fd, pins.link(host_ifname, hook))
 
 
 def _attach_link(pins: Pins, pair: Pair, hook: Hook, prog_fd: int) -> None:

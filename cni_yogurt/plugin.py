@@ -8,6 +8,15 @@ reverse on any failure, so a failed ADD leaves nothing behind:
     reserve a place on the line -> device pair (closed: netkit blackhole,
     veth down; peer created in CNI_NETNS as CNI_IFNAME) -> attach + pin both
     programs -> IPAM -> addresses, routes, lo up -> mark ready, wire the map
+
+In the node agent, the pair and its attached programs may come from its pool
+instead (agent/pool.py: made ahead, moved into CNI_NETNS); the rest is the
+same.
+
+The IPAM delegate is an exec that needs nothing of ours: it runs in a thread
+of its own while the device is made and the programs attached (each attach
+waits for an RCU grace period in the kernel), and DEL's runs while the
+device is deleted; each verb waits for it before it answers.
 """
 
 from __future__ import annotations
@@ -15,8 +24,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from cni_yogurt import backend, datapath
 from cni_yogurt.cni import attachment
@@ -36,6 +46,52 @@ if TYPE_CHECKING:
     from cni_yogurt.cluster.claims import Claim
 
 ZERO_MAC = "00:00:00:00:00:00"  # L3 netkit has no MAC; podman still wants the field
+T = TypeVar("T")
+
+
+class DevicePool(Protocol):
+    """Pairs made ahead, with their programs attached (agent/pool.py)."""
+
+    def take_into(
+        self,
+        kind: backend.Backend,
+        pins: Pins,
+        host: Rtnl,
+        host_ifname: str,
+        netns_fd: int,
+        ifname: str,
+        mtu: int | None,
+        mac: str | None,
+    ) -> int | None: ...
+
+
+# The node agent's pool; the exec'd plugin has none and makes every pair itself.
+device_pool: DevicePool | None = None
+
+
+def _in_background(work: Callable[[], T]) -> Callable[[], T]:
+    """Start `work` in a thread; returns the call that waits for it and gives its result
+    (or raises its exception).  Used for the IPAM exec, which touches no state of ours."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = work()
+        except BaseException as exc:  # noqa: BLE001  (handed to the waiter)
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+
+    def wait() -> T:
+        thread.join()
+        if "error" in box:
+            raise box["error"]
+        result: T = box["result"]
+        return result
+
+    return wait
+
 
 # The node agent's hold on the cluster store (agent/cluster.py), set when it runs with --cluster.
 # None in an exec'd plugin: a network with "cluster": true then cannot ADD (code 11).
@@ -150,11 +206,26 @@ def add(inv: Invocation) -> Result:
         end.device, end.attach = kind.device, kind.attach
         if cont.link(env.ifname) is not None:
             raise CNIError(Code.KERNEL, f"interface {env.ifname} already exists in {env.netns}")
-        try:
-            index = backend.create_pair(kind, host, host_ifname, env.ifname, netns_fd, conf.mtu, wanted_mac)
-        except OSError as exc:
-            raise _kernel_error(f"cannot create {kind.device} pair {host_ifname}", exc) from exc
-        undo.append(("delete device", lambda: host.delete_link(index)))
+        ipam_done: Callable[[], Result] | None = None
+        if ipam is not None:
+            ipam_done = _in_background(ipam.add)
+            undo.append(("IPAM DEL", _ipam_undo(ipam, ipam_done)))
+        index = None
+        if device_pool is not None:
+            index = device_pool.take_into(
+                kind, pins, host, host_ifname, netns_fd, env.ifname, conf.mtu, wanted_mac
+            )
+        pooled = index is not None
+        if index is None:
+            try:
+                index = backend.create_pair(
+                    kind, host, host_ifname, env.ifname, netns_fd, conf.mtu, wanted_mac
+                )
+            except OSError as exc:
+                raise _kernel_error(f"cannot create {kind.device} pair {host_ifname}", exc) from exc
+        made = index
+        undo.append(("delete device", lambda: host.delete_link(made)))
+        undo.append(("detach programs", lambda: datapath.detach(pins, host_ifname)))
         host_link, cont_link = host.link(host_ifname), cont.link(env.ifname)
         if host_link is None or cont_link is None:  # someone deleted it (or its netns) right away
             raise CNIError(Code.KERNEL, f"the new {kind.device} pair {host_ifname} vanished")
@@ -164,22 +235,24 @@ def add(inv: Invocation) -> Result:
         host.set_alias(end.host_ifindex, recovery.alias(end, conf.state_dir))
         crash_point("add:device")
 
-        undo.append(("detach programs", lambda: datapath.detach(pins, host_ifname)))
         pair = backend.Pair(host_ifname, end.host_ifindex, end.peer_ifindex, host, cont, netns_fd)
         try:
             with datapath.CounterMap(pins) as counters:
                 counters.start(end.host_ifindex)
             undo.append(("stop counters", lambda: _stop_counters(pins, end.host_ifindex)))
-            backend.attach(kind, pins, pair)
+            if pooled:  # attached and pinned already
+                for hook in kind.hooks:
+                    crash_point(f"add:link-{hook.name}")
+            else:
+                backend.attach(kind, pins, pair)
         except OSError as exc:
             raise _kernel_error(f"cannot attach programs to {host_ifname} ({kind.attach})", exc) from exc
         _no_ipv6_on_host_side(host_ifname)
         host.set_up(end.host_ifindex)
 
         ipam_result = Result(ips=[IPConfig(ip) for ip in wanted_ips])  # set as asked, without IPAM
-        if ipam is not None:
-            ipam_result = ipam.add()
-            undo.append(("IPAM DEL", ipam.delete))
+        if ipam is not None and ipam_done is not None:
+            ipam_result = ipam_done()
             crash_point("add:ipam")
             _require_requested(ipam.type, ipam_result, wanted_ips)
         _configure_container(cont, end.peer_ifindex, ipam_result)
@@ -226,6 +299,24 @@ def add(inv: Invocation) -> Result:
     )
 
 
+def _quietly(wait: Callable[[], object] | None) -> None:
+    """Wait for a background call whose outcome no longer matters (a rollback)."""
+    if wait is not None:
+        with contextlib.suppress(Exception):
+            wait()
+
+
+def _ipam_undo(ipam: IPAM, done: Callable[[], object]) -> Callable[[], None]:
+    """ADD's rollback of a lease: once the delegate's ADD has ended, DEL whatever it did
+    (DEL of no lease is harmless)."""
+
+    def undo() -> None:
+        _quietly(done)
+        ipam.delete()
+
+    return undo
+
+
 def _require_requested(ipam_type: str, result: Result, wanted: tuple[attachment.IPInterface, ...]) -> None:
     """The delegate got the request (runtimeConfig.ips, args.cni.ips: the very config we
     got); one that ignored it must not leave the container on other addresses."""
@@ -270,23 +361,30 @@ def delete(inv: Invocation) -> None:
     # by the agent's reconciler later (a claim with no end), or ages out with the node's lease.
     cluster = cluster_node if inv.conf.cluster else None
     line = _line_of(registry, env.container_id, env.ifname) if cluster is not None else None
-    with Rtnl() as host:
-        link = host.link(host_ifname)
-        index = link["index"] if link is not None and link_kind(link) in backend.DEVICE_KINDS else 0
-        own = wiring.hang_up(registry, pins, env.container_id, env.ifname, index)
-        if cluster is not None:
-            cluster.cut(index)
-        crash_point("del:left")
-        datapath.detach(own, host_ifname)
-        if own != pins:
-            datapath.detach(pins, host_ifname)  # and any of this release's, to be sure
-        crash_point("del:detached")
-        if index:
-            host.delete_link(index)  # takes the container end with it
-        crash_point("del:device")
     ipam = _ipam(inv)
-    if ipam is not None:
-        ipam.delete()
+    ipam_done: Callable[[], None] | None = None
+    try:
+        with Rtnl() as host:
+            link = host.link(host_ifname)
+            index = link["index"] if link is not None and link_kind(link) in backend.DEVICE_KINDS else 0
+            own = wiring.hang_up(registry, pins, env.container_id, env.ifname, index)
+            if cluster is not None:
+                cluster.cut(index)
+            crash_point("del:left")
+            if ipam is not None:  # the lease goes while the device does (a veth teardown: tens of ms)
+                ipam_done = _in_background(ipam.delete)
+            datapath.detach(own, host_ifname)
+            if own != pins:
+                datapath.detach(pins, host_ifname)  # and any of this release's, to be sure
+            crash_point("del:detached")
+            if index:
+                host.delete_link(index)  # takes the container end with it
+            crash_point("del:device")
+    except BaseException:
+        _quietly(ipam_done)
+        raise
+    if ipam_done is not None:
+        ipam_done()
     wiring.forget(registry, env.container_id, env.ifname)
     if cluster is not None:
         cluster.release(attachment_key(env.container_id, env.ifname), line)
@@ -307,6 +405,9 @@ def check(inv: Invocation) -> None:
     host_ifname = naming.host_ifname(env.container_id, env.ifname)
     netns_fd = _open_netns(env.netns)
     problems: list[str] = []
+    ipam = _ipam(inv)
+    # The delegate's CHECK reads only its own state: it runs while we look at ours.
+    ipam_done = _in_background(ipam.check) if ipam is not None else None
     try:
         with Rtnl() as host, Rtnl.in_netns(netns_fd) as cont:
             with registry.transaction(host_ifname=host_ifname) as ends:
@@ -335,15 +436,18 @@ def check(inv: Invocation) -> None:
                 if (r.dst.with_prefixlen, str(r.gw) if r.gw else None) not in routes
             ]
             problems += _line_problems(registry, pins, env, host_ifname, host_link["index"])
+    except BaseException:
+        _quietly(ipam_done)
+        raise
     finally:
         os.close(netns_fd)
     if problems:
+        _quietly(ipam_done)
         raise CNIError(
             Code.CHECK_FAILED, f"{env.container_id}/{env.ifname} is not as ADD left it", "; ".join(problems)
         )
-    ipam = _ipam(inv)
-    if ipam is not None:
-        ipam.check()
+    if ipam_done is not None:
+        ipam_done()
 
 
 def _line_problems(

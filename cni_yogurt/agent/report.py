@@ -13,9 +13,15 @@ from cni_yogurt.health import Finding
 
 def describe(info: dict[str, Any]) -> str:
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(info["started"])))
+    pool = info.get("pool")
+    pooled = (
+        f", {len(pool['ready'])}/{pool['size']} pairs ready in its pool ({pool['taken']} taken)"
+        if isinstance(pool, dict)
+        else ""
+    )
     text = (
         f"pid {info['pid']}, release {info['version']} (ABI {info['abi']}), since {started}, "
-        f"{info['served']} calls served"
+        f"{info['served']} calls served{pooled}"
     )
     cluster = info.get("cluster")
     if isinstance(cluster, dict):  # started with --cluster

@@ -31,15 +31,18 @@ import threading
 import time
 from collections.abc import Callable
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cni_yogurt import __version__, datapath
+from cni_yogurt import __version__, backend, datapath
 from cni_yogurt.agent import protocol
 from cni_yogurt.agent.frontend import DEFAULT_STATE_DIR, peek_config
 from cni_yogurt.cni import skel
 from cni_yogurt.datapath import Pins
 from cni_yogurt.line import moving, recovery
 from cni_yogurt.line.registry import Registry
+
+if TYPE_CHECKING:
+    from cni_yogurt.agent.pool import Pool
 
 READ_TIMEOUT = 10.0  # a client that sends half a request is dropped after this
 WRITE_TIMEOUT = 10.0  # and one that never reads its answer
@@ -92,6 +95,7 @@ class Agent:
         self._threads_lock = threading.Lock()
         self.owned_paths: list[str] = []  # the metrics socket, removed with ours
         self.cluster: Any = None  # agent/cluster.py's ClusterNode with --cluster
+        self.pool: Pool | None = None
 
     # -- start ------------------------------------------------------------------
 
@@ -119,6 +123,18 @@ class Agent:
         )
         lost = datapath.ensure_loaded(pins, self.state_dir)
         return moving.move(registry, pins, self.log, lost) if moving.needed(registry, pins, lost) else 0
+
+    def start_pool(self, size: int) -> None:
+        """Keep `size` veth pairs made and attached ahead (agent/pool.py) where this node's
+        ADDs get veth + tcx (no netkit; tcx); the verbs run in this process take from it."""
+        if size <= 0 or backend.resolve("auto", "auto", self.state_dir) != backend.VETH_TCX:
+            return
+        from cni_yogurt import plugin
+        from cni_yogurt.agent.pool import Pool
+
+        self.pool = Pool(Pins.under(self.bpffs_dir), size, self.log)
+        plugin.device_pool = self.pool
+        self.pool.start()
 
     def bind(self) -> None:
         """Listen on agent.sock, root-only, atomically: bound under another name, then renamed."""
@@ -176,6 +192,12 @@ class Agent:
             threads = list(self._threads)
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+        if self.pool is not None:
+            from cni_yogurt import plugin
+
+            plugin.device_pool = None
+            self.pool.close()
+            self.pool = None
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
@@ -213,7 +235,8 @@ class Agent:
             return protocol.Answer(protocol.NOT_MINE)
         out, err = io.StringIO(), io.StringIO()
         started = time.monotonic()
-        rc = skel.run(request.env, io.BytesIO(request.stdin), out, err, _load_verbs)
+        with self.pool.call() if self.pool is not None else contextlib.nullcontext():
+            rc = skel.run(request.env, io.BytesIO(request.stdin), out, err, _load_verbs)
         self.served += 1
         if self.observe is not None:
             verb = request.env.get("CNI_COMMAND", "")
@@ -242,6 +265,9 @@ class Agent:
             "bpffs_dir": self.bpffs_dir,
             "served": self.served,
             "cluster": self.cluster.describe() if self.cluster is not None else None,
+            "pool": None
+            if self.pool is None
+            else {"size": self.pool.size, "ready": self.pool.indexes(), "taken": self.pool.taken},
         }
 
 
@@ -263,6 +289,7 @@ def run(
     metrics_address: str | None,
     metrics_socket: str | None,
     cluster_file: str | None = None,
+    pool_size: int = 0,
 ) -> int:
     """`yogurt agent`, in the foreground."""
     from cni_yogurt.cni.errors import CNIError
@@ -285,6 +312,7 @@ def run(
             agent.observe = observe
         signal.signal(signal.SIGTERM, agent.stop)
         signal.signal(signal.SIGINT, agent.stop)
+        agent.start_pool(pool_size)
         agent.bind()
     except AgentBusy as exc:
         log.error("agent not started", error=str(exc))
@@ -297,7 +325,13 @@ def run(
         log.error("agent not started", error=f"{type(exc).__name__}: {exc}")
         agent.close()
         return 1
-    log.info("agent serving", socket=agent.path, pins=Pins.under(bpffs_dir).root, moved=moved)
+    log.info(
+        "agent serving",
+        socket=agent.path,
+        pins=Pins.under(bpffs_dir).root,
+        moved=moved,
+        pool=agent.pool.size if agent.pool else 0,
+    )
     agent.serve()
     agent.close()
     if node is not None:

@@ -36,6 +36,13 @@ def _parser() -> argparse.ArgumentParser:
     agent.add_argument(
         "--cluster", metavar="FILE", help='join the cluster store (etcd) for networks with "cluster": true'
     )
+    agent.add_argument(
+        "--pool",
+        type=int,
+        default=8,
+        metavar="N",
+        help="veth pairs kept made and attached ahead, for ADDs on veth + tcx (0: none)",
+    )
     demo = sub.add_parser("demo", help="the yogurt phone: two netns on one line, through the CNI protocol")
     demo.add_argument("--keep", action="store_true", help="leave the namespaces wired up afterwards")
     demo.add_argument(
@@ -69,7 +76,9 @@ def main(argv: list[str]) -> int:
     if args.cmd == "agent":
         from cni_yogurt.agent.server import run
 
-        return run(args.state_dir, args.bpffs_dir, args.metrics_address, args.metrics_socket, args.cluster)
+        return run(
+            args.state_dir, args.bpffs_dir, args.metrics_address, args.metrics_socket, args.cluster, args.pool
+        )
     if args.cmd == "demo":
         if args.nodes != 1:
             from cni_yogurt.cli.demo_nodes import demo_nodes

@@ -175,6 +175,30 @@ class Rtnl:
             msg["attrs"] = [("IFLA_MTU", mtu)]
         self.request(msg, RTM_NEWLINK)
 
+    def set_link(
+        self, index: int, name: str | None = None, mtu: int | None = None, mac: str | None = None
+    ) -> None:
+        """Rename a device (it must be down) and/or set its MTU and MAC address."""
+        msg = ifinfmsg()
+        msg["index"] = index
+        attrs: list[tuple[str, Any]] = []
+        if name:
+            attrs.append(("IFLA_IFNAME", name))
+        if mtu:
+            attrs.append(("IFLA_MTU", mtu))
+        if mac:
+            attrs.append(("IFLA_ADDRESS", mac))
+        msg["attrs"] = attrs
+        self.request(msg, RTM_NEWLINK)
+
+    def move_link(self, index: int, netns_fd: int, name: str) -> None:
+        """Move a device of this netns into another one, renamed, keeping its ifindex: the
+        kernel fails (EBUSY) rather than pick another one if it is taken there."""
+        msg = ifinfmsg()
+        msg["index"] = index
+        msg["attrs"] = [("IFLA_NET_NS_FD", netns_fd), ("IFLA_IFNAME", name), ("IFLA_NEW_IFINDEX", index)]
+        self.request(msg, RTM_NEWLINK)
+
     def set_alias(self, index: int, alias: str) -> None:
         """The interface alias (`ip link` shows it); the kernel ignores one given at creation."""
         msg = ifinfmsg()

@@ -66,6 +66,29 @@ def create_in(netns_fd: int, factory: Callable[[], T]) -> T:
         os.close(home)
 
 
+def new_netns() -> int:
+    """A fresh, unnamed netns: an fd is all that keeps it alive (no bind mount), so it and
+    every device in it go when the holder closes the fd or dies.  Made from a thread of
+    its own: unshare moves only the calling thread, which then ends."""
+    found: list[int | OSError] = []
+
+    def make() -> None:
+        if _libc.unshare(CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            found.append(OSError(err, f"unshare: {os.strerror(err)}"))
+            return
+        found.append(os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC))
+
+    import threading
+
+    thread = threading.Thread(target=make)
+    thread.start()
+    thread.join()
+    if isinstance(found[0], OSError):
+        raise found[0]
+    return found[0]
+
+
 def is_netns(path: str) -> bool:
     """True if `path` is a network namespace (an nsfs file or bind mount of one)."""
     try:

@@ -25,12 +25,16 @@ from typing import Any
 
 import pytest
 from conftest import Node, Phone, addresses, private_dirs
+from frames import inject, receives, udp_datagram
 
 from cni_yogurt import lab
 from cni_yogurt.agent import frontend, protocol
+from cni_yogurt.agent.pool import PREFIX as POOL_PREFIX
 from cni_yogurt.cni.errors import Code
-from cni_yogurt.datapath import ABI
+from cni_yogurt.datapath import ABI, pinned_link_names
 from cni_yogurt.faults import ADD_POINTS, DEL_POINTS, ENV
+from cni_yogurt.kernel.netlink import Rtnl
+from cni_yogurt.kernel.netns import open_netns as os_open_netns
 
 
 class Agent:
@@ -454,3 +458,148 @@ def test_metrics_scraped_for_real(node: Node, conf: dict[str, Any], tmp_path: Pa
     phone.hang_up()
     assert agent.stop() == 0
     assert not os.path.exists(metrics_sock)
+
+
+# -- the pool of pairs made ahead (agent/pool.py) ---------------------------------------
+
+
+def _pool(agent: Agent) -> dict[str, Any]:
+    found = agent.info()
+    assert found is not None
+    return found["pool"]  # type: ignore[no-any-return]
+
+
+def _pool_full(agent: Agent, size: int, timeout: float = 60) -> list[int]:
+    """The pooled pairs' ifindexes, once the pool holds `size` again."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready = _pool(agent)["ready"]
+        if len(ready) == size:
+            return ready  # type: ignore[no-any-return]
+        time.sleep(0.05)
+    raise AssertionError(f"the pool did not refill to {size}: {_pool(agent)}")
+
+
+def _pooled_devices() -> set[str]:
+    with Rtnl() as nl:
+        return {n for link in nl.links() if (n := link.get_attr("IFLA_IFNAME")).startswith(POOL_PREFIX)}
+
+
+def _pooled_devices_gone(before: set[str], timeout: float = 20) -> set[str]:
+    """Which of `before` are still there after `timeout` (a netns dies asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while (left := _pooled_devices() & before) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+def _wire_holds(phone: Phone) -> None:
+    """What test_wire checks, in short: the partners talk, the host reaches and injects nothing."""
+    assert lab.ping(phone.one, phone.b4) == 2
+    assert lab.ping(phone.two, phone.a4) == 2
+    assert phone.b6 and lab.ping(phone.one, phone.b6) == 2
+    assert lab.tcp_exchange(phone.two, phone.b4, phone.one)
+    for bypass in (False, True):
+        packet = udp_datagram(phone.a4, phone.b4, 7800 + bypass, b"from the host")
+        send = lambda p=packet, b=bypass: inject(None, phone.host_two, p, phone.mac_two, b)  # noqa: E731
+        assert receives(phone.two, phone.b4, 7800 + bypass, send) is None
+    device = phone.host_two
+    os.system(f"ip addr add 10.42.0.254/32 dev {device}; ip route add {phone.b4}/32 dev {device}")
+    try:
+        assert lab.ping(None, phone.b4) == 0
+    finally:
+        os.system(f"ip route del {phone.b4}/32 dev {device}; ip addr del 10.42.0.254/32 dev {device}")
+
+
+def test_add_takes_a_pooled_pair_and_the_pool_refills(node: Node, conf: dict[str, Any], backend: str) -> None:
+    agent = Agent(conf, "--pool", "2").ready()
+    pooled = set(_pool_full(agent, 2))
+    devices = _pooled_devices()
+    phone = Phone(node, conf=conf)
+    ends = {_ifindex(phone.r1), _ifindex(phone.r2)}
+    if backend == "veth-tcx":  # what the pool serves: both ends are pooled pairs, moved and renamed
+        assert ends == pooled, (ends, pooled)
+        assert _pool(agent)["taken"] == 2
+        assert not devices & {phone.host_one, phone.host_two}, "renamed"
+        for result, ns in ((phone.r1, phone.one), (phone.r2, phone.two)):
+            fd = os_open_netns(ns.path)
+            try:
+                with Rtnl.in_netns(fd) as cont:
+                    assert cont.link("eth0")["index"] == _ifindex(result), "one ifindex per pair"
+            finally:
+                os.close(fd)
+    else:  # tc filters do not survive a netns move: the usual path
+        assert not ends & pooled
+        assert _pool(agent)["taken"] == 0
+    _wire_holds(phone)
+    assert len(_pool_full(agent, 2)) == 2, "refilled"
+    assert not set(_pool(agent)["ready"]) & ends
+    run = node.run("CHECK", {**conf, "prevResult": phone.r1}, phone.one)
+    assert run.rc == 0, run.out
+    phone.hang_up()
+    left = _pooled_devices()
+    assert agent.stop() == 0
+    assert not _pooled_devices_gone(left), "the pool goes with the agent"
+
+
+def test_pool_of_a_killed_agent_goes_and_a_new_agent_adopts_the_node(
+    node: Node, conf: dict[str, Any]
+) -> None:
+    agent = Agent(conf, "--pool", "4").ready()
+    _pool_full(agent, 4)
+    phone = Phone(node, conf=conf)
+    _pool_full(agent, 4)
+    pooled = _pooled_devices()
+    agent.stop(signal.SIGKILL)
+    assert not _pooled_devices_gone(pooled), "a killed agent's pool dies with its netns"
+    assert not {n for n in pinned_link_names(node.pins) if n.startswith(POOL_PREFIX)}
+    assert lab.ping(phone.one, phone.b4) == 2, "the line outlives the agent"
+    again = Agent(conf, "--pool", "4").ready()
+    _pool_full(again, 4)
+    gc = node.run("GC", {**conf, "cni.dev/valid-attachments": []}, None)
+    assert gc.rc == 0, gc.out
+    assert node.leftovers() == {}, "GC through the new agent removed both ends"
+    phone.hang_up()  # nothing left to do: DEL is idempotent
+    left = _pooled_devices()
+    assert again.stop() == 0
+    assert not _pooled_devices_gone(left)
+
+
+def test_more_parallel_adds_than_the_pool_holds(node: Node, conf: dict[str, Any]) -> None:
+    agent = Agent(conf, "--pool", "2").ready()
+    _pool_full(agent, 2)
+    spaces = [node.netns() for _ in range(12)]
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        runs = list(pool.map(lambda i: node.run("ADD", conf, spaces[i], cni_args=_line_args(i)), range(12)))
+    assert all(run.rc == 0 for run in runs), [r.out for r in runs if r.rc]
+    node.ifindexes |= {_ifindex(run.out) for run in runs}
+    assert len(node.ifindexes) == 12
+    for i in range(0, 12, 2):
+        b4, _ = addresses(runs[i + 1].out)
+        assert lab.ping(spaces[i], b4, count=3) >= 1, f"line l{i // 2} not wired"
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        dels = list(pool.map(lambda i: node.run("DEL", conf, spaces[i], cni_args=_line_args(i)), range(12)))
+    assert all(run.rc == 0 for run in dels), [r.out for r in dels if r.rc]
+    assert agent.stop() == 0
+
+
+def test_pooled_ifindex_taken_in_the_container_falls_back(
+    node: Node, conf: dict[str, Any], backend: str
+) -> None:
+    agent = Agent(conf, "--pool", "1").ready()
+    (index,) = _pool_full(agent, 1)
+    one, two = node.netns(), node.netns()
+    # Something of the container's holds the pooled pair's ifindex already.
+    assert os.system(f"ip -n {one.name} link add name squat index {index} type veth peer name squat1") == 0
+    r1 = node.add(conf, one)
+    assert _ifindex(r1) != index, "made on the usual path"
+    r2 = node.add(conf, two)
+    assert lab.ping(one, addresses(r2)[0]) == 2
+    assert lab.ping(two, addresses(r1)[0]) == 2
+    with Rtnl() as nl:
+        held = any(link["index"] == index for link in nl.links())
+    # veth + tcx: the pair was taken, found not to fit and given up; tc: never taken
+    assert held == (backend != "veth-tcx")
+    node.delete(conf, one)
+    node.delete(conf, two)
+    assert agent.stop() == 0

@@ -22,7 +22,7 @@ from cni_yogurt.datapath import Pins, unload
 
 pytestmark = pytest.mark.runtime
 REPO = Path(__file__).resolve().parents[2]
-SOURCES = ("pyproject.toml", "README.md", "bpf", "cni_yogurt")
+SOURCES = ("pyproject.toml", "README.md", "bpf", "cni_yogurt", "packaging/bin")
 
 
 def _sh(*argv: str | Path) -> subprocess.CompletedProcess[str]:
