@@ -246,8 +246,11 @@ class Client:
             if not fresh:  # a kept-alive connection the member closed meanwhile: once more, fresh
                 return self._exchange(i, path, body, remaining, stream, read_timeout)
             reason = str(e) or type(e).__name__
-            if isinstance(e, http.client.RemoteDisconnected) and ep.scheme == "http":
-                reason += " (is it an https endpoint?)"  # etcd closes plain HTTP on a TLS port unanswered
+            # etcd closes plain HTTP on a TLS port unanswered, or resets it (whichever its TLS
+            # handshake read does first with our request's bytes).
+            unanswered = (http.client.RemoteDisconnected, ConnectionResetError)
+            if isinstance(e, unanswered) and ep.scheme == "http":
+                reason += " (is it an https endpoint?)"
             raise _Retry(f"{ep}: {reason}") from None
         if stream:  # an error answer to a stream request: not kept
             self._drop(conn)
