@@ -43,15 +43,17 @@ unit: venv
 cluster: venv
 	@test -n "$$YOGURT_ETCD" || bash packaging/fetch-etcd.sh >/dev/null
 	$(VENV)/bin/pytest -q tests/cluster --ignore=tests/cluster/test_nodelab.py --ignore=tests/cluster/test_wire_across.py \
-		--ignore=tests/cluster/test_cluster_lines.py --ignore=tests/cluster/test_demo_nodes.py
+		--ignore=tests/cluster/test_cluster_lines.py --ignore=tests/cluster/test_demo_nodes.py \
+		--ignore=tests/cluster/test_cnitool_across.py
 
 # A cluster on one machine: nodes as netns on an underlay, wireguard-go between them, a VXLAN device
 # in external mode over it (cni_yogurt/nodelab.py), and lines across it through the tunnel programs,
-# per backend the kernel offers.  Root; about 5 s, then about 40 s per backend.
-cluster-net: venv
+# per backend the kernel offers.  Root; about 5 s, then about 40 s per backend.  test_cnitool_across.py
+# drives dist/yogurt with cnitool on two nodes: both built here first.
+cluster-net: venv binary cnitool
 	@test -n "$$YOGURT_ETCD" || bash packaging/fetch-etcd.sh >/dev/null
 	YOGURT_REQUIRE_KERNEL=1 $(VENV)/bin/pytest -q tests/cluster/test_nodelab.py tests/cluster/test_wire_across.py \
-		tests/cluster/test_cluster_lines.py tests/cluster/test_demo_nodes.py
+		tests/cluster/test_cluster_lines.py tests/cluster/test_demo_nodes.py tests/cluster/test_cnitool_across.py
 
 # Lines across nodes with netkit ends, in the VM where the running kernel has no netkit: the smallest
 # part of the wire test (emulated: about 8 minutes).

@@ -12,145 +12,29 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
 import signal
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from etcdlab import EtcdLab
-from helpers import wait_until
+from helpers import Cluster, NodeAgent, agents_on_nodes, devices, remote_wired, require_node_lab, wait_until
 
 from cni_yogurt import lab
 from cni_yogurt.agent import frontend
-from cni_yogurt.cluster.claims import Claim
-from cni_yogurt.cluster.client import Client
-from cni_yogurt.cluster.keys import Keys
 from cni_yogurt.cluster.nodes import NodeInfo
 from cni_yogurt.cni.errors import Code
-from cni_yogurt.nodelab import STORE_ADDRESS, VXLAN_IF, VXLAN_MTU, NodeLab
+from cni_yogurt.nodelab import STORE_ADDRESS, VXLAN_MTU
 
 NODES = 3
-SUFFIX = os.environ.get("YOGURT_TEST_NODE_DIRS", "")
 CONTAINERS = "10.218.0"  # the lines' container addresses: 10.218.0.<n>/24 (no other test uses it)
 
 
-def _missing() -> str | None:
-    if os.geteuid() != 0:
-        return "the node lab needs root"
-    tools = [t for t in ("wireguard-go", "wg", "nft", "ip", "nsenter") if shutil.which(t) is None]
-    return f"missing {', '.join(tools)} (packaging/install-deps.sh)" if tools else None
-
-
-if (_why := _missing()) is not None:
-    if os.environ.get("YOGURT_REQUIRE_KERNEL") == "1":
-        raise pytest.UsageError(f"YOGURT_REQUIRE_KERNEL=1 but {_why}")
-    pytest.skip(_why, allow_module_level=True)
-
-
-@dataclass
-class NodeAgent:
-    index: int
-    netns: str  # the node's
-    dir: Path
-    bpffs_dir: str
-    cluster_file: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def name(self) -> str:
-        return f"node-{self.index}"
-
-    @property
-    def state_dir(self) -> str:
-        return str(self.dir / "state")
-
-    @property
-    def log(self) -> Path:
-        return self.dir / "agent.log"
-
-    def start(self) -> NodeAgent:
-        argv = [*lab.self_command(), "agent", "--state-dir", self.state_dir, "--bpffs-dir", self.bpffs_dir]
-        argv += ["--cluster", str(self.cluster_file)]
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                ["nsenter", f"--net=/run/netns/{self.netns}", *argv],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-        return self
-
-    def ready(self, timeout: float = 180) -> NodeAgent:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if frontend.info(self.state_dir, timeout=10) is not None:
-                return self
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"agent {self.name} exited {self.proc.returncode}: {self.log_text()}")
-            time.sleep(0.1)
-        raise AssertionError(f"agent {self.name} did not start: {self.log_text()}")
-
-    def stop(self, sig: int = signal.SIGTERM) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        rc = self.proc.wait(60)
-        self.proc = None
-        return rc
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:]
-
-    def conf(self, network: str = "xnet", **extra: Any) -> dict[str, Any]:
-        return {
-            "cniVersion": "1.1.0",
-            "name": network,
-            "type": "yogurt",
-            "cluster": True,
-            "mode": "veth",
-            "stateDir": self.state_dir,
-            "bpffsDir": self.bpffs_dir,
-            "logFile": str(self.dir / "plugin.log"),
-            **extra,
-        }
-
-    def sh(self, *argv: str) -> str:
-        return subprocess.run(
-            ["ip", "netns", "exec", self.netns, *argv], capture_output=True, text=True, check=True, timeout=30
-        ).stdout
-
-
-@dataclass
-class Cluster:
-    nodes: NodeLab
-    store: EtcdLab
-    agents: list[NodeAgent]
-    keys: Keys
-    client: Client
-    containers: list[lab.Netns]
-
-    def container(self, name: str) -> lab.Netns:
-        ns = lab.Netns(f"{self.nodes.name}-c{name}").create()
-        self.containers.append(ns)
-        return ns
-
-    def claims(self, line: str) -> list[Claim]:
-        kvs, _ = self.client.get_prefix(self.keys.line_ends(line))
-        return [Claim.decode(kv) for kv in kvs]
-
-    def vni(self, line: str) -> int | None:
-        kv = self.client.get(self.keys.line_vni(line))
-        return int(kv.value) if kv else None
+require_node_lab()
 
 
 def _plugin(command: str, conf: dict[str, Any], ctr: lab.Netns | None, cid: str, **kw: Any) -> lab.PluginRun:
@@ -161,48 +45,8 @@ def _plugin(command: str, conf: dict[str, Any], ctr: lab.Netns | None, cid: str,
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    top = tmp_path_factory.mktemp("cluster-lines")
-    with NodeLab(NODES, peers=False) as nodes:
-        store = EtcdLab(netns=nodes.hub.name, host=str(STORE_ADDRESS)).start()
-        keys = Keys(f"/yogurt-{nodes.tag}")
-        agents: list[NodeAgent] = []
-        made = Cluster(nodes, store, agents, keys, store.client(), [])
-        try:
-            for node in nodes.nodes:
-                d = top / f"node{node.index}"
-                d.mkdir()
-                agent = NodeAgent(
-                    node.index,
-                    node.netns.name,
-                    d,
-                    f"/sys/fs/bpf/yogurt-cl-{SUFFIX}-{nodes.tag}-n{node.index}",
-                    d / "cluster.json",
-                )
-                agent.cluster_file.write_text(
-                    json.dumps(
-                        {
-                            "endpoints": store.endpoint_urls(),
-                            "node": agent.name,
-                            "prefix": keys.prefix,
-                            "address": str(node.underlay),
-                            "wireguardDevice": node.wg_if,
-                            "tunnelDevice": VXLAN_IF,
-                        }
-                    )
-                )
-                agents.append(agent.start())
-            for agent in agents:
-                agent.ready()
-            yield made
-        finally:
-            for agent in agents:
-                agent.stop()
-            for ns in made.containers:
-                ns.delete()
-            store.close()
-            for agent in agents:
-                shutil.rmtree(agent.bpffs_dir, ignore_errors=True)
-    assert nodes.leftovers() == []
+    with agents_on_nodes(tmp_path_factory.mktemp("cluster-lines"), NODES) as made:
+        yield made
 
 
 def _agent_of(cluster: Cluster, i: int) -> NodeAgent:
@@ -228,11 +72,6 @@ def _line(
         _plugin("DEL", x.conf(line=line), cx, f"{line}-x")
         _plugin("DEL", y.conf(line=line), cy, f"{line}-y")
     assert cluster.claims(line) == []
-
-
-def _devices(agent: NodeAgent) -> list[str]:
-    out = json.loads(agent.sh("ip", "-j", "link", "show"))
-    return [link["ifname"] for link in out if link["ifname"].startswith("yg")]
 
 
 def test_agents_register_their_nodes_and_set_wireguard_peers_from_etcd(cluster: Cluster) -> None:
@@ -276,12 +115,12 @@ def test_three_adds_racing_on_three_nodes_give_two_ends(cluster: Cluster) -> Non
     assert sorted(c.node for c in cluster.claims("race")) == [f"node-{i}" for i in won]
     assert all(c.ready for c in cluster.claims("race"))
     loser_i = next(i for i in runs if i not in won)
-    assert _devices(_agent_of(cluster, loser_i)) == []  # the loser built nothing
+    assert devices(_agent_of(cluster, loser_i)) == []  # the loser built nothing
     for i in range(NODES):
         assert _plugin("DEL", _agent_of(cluster, i).conf(line="race"), ctrs[i], f"race-{i}").rc == 0
     assert cluster.claims("race") == []
     assert cluster.vni("race") is None
-    assert all(_devices(a) == [] for a in cluster.agents)
+    assert all(devices(a) == [] for a in cluster.agents)
 
 
 def test_a_cross_node_line_is_claimed_on_both_nodes_with_a_tunnel_id(cluster: Cluster) -> None:
@@ -328,7 +167,7 @@ def test_ping_and_tcp_across_nodes_hosts_locked_out_and_del_fails_closed(cluster
         # DEL of one end: the other fails closed within a second.
         assert _plugin("DEL", a.conf(line="p1"), ca, "p1-a").rc == 0
         time.sleep(1)
-        assert _remote_wired(b) == {}  # its agent heard of it and cut its end's wiring
+        assert remote_wired(b) == {}  # its agent heard of it and cut its end's wiring
         assert lab.ping(cb, ip_a, count=2, wait=1) == 0
     finally:
         _plugin("DEL", a.conf(line="p1"), ca, "p1-a")
@@ -404,7 +243,7 @@ def test_quorum_lost_add_fails_with_11_in_bounded_time_and_status_50(cluster: Cl
             took = time.monotonic() - started
             assert run.rc != 0 and run.out["code"] == Code.TRY_AGAIN_LATER, run.out
             assert took <= 10.0, took
-            assert _devices(a) == []  # nothing left on the node
+            assert devices(a) == []  # nothing left on the node
             assert ctr.run("ip", "-j", "link", "show", "eth0").returncode != 0
             status = _plugin("STATUS", conf, None, "")
             assert status.rc != 0 and status.out["code"] == Code.NOT_AVAILABLE, status.out
@@ -413,7 +252,7 @@ def test_quorum_lost_add_fails_with_11_in_bounded_time_and_status_50(cluster: Cl
             started = time.monotonic()
             assert _plugin("DEL", c.conf(line="q0"), cc, "q0-y").rc == 0
             assert time.monotonic() - started < 6
-            assert _devices(c) == []
+            assert devices(c) == []
         finally:
             cluster.store.start_member(1)
             cluster.store.start_member(2)
@@ -461,13 +300,6 @@ def _cut_off(agent: NodeAgent) -> Iterator[None]:
         )
 
 
-def _remote_wired(agent: NodeAgent) -> dict[int, Any]:
-    from cni_yogurt.datapath import Pins
-    from cni_yogurt.line import remote
-
-    return dict(remote.remote_partners(Pins.under(agent.bpffs_dir)))
-
-
 def _watch(agent: NodeAgent) -> dict[str, Any]:
     info = frontend.info(agent.state_dir, timeout=10)
     assert info is not None
@@ -487,17 +319,17 @@ def _revision(agent: NodeAgent) -> int:
 def test_an_agent_behind_a_compaction_lists_again_and_converges(cluster: Cluster) -> None:
     a, b = cluster.agents[:2]
     with _line(cluster, a, b, "w1", 100) as (ca, cb, ip_a, ip_b):
-        assert wait_until(lambda: len(_remote_wired(b)) == 1, 10)
+        assert wait_until(lambda: len(remote_wired(b)) == 1, 10)
         before = _relists(b)
         with _cut_off(b):
             assert _plugin("DEL", a.conf(line="w1"), ca, "w1-x").rc == 0  # b does not hear of it
             assert [c.node for c in cluster.claims("w1")] == ["node-1"]
             time.sleep(1)
-            assert len(_remote_wired(b)) == 1
+            assert len(remote_wired(b)) == 1
             compacted = cluster.store.compact()
         assert compacted > _revision(b)
         # Its watch resumes from a revision compacted away: it lists again, and cuts the wiring.
-        assert wait_until(lambda: _remote_wired(b) == {}, 20), b.log_text()
+        assert wait_until(lambda: remote_wired(b) == {}, 20), b.log_text()
         assert _relists(b) > before
 
 
@@ -529,7 +361,7 @@ def test_gc_releases_the_claims_of_ends_the_runtime_no_longer_knows(cluster: Clu
     assert [c.node for c in cluster.claims("gc1")] == ["node-0"]
     assert _plugin("GC", conf | {"cni.dev/valid-attachments": []}, None, "").rc == 0
     assert cluster.claims("gc1") == []
-    assert _devices(a) == []
+    assert devices(a) == []
 
 
 def test_a_node_gone_past_its_lease_fails_closed_at_its_partner_and_comes_back(cluster: Cluster) -> None:
