@@ -432,6 +432,7 @@ class ClusterNode:
                 for c in claims:
                     if c.node == self.me and c.ready and c.end_key in local:
                         self._held[(line, c.end_key)] = c
+            self._cut_stale(todo)  # first: failing closed must not wait for wg(8) or the store
             changed = sync_peers(self.cfg.wireguard_device, wanted_peers(todo.peers))
             if changed:
                 self.log.info("cluster: WireGuard peers set", changes=changed)
@@ -441,6 +442,16 @@ class ClusterNode:
                 )
                 self._release_orphan(c)
             self._wire(view, todo)
+
+    def _cut_stale(self, todo: Plan) -> None:
+        """Cut every remote wiring the view no longer wants (the partner's DEL, its node gone)."""
+        if not self.tunnel_ifindex:
+            return
+        from cni_yogurt.line import remote
+
+        for index in sorted(set(remote.remote_partners(self.pins)) - set(todo.wire)):
+            remote.cut_remote(self.pins, index)
+            self.log.info("cluster: remote partner cut", host_ifindex=index)
 
     def _wire(self, view: View, todo: Plan) -> None:
         """The line's tunnel id for each end whose partner is on another node (allocated on first
