@@ -88,10 +88,13 @@ class TLSFiles:
 def make_tls(directory: Path, host: str = "127.0.0.1") -> TLSFiles:
     """A CA, a server certificate for `host` (and localhost), a client certificate; and a rogue CA with
     its own client."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    try:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    except ImportError:  # the one-file binary leaves it out (packaging/yogurt.spec)
+        raise RuntimeError("a TLS lab needs the cryptography package (python3-cryptography)") from None
 
     now = datetime.datetime.now(datetime.UTC)
 

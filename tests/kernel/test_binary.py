@@ -30,3 +30,17 @@ def test_the_binary_serves_add_check_status_gc_and_del(node: Node) -> None:
     assert list(node.ends()) == [f"{keep.name}/eth0"]
     assert node.leases() == sorted(ip["address"].split("/")[0] for ip in kept["ips"])
     node.delete(conf, keep, exe=exe)
+
+
+def test_the_binary_carries_no_openssl_and_no_unused_runtime_hook() -> None:
+    """Every exec of the one-file binary unpacks every shared library it carries: OpenSSL
+    (6 MB) came in once through a module no verb runs.  Its table of contents, as the
+    bootloader reads it, must hold none of it, nor a runtime hook we have removed."""
+    from PyInstaller.archive.readers import CArchiveReader
+
+    names = list(CArchiveReader(str(BINARY)).toc)
+    openssl = ("libssl", "libcrypto", "cryptography", "_ssl", "ossl-")
+    carried = [n for n in names if any(k in n for k in openssl)]
+    assert carried == []
+    hooks = [n for n in names if n.startswith("pyi_rth_")]
+    assert not {"pyi_rth_inspect", "pyi_rth_pkgutil", "pyi_rth_multiprocessing"} & set(hooks), hooks
