@@ -221,6 +221,7 @@ class ClusterNode:
         self.info = nodes.NodeInfo(
             self.me, self.cfg.address, public_key, port, f"{self.cfg.address}:{port}", wg_address
         )
+        self._guard_tunnel_port()
         self.tunnel_ifindex = self._attach_tunnel()
         try:
             self.lease = self._register(self.info)
@@ -235,6 +236,16 @@ class ClusterNode:
         ).start()
         self._thread.start()
         return self
+
+    def _guard_tunnel_port(self) -> None:
+        """The tunnel's UDP port open to WireGuard alone (agent/firewall.py), before any line
+        is wired through it."""
+        from cni_yogurt.agent import firewall
+
+        try:
+            firewall.install(firewall.tunnel_device(self.cfg.tunnel_device), self.cfg.wireguard_device)
+        except firewall.FirewallError as e:
+            raise ClusterStartError(f"cannot guard the tunnel's port: {e}") from None
 
     def _attach_tunnel(self) -> int:
         from cni_yogurt.kernel.netlink import Rtnl

@@ -35,10 +35,39 @@ def cluster_finding(cluster_file: str) -> Finding:
     return Finding("cluster", True, detail)
 
 
+def tunnel_guard_finding(cluster_file: str) -> Finding:
+    """Whether the tunnel's UDP port is open to WireGuard alone (agent/firewall.py)."""
+    from cni_yogurt.agent import firewall
+    from cni_yogurt.cluster import config
+    from cni_yogurt.cni.errors import CNIError
+
+    try:
+        cfg = config.load(cluster_file)
+        tunnel = firewall.tunnel_device(cfg.tunnel_device)
+    except CNIError as e:
+        return Finding("tunnel", False, f"{e.msg}: {e.details}", f"fix {cluster_file}")
+    except firewall.FirewallError as e:
+        return Finding("tunnel", False, str(e), "create the tunnel device (README: Lines across nodes)")
+    dropped = firewall.guarding(tunnel.port, cfg.wireguard_device)
+    if dropped is None:
+        return Finding(
+            "tunnel",
+            False,
+            f"UDP {tunnel.port} ({tunnel.name}) is not limited to {cfg.wireguard_device}: "
+            "tunnel frames sent in clear to this node would reach it",
+            "start `yogurt agent --cluster`, which puts the rule in place (nft table inet cni_yogurt)",
+        )
+    return Finding(
+        "tunnel",
+        True,
+        f"UDP {tunnel.port} ({tunnel.name}) only through {cfg.wireguard_device}; {dropped} dropped",
+    )
+
+
 def doctor(bpffs_dir: str, state_dir: str, as_json: bool, cluster_file: str | None = None) -> int:
     findings = [*health.node_findings(bpffs_dir, state_dir, cached=False), report.finding(state_dir)]
     if cluster_file:
-        findings.append(cluster_finding(cluster_file))
+        findings += [cluster_finding(cluster_file), tunnel_guard_finding(cluster_file)]
     if as_json:
         print(json.dumps([asdict(f) for f in findings], indent=1))
     else:

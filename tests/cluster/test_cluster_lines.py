@@ -12,23 +12,36 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
+import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from etcdlab import EtcdLab
-from helpers import Cluster, NodeAgent, agents_on_nodes, devices, remote_wired, require_node_lab, wait_until
+from helpers import (
+    Cluster,
+    NodeAgent,
+    agents_on_nodes,
+    devices,
+    ipv4_udp,
+    remote_wired,
+    require_node_lab,
+    vxlan_packet,
+    wait_until,
+)
 
 from cni_yogurt import lab
-from cni_yogurt.agent import frontend
+from cni_yogurt.agent import firewall, frontend
 from cni_yogurt.cluster.nodes import NodeInfo
 from cni_yogurt.cni.errors import Code
-from cni_yogurt.nodelab import STORE_ADDRESS, VXLAN_MTU
+from cni_yogurt.kernel.netns import create_in, open_netns
+from cni_yogurt.nodelab import NFT_TABLE, STORE_ADDRESS, VXLAN_MTU, VXLAN_PORT
 
 NODES = 3
 CONTAINERS = "10.218.0"  # the lines' container addresses: 10.218.0.<n>/24 (no other test uses it)
@@ -411,6 +424,10 @@ def test_the_agent_names_a_wrong_cluster_configuration_at_start(cluster: Cluster
     assert "is held by another live node" in _agent_start_error(cluster, tmp_path, node="node-1")
     assert "wireguardDevice 'nope0'" in _agent_start_error(cluster, tmp_path, wireguardDevice="nope0")
     assert "invalid endpoint" in _agent_start_error(cluster, tmp_path, endpoints=["etcd:2379"])
+    # The underlay's veth is no tunnel: the agent will not guard or wire through it.
+    assert "'under0' is not a VXLAN device in external mode" in _agent_start_error(
+        cluster, tmp_path, tunnelDevice="under0"
+    )
 
 
 def test_the_agent_names_a_bad_certificate_at_start(cluster: Cluster, tmp_path: Path) -> None:
@@ -458,7 +475,87 @@ def test_doctor_reports_the_store(cluster: Cluster, tmp_path: Path) -> None:
     assert good["ok"] and "node node-0 registered" in good["detail"], good
     [agent] = [f for f in _doctor_all(a, a.cluster_file) if f["name"] == "agent"]
     assert "cluster node node-0, lease " in agent["detail"], agent
+    [tunnel] = [f for f in _doctor_all(a, a.cluster_file) if f["name"] == "tunnel"]
+    assert tunnel["ok"] and "only through" in tunnel["detail"], tunnel
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(json.loads(a.cluster_file.read_text()) | {"node": "node-9"}))
     found = _doctor(a, bad)
     assert not found["ok"] and "node-9" in found["detail"], found
+
+
+def _send_forged(sender: str, packet: bytes, to: str) -> None:
+    """A raw IPv4 packet, its header as given (a forged source), sent from node netns `sender`."""
+    fd = open_netns(f"/run/netns/{sender}")
+    try:
+        sock = create_in(fd, lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW))
+    finally:
+        os.close(fd)
+    with sock:
+        sock.sendto(packet, (to, 0))
+
+
+def _received(ctr: lab.Netns, address: str, port: int, send: Callable[[], None]) -> bytes | None:
+    with lab.socket_in(ctr, socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((address, port))
+        sock.settimeout(1.5)
+        send()
+        try:
+            return sock.recv(100)
+        except TimeoutError:
+            return None
+
+
+def test_the_agent_keeps_the_tunnel_port_to_wireguard_a_forged_source_never_arrives(cluster: Cluster) -> None:
+    """An injector on the underlay forges the partner node's WireGuard address as the outer
+    source of a VXLAN frame with the line's tunnel id, sent in clear to the node's underlay
+    address: the tunnel program alone would take it (the outer source is all it can see).  The
+    agent's nftables rule (agent/firewall.py) drops it; without that rule it arrives, which
+    is why the agent puts it there itself.  The lab's own rule is out of the way meanwhile."""
+    x, y = cluster.agents[:2]
+    node_x, node_y = cluster.nodes.nodes[0], cluster.nodes.nodes[1]
+    with _line(cluster, x, y, "forge", 41) as (cx, _cy, ip_x, ip_y):
+        vni = cluster.vni("forge")
+        assert vni
+        [link] = json.loads(subprocess.run(
+            ["ip", "-n", cx.name, "-j", "link", "show", "eth0"], capture_output=True, text=True, check=True
+        ).stdout)  # fmt: skip
+
+        def forged(port: int) -> bytes:
+            inner = ipv4_udp(ip_y, ip_x, port, b"forged")
+            return ipv4_udp(
+                str(node_y.wg_addr),
+                str(node_x.underlay),
+                VXLAN_PORT,
+                vxlan_packet(vni, link["address"], inner),
+            )
+
+        def send(port: int) -> Callable[[], None]:
+            return lambda: _send_forged(node_y.netns.name, forged(port), str(node_x.underlay))
+
+        x.sh("nft", "delete", "table", "inet", NFT_TABLE)
+        try:
+            assert "tunnel-only-through-wireguard" in x.sh("nft", "list", "table", "inet", firewall.TABLE)
+            before = _guard_drops(x)
+            assert _received(cx, ip_x, 7301, send(7301)) is None
+            assert _guard_drops(x) > before
+            # The control: without the agent's rule the forged frame is taken as the partner's.
+            x.sh("nft", "delete", "table", "inet", firewall.TABLE)
+            assert _received(cx, ip_x, 7302, send(7302)) == b"forged"
+        finally:
+            subprocess.run(
+                ["ip", "netns", "exec", x.netns, "nft", "-f", "-"],
+                input=firewall.ruleset(VXLAN_PORT, node_x.wg_if), text=True, check=True,
+            )  # fmt: skip
+            cluster.nodes._firewall(node_x)  # noqa: SLF001  (the lab's own rules, put back)
+        assert _received(cx, ip_x, 7303, send(7303)) is None
+
+
+def _guard_drops(agent: NodeAgent) -> int:
+    table = json.loads(agent.sh("nft", "-j", "list", "table", "inet", firewall.TABLE))
+    return sum(
+        int(e["counter"]["packets"])
+        for item in table["nftables"]
+        if "rule" in item
+        for e in item["rule"]["expr"]
+        if "counter" in e
+    )

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from helpers import ipv4_udp, vxlan_packet
 
 from cni_yogurt import backend, lab
 from cni_yogurt.datapath import CounterMap, Pins, RemoteMap, program_id, tunnel_counters
@@ -278,24 +279,6 @@ def ping(ns: lab.Netns, address: str, count: int = 2, size: int | None = None) -
 
 
 # -- frames made by hand ---------------------------------------------------------
-
-
-def ipv4_udp(src: str, dst: str, port: int, payload: bytes) -> bytes:
-    udp = struct.pack("!HHHH", 5555, port, 8 + len(payload), 0) + payload
-    header = struct.pack(
-        "!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, socket.IPPROTO_UDP, 0,
-        socket.inet_aton(src), socket.inet_aton(dst),
-    )  # fmt: skip
-    csum = sum(struct.unpack("!10H", header))
-    csum = (csum & 0xFFFF) + (csum >> 16)
-    csum = ~((csum & 0xFFFF) + (csum >> 16)) & 0xFFFF
-    return header[:10] + struct.pack("!H", csum) + header[12:] + udp
-
-
-def vxlan_packet(vni: int, dst_mac: str, inner: bytes) -> bytes:
-    """A VXLAN UDP payload: the header with `vni`, an Ethernet frame carrying an IPv4 packet."""
-    ether = bytes.fromhex(dst_mac.replace(":", "")) + bytes.fromhex("02000000beef") + b"\x08\x00"
-    return struct.pack("!B3xI", 0x08, vni << 8) + ether + inner
 
 
 def send_udp(node: Node, payload: bytes, address: str, port: int) -> None:
