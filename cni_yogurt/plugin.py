@@ -44,6 +44,7 @@ from cni_yogurt.line.registry import End, Registry, attachment_key
 if TYPE_CHECKING:
     from cni_yogurt.agent.cluster import ClusterNode
     from cni_yogurt.cluster.claims import Claim
+    from cni_yogurt.cni.netconf import NetConf
 
 ZERO_MAC = "00:00:00:00:00:00"  # L3 netkit has no MAC; podman still wants the field
 T = TypeVar("T")
@@ -111,6 +112,24 @@ def _cluster(inv: Invocation) -> ClusterNode | None:
             f"serves {inv.conf.state_dir}",
         )
     return cluster_node
+
+
+def _pair_mtu(conf: NetConf, cluster: ClusterNode | None) -> int | None:
+    """The pair's MTU: the config's, else the kernel's default; on a cluster network, what a line
+    across nodes carries here (the tunnel inside WireGuard, ClusterNode.line_mtu) unless the
+    config asks for less.  More is refused before anything exists: a redirect into the tunnel
+    checks no size, so a larger packet would be lost on the way."""
+    if cluster is None:
+        return conf.mtu
+    most = cluster.line_mtu()
+    if conf.mtu is not None and conf.mtu > most:
+        raise CNIError(
+            Code.INVALID_CONFIG,
+            f"invalid network config: mtu {conf.mtu} is more than a line across nodes carries here",
+            f"at most {most} (the tunnel device's MTU, and WireGuard's less the tunnel's 50 bytes); "
+            "leave mtu out to get it",
+        )
+    return conf.mtu if conf.mtu is not None else most
 
 
 def _ipam(inv: Invocation) -> IPAM | None:
@@ -185,6 +204,7 @@ def add(inv: Invocation) -> Result:
     kind = backend.resolve(conf.mode, conf.veth_attach, conf.state_dir)
     attachment.refuse_mac_on(kind.device, wanted_mac)
     cluster = _cluster(inv)
+    mtu = _pair_mtu(conf, cluster)
     netns_fd = _open_netns(env.netns)
     pins, registry = _node(inv)
     host_ifname = naming.host_ifname(env.container_id, env.ifname)
@@ -213,14 +233,12 @@ def add(inv: Invocation) -> Result:
         index = None
         if device_pool is not None:
             index = device_pool.take_into(
-                kind, pins, host, host_ifname, netns_fd, env.ifname, conf.mtu, wanted_mac
+                kind, pins, host, host_ifname, netns_fd, env.ifname, mtu, wanted_mac
             )
         pooled = index is not None
         if index is None:
             try:
-                index = backend.create_pair(
-                    kind, host, host_ifname, env.ifname, netns_fd, conf.mtu, wanted_mac
-                )
+                index = backend.create_pair(kind, host, host_ifname, env.ifname, netns_fd, mtu, wanted_mac)
             except OSError as exc:
                 raise _kernel_error(f"cannot create {kind.device} pair {host_ifname}", exc) from exc
         made = index
@@ -289,8 +307,8 @@ def add(inv: Invocation) -> Result:
     )
     return Result(
         interfaces=[
-            Interface(host_ifname, _mac(host_link), mtu=conf.mtu),
-            Interface(env.ifname, _mac(cont_link), sandbox=env.netns, mtu=conf.mtu),
+            Interface(host_ifname, _mac(host_link), mtu=mtu),
+            Interface(env.ifname, _mac(cont_link), sandbox=env.netns, mtu=mtu),
         ],
         ips=[IPConfig(ip.address, ip.gateway, interface=1) for ip in ipam_result.ips],
         routes=ipam_result.routes,

@@ -45,6 +45,9 @@ TICK = 5.0  # the reconciler runs at least this often (a failed step is retried)
 STATUS_TIMEOUT = 3.0
 RELEASE_TIMEOUT = 3.0  # DEL does not wait longer for the store: the reconciler releases later
 WG_TIMEOUT = 10.0
+# VXLAN over IPv4, what a line across nodes gives up of WireGuard's MTU: outer IP 20 + UDP 8 +
+# VXLAN 8 + the inner Ethernet header 14 (line_mtu).
+TUNNEL_OVERHEAD = 50
 
 
 class ClusterStartError(Exception):
@@ -380,6 +383,23 @@ class ClusterNode:
             from cni_yogurt.line import remote
 
             remote.cut_remote(self.pins, host_ifindex)
+
+    def line_mtu(self) -> int:
+        """The largest packet a line across nodes carries from this node: it leaves in the tunnel
+        (VXLAN over IPv4: outer IP 20 + UDP 8 + VXLAN 8 + inner Ethernet 14 bytes), which goes
+        inside WireGuard, whose device MTU already leaves room for WireGuard's own header.  Read
+        at every ADD, so an operator's change to either device counts from the next one."""
+        from cni_yogurt.kernel.netlink import Rtnl
+
+        with Rtnl() as rtnl:
+            tunnel = rtnl.link(self.cfg.tunnel_device)
+            wireguard = rtnl.link(self.cfg.wireguard_device)
+        if tunnel is None or wireguard is None:
+            gone = self.cfg.tunnel_device if tunnel is None else self.cfg.wireguard_device
+            raise CNIError(
+                Code.TRY_AGAIN_LATER, f"device {gone} of the cluster's wire is gone from this node"
+            )
+        return min(int(tunnel.get_attr("IFLA_MTU")), int(wireguard.get_attr("IFLA_MTU")) - TUNNEL_OVERHEAD)
 
     def status_error(self) -> CNIError | None:
         """STATUS's answer for a cluster network: None if the node can use the store."""

@@ -28,7 +28,7 @@ from typing import Any
 from cni_yogurt import lab
 from cni_yogurt.agent import frontend
 from cni_yogurt.cli.demo import Report
-from cni_yogurt.nodelab import STORE_ADDRESS, VXLAN_IF, VXLAN_MTU, VXLAN_PORT, NodeLab
+from cni_yogurt.nodelab import STORE_ADDRESS, VXLAN_IF, VXLAN_PORT, NodeLab
 
 LINE = "yogurt-across"
 ADDRESSES = ("10.219.0.1", "10.219.0.2")  # the two containers (no test uses 10.219)
@@ -91,7 +91,6 @@ class _Agent:
             "type": "yogurt",
             "cluster": True,
             "mode": "veth",
-            "mtu": VXLAN_MTU,
             "line": LINE,
             "stateDir": self.state_dir,
             "bpffsDir": self.bpffs_dir,

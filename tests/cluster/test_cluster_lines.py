@@ -41,6 +41,7 @@ from cni_yogurt.agent import firewall, frontend
 from cni_yogurt.cluster.nodes import NodeInfo
 from cni_yogurt.cni.errors import Code
 from cni_yogurt.kernel.netns import create_in, open_netns
+from cni_yogurt.line import naming
 from cni_yogurt.nodelab import NFT_TABLE, STORE_ADDRESS, VXLAN_MTU, VXLAN_PORT
 
 NODES = 3
@@ -167,9 +168,18 @@ def test_ping_and_tcp_across_nodes_hosts_locked_out_and_del_fails_closed(cluster
     ca, cb = cluster.container("pa"), cluster.container("pb")
     ip_a, ip_b = f"{CONTAINERS}.21", f"{CONTAINERS}.22"
     try:
-        assert _plugin("ADD", a.conf(line="p1", mtu=VXLAN_MTU), ca, "p1-a", cni_args=f"IP={ip_a}/24").rc == 0
-        assert _plugin("ADD", b.conf(line="p1", mtu=VXLAN_MTU), cb, "p1-b", cni_args=f"IP={ip_b}/24").rc == 0
+        # No mtu in the config: the pair gets what the tunnel inside WireGuard carries.
+        added = _plugin("ADD", a.conf(line="p1"), ca, "p1-a", cni_args=f"IP={ip_a}/24")
+        assert added.rc == 0, added.out
+        assert [i.get("mtu") for i in added.out["interfaces"]] == [VXLAN_MTU, VXLAN_MTU]
+        assert _plugin("ADD", b.conf(line="p1"), cb, "p1-b", cni_args=f"IP={ip_b}/24").rc == 0
         assert wait_until(lambda: lab.ping(ca, ip_b, count=1, wait=1) == 1, 15), a.log_text() + b.log_text()
+        for ctr in (ca, cb):
+            [eth0] = json.loads(ctr.run("ip", "-j", "link", "show", "eth0").stdout)
+            assert eth0["mtu"] == VXLAN_MTU
+        # A full-size packet that may not be fragmented crosses (ICMP 8 + IPv4 20 bytes of headers).
+        full = ca.run("ping", "-n", "-q", "-c", "1", "-W", "2", "-M", "do", "-s", str(VXLAN_MTU - 28), ip_b)
+        assert " 1 received" in full.stdout, full.stdout + full.stderr
         assert lab.ping(cb, ip_a, count=3, wait=2) == 3
         assert lab.tcp_exchange(cb, ip_b, ca)
         assert lab.tcp_exchange(ca, ip_a, cb, port=4243)
@@ -227,6 +237,20 @@ def test_a_failed_add_leaves_no_claim(cluster: Cluster) -> None:
     assert cluster.claims("f2") == []
     assert _plugin("DEL", conf, ctr, "f1-a").rc == 0
     assert cluster.claims("f1") == []
+
+
+def test_an_mtu_larger_than_the_tunnel_carries_is_refused_before_anything_exists(cluster: Cluster) -> None:
+    a = cluster.agents[0]
+    ctr = cluster.container("bigmtu")
+    big = _plugin("ADD", a.conf(line="m1", mtu=VXLAN_MTU + 1), ctr, "m1-a", cni_args=f"IP={CONTAINERS}.35/24")
+    assert big.rc != 0 and big.out["code"] == Code.INVALID_CONFIG, big.out
+    assert f"at most {VXLAN_MTU}" in big.out["details"], big.out
+    assert cluster.claims("m1") == [] and naming.host_ifname("m1-a", "eth0") not in devices(a)
+    smaller = _plugin("ADD", a.conf(line="m1", mtu=1280), ctr, "m1-a", cni_args=f"IP={CONTAINERS}.35/24")
+    assert smaller.rc == 0, smaller.out
+    assert [i.get("mtu") for i in smaller.out["interfaces"]] == [1280, 1280]
+    assert _plugin("DEL", a.conf(line="m1"), ctr, "m1-a").rc == 0
+    assert cluster.claims("m1") == []
 
 
 def test_without_the_agent_add_fails_with_11_and_del_still_works(cluster: Cluster, tmp_path: Path) -> None:
