@@ -8,10 +8,13 @@ passed on to the runtime unchanged.
 from __future__ import annotations
 
 import copy
+import ctypes
+import functools
 import json
 import os
+import signal
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from cni_yogurt.cni import version as versions
 from cni_yogurt.cni.attachment import K8S_ARGS
@@ -47,11 +50,34 @@ def find_plugin(name: str, search_path: tuple[str, ...]) -> str:
     )
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def _dies_with_caller(caller: int, prctl: Callable[..., int]) -> None:
+    """In the delegate's process, before its exec: SIGKILL when the thread that ran it dies.
+
+    The node agent runs IPAM beside the device work; killed -9 mid-ADD, it must not leave a
+    host-local behind that writes its lease after the runtime's retry has cleaned up."""
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != caller:  # the caller died before the signal was asked for
+        os._exit(1)
+
+
 def exec_delegate(plugin: str, command: str, environ: Mapping[str, str], stdin: bytes) -> bytes:
     env = dict(environ)
     env["CNI_COMMAND"] = command
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
+    child_setup = functools.partial(_dies_with_caller, os.getpid(), prctl)
     try:
-        proc = subprocess.run([plugin], input=stdin, stdout=subprocess.PIPE, env=env, check=False, timeout=60)
+        proc = subprocess.run(
+            [plugin],
+            input=stdin,
+            stdout=subprocess.PIPE,
+            env=env,
+            check=False,
+            timeout=60,
+            preexec_fn=child_setup,  # noqa: PLW1509  (prctl and getppid: nothing that takes a lock)
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise CNIError(Code.IPAM_FAILED, f"cannot run IPAM plugin {plugin}", str(exc)) from exc
     if proc.returncode != 0:

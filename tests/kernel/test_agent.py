@@ -270,6 +270,32 @@ def test_agent_killed_at_each_step_of_del(node: Node, conf: dict[str, Any], poin
     assert node.leftovers() == {}
 
 
+def test_an_ipam_plugin_does_not_outlive_an_agent_killed_mid_add(
+    node: Node, conf: dict[str, Any], tmp_path: Path
+) -> None:
+    """The agent runs the IPAM plugin beside the device work. Killed -9 while that plugin is
+    still busy, it takes the plugin with it: a plugin left running would write its lease after
+    the runtime's retry (a DEL, on the plugin's own path) had released everything."""
+    cni_dir = tmp_path / "cni"
+    cni_dir.mkdir()
+    slow = cni_dir / "slow-host-local"
+    # Slow for ADD only, so a DEL's release comes first and a surviving ADD would lease after it.
+    slow.write_text(f'#!/bin/sh\n[ "$CNI_COMMAND" = ADD ] && sleep 2\nexec {node.cni_path}/host-local "$@"\n')
+    slow.chmod(0o755)
+    # A version host-local takes at once (Debian 12's stops at 1.0.0; 1.1.0 is refused, then sent again).
+    slow_conf = {**conf, "cniVersion": "1.0.0", "ipam": {**conf["ipam"], "type": slow.name}}
+    cni_path = f"{cni_dir}:{node.cni_path}"
+    ns = node.netns()
+    dying = Agent(slow_conf, crash_at="add:device").ready()
+    run = lab.run_plugin("ADD", slow_conf, container_id=ns.name, netns=ns.path, cni_path=cni_path)
+    _ended_killed(dying)
+    assert run.rc == 1 and run.out["code"] == Code.TRY_AGAIN_LATER, run
+    retry = lab.run_plugin("DEL", slow_conf, container_id=ns.name, netns=ns.path, cni_path=cni_path)
+    assert retry.rc == 0, retry
+    time.sleep(3)  # past the moment a surviving plugin would have leased
+    assert node.leases() == []
+
+
 def _line_args(i: int) -> str:
     return f"YOGURT_LINE=l{i // 2}"
 
