@@ -1,6 +1,6 @@
 """A cluster on one machine: nodes as network namespaces, joined by an underlay, each running
-userspace WireGuard (wireguard-go) and a VXLAN device in external (metadata) mode whose outer
-packets go over the WireGuard addresses.
+WireGuard (the kernel's where the kernel has it, else userspace wireguard-go) and a VXLAN device in
+external (metadata) mode whose outer packets go over the WireGuard addresses.
 
 Groundwork for the wire between nodes (lines across nodes) and for `yogurt demo --nodes 2`, which is
 why it lives in the package (as lab.py does for the one-node demo) and not under tests/.  Nothing here
@@ -14,14 +14,20 @@ Layout (every address inside the lab's namespaces; the host netns gets nothing):
     <name>-<i>        node i: under0 (underlay 10.215.0.<i+1>/24) on that bridge; WireGuard
                       <wg_if> (10.216.0.<i+1>/24, UDP 51820); VXLAN yvx0 (external, UDP 4789);
                       nftables: WireGuard's port only from under0, VXLAN's only from <wg_if>
-wireguard-go's control socket is /var/run/wireguard/<wg_if>.sock, one directory for every netns:
-so each node's WireGuard interface has a name unique on the host (the lab's random tag in it), and
-`wg` is always given that name (a bare `wg show` lists other labs' interfaces too).
+Which WireGuard: `wireguard="auto"` (the default; YOGURT_LAB_WIREGUARD overrides it) takes the
+kernel's if a `wireguard` link can be made (after `modprobe wireguard`; probed once), else
+wireguard-go; "kernel" and "go" insist.  Both are driven alike by `wg` (keys, port, peers, and every
+`wg show` of the lab and the agent), run inside the node's netns: the kernel's answers there by
+netlink, wireguard-go by its control socket.  That socket is /var/run/wireguard/<wg_if>.sock, one
+directory for every netns: so each node's WireGuard interface has a name unique on the host (the
+lab's random tag in it), and `wg` is always given that name (a bare `wg show` lists other labs'
+interfaces too).  A kernel WireGuard device has no socket or process: it goes with its netns.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import json
 import os
@@ -43,15 +49,62 @@ WG_PORT = 51820
 VXLAN_PORT = 4789
 UNDERLAY_IF = "under0"
 VXLAN_IF = "yvx0"
-WG_MTU = 1420  # wireguard-go's default: 1500 minus WireGuard's 80 bytes (IPv6 outer)
+WG_MTU = 1420  # the kernel's and wireguard-go's default: 1500 minus WireGuard's 80 bytes (IPv6 outer)
 VXLAN_MTU = WG_MTU - 50  # VXLAN over IPv4: outer IP 20, UDP 8, VXLAN 8, inner Ethernet 14
 WG_SOCKET_DIR = Path("/var/run/wireguard")
 NFT_TABLE = "yogurt_node"
 START_TIMEOUT = 10.0
+WIREGUARD_KINDS = ("auto", "kernel", "go")
+WIREGUARD_ENV = "YOGURT_LAB_WIREGUARD"
+LAB_TOOLS = ("wg", "nft", "ip")
 
 
 class NodeLabError(RuntimeError):
     pass
+
+
+@functools.cache
+def kernel_wireguard() -> bool:
+    """Whether this kernel makes `wireguard` links: tried in a throw-away netns (unshare), after
+    loading the module where it is one that nothing loaded yet (the test VM).  Needs root."""
+    if not os.path.exists("/sys/module/wireguard"):
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(["modprobe", "wireguard"], capture_output=True, check=False, timeout=30)
+    try:
+        probe = subprocess.run(
+            ["unshare", "--net", "ip", "link", "add", "ywgprobe", "type", "wireguard"],
+            capture_output=True,
+            check=False,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return probe.returncode == 0
+
+
+def wireguard_kind(wanted: str | None = None) -> str:
+    """ "kernel" or "go": what a lab asked for `wanted` (None: YOGURT_LAB_WIREGUARD, else "auto")
+    runs.  NodeLabError for an unknown kind, or "kernel" where the kernel has no WireGuard."""
+    wanted = wanted or os.environ.get(WIREGUARD_ENV) or "auto"
+    if wanted not in WIREGUARD_KINDS:
+        raise NodeLabError(f"WireGuard {wanted!r}: not one of {', '.join(WIREGUARD_KINDS)}")
+    if wanted == "go":
+        return "go"
+    if kernel_wireguard():
+        return "kernel"
+    if wanted == "kernel":
+        raise NodeLabError("kernel WireGuard asked for, but this kernel makes no wireguard link")
+    return "go"
+
+
+def missing_tools(wanted: str | None = None, *, extra: tuple[str, ...] = ()) -> list[str]:
+    """The lab's tools (and `extra`) not on PATH; wireguard-go only where the lab would run it."""
+    try:
+        go = wireguard_kind(wanted) == "go"
+    except NodeLabError:
+        go = False  # NodeLab says why when it starts
+    tools = (*(("wireguard-go",) if go else ()), *LAB_TOOLS, *extra)
+    return [t for t in tools if shutil.which(t) is None]
 
 
 def _run(argv: list[str], *, input: str | None = None, timeout: float = 10) -> str:
@@ -65,12 +118,12 @@ def _run(argv: list[str], *, input: str | None = None, timeout: float = 10) -> s
 class Node:
     index: int
     netns: Netns
-    dir: Path  # the node's own: its private key, wireguard-go's log
+    dir: Path  # the node's own: its private key, wireguard-go's log (if it runs one)
     wg_if: str
     underlay: ipaddress.IPv4Address
     wg_addr: ipaddress.IPv4Address
     public_key: str = ""
-    wireguard: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    wireguard: subprocess.Popen[bytes] | None = field(default=None, repr=False)  # wireguard-go's
 
     @property
     def private_key_file(self) -> Path:
@@ -111,11 +164,21 @@ class NodeLab:
     removes netns, processes, control sockets and the nodes' dirs; `leftovers` names what is left."""
 
     def __init__(
-        self, n: int = 2, *, wireguard_go: str = "wireguard-go", tag: str | None = None, peers: bool = True
+        self,
+        n: int = 2,
+        *,
+        wireguard: str | None = None,
+        wireguard_go: str = "wireguard-go",
+        tag: str | None = None,
+        peers: bool = True,
     ) -> None:
-        """`peers=False`: each node's WireGuard knows no peer (the node agent sets them from etcd)."""
+        """`wireguard`: "auto", "kernel" or "go" (None: YOGURT_LAB_WIREGUARD, else "auto"); which one
+        runs is `self.wireguard` once started.  `peers=False`: each node's WireGuard knows no peer
+        (the node agent sets them from etcd)."""
         if not 1 < n < 250:
             raise ValueError("a lab has 2 to 249 nodes")
+        self.wanted_wireguard = wireguard
+        self.wireguard = ""  # "kernel" | "go", set by start
         self.tag = tag or secrets.token_hex(3)
         self.name = f"yn-{self.tag}"
         self.wireguard_go = wireguard_go
@@ -138,6 +201,7 @@ class NodeLab:
 
     def start(self) -> NodeLab:
         try:
+            self.wireguard = wireguard_kind(self.wanted_wireguard)
             self._underlay()
             for node in self.nodes:
                 self._wireguard(node)
@@ -174,18 +238,32 @@ class NodeLab:
             _run(["ip", "-n", ns, "link", "set", UNDERLAY_IF, "up"])
 
     def _wireguard(self, node: Node) -> None:
-        if not os.path.exists("/dev/net/tun"):
-            # A kernel with tun as a module and nothing that loads it at boot (the test VM):
-            # loading it makes the device node.
-            subprocess.run(["modprobe", "tun"], capture_output=True, check=False, timeout=30)
-        if node.wg_socket.exists():
-            raise NodeLabError(f"{node.wg_socket} exists: another wireguard-go has the name {node.wg_if}")
         node.dir.mkdir(mode=0o700)
         key = _run(["wg", "genkey"]).strip()
         fd = os.open(node.private_key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(key + "\n")
         node.public_key = _run(["wg", "pubkey"], input=key).strip()
+        ns = node.netns.name
+        if self.wireguard == "kernel":
+            # Made in the node's netns, so its UDP socket is there too (it stays in the netns the
+            # device was made in).
+            _run(["ip", "-n", ns, "link", "add", node.wg_if, "type", "wireguard"])
+        else:
+            self._wireguard_go(node)
+        node.sh(
+            "wg", "set", node.wg_if, "private-key", str(node.private_key_file), "listen-port", str(WG_PORT)
+        )
+        _run(["ip", "-n", ns, "addr", "add", f"{node.wg_addr}/{WIREGUARD.prefixlen}", "dev", node.wg_if])
+        _run(["ip", "-n", ns, "link", "set", node.wg_if, "mtu", str(WG_MTU), "up"])
+
+    def _wireguard_go(self, node: Node) -> None:
+        if not os.path.exists("/dev/net/tun"):
+            # A kernel with tun as a module and nothing that loads it at boot (the test VM):
+            # loading it makes the device node.
+            subprocess.run(["modprobe", "tun"], capture_output=True, check=False, timeout=30)
+        if node.wg_socket.exists():
+            raise NodeLabError(f"{node.wg_socket} exists: another wireguard-go has the name {node.wg_if}")
         with open(node.dir / "wireguard-go.log", "wb") as log:
             # -f: stays in the foreground, so it is our child and its pid the one to stop.
             node.wireguard = subprocess.Popen(
@@ -201,12 +279,6 @@ class NodeLab:
                 text = (node.dir / "wireguard-go.log").read_text(errors="replace").strip()
                 raise NodeLabError(f"wireguard-go for node {node.index} did not come up: {text[-500:]}")
             time.sleep(0.02)
-        node.sh(
-            "wg", "set", node.wg_if, "private-key", str(node.private_key_file), "listen-port", str(WG_PORT)
-        )
-        ns = node.netns.name
-        _run(["ip", "-n", ns, "addr", "add", f"{node.wg_addr}/{WIREGUARD.prefixlen}", "dev", node.wg_if])
-        _run(["ip", "-n", ns, "link", "set", node.wg_if, "mtu", str(WG_MTU), "up"])
 
     def _peers(self, node: Node) -> None:
         args: list[str] = []
@@ -254,15 +326,16 @@ class NodeLab:
                     with contextlib.suppress(ProcessLookupError):
                         os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait(timeout=5)
-            # wireguard-go removes its socket on SIGTERM; not after SIGKILL or a crash.
-            with contextlib.suppress(FileNotFoundError):
-                node.wg_socket.unlink()
-            node.netns.delete()
+                # wireguard-go removes its socket on SIGTERM; not after SIGKILL or a crash.
+                with contextlib.suppress(FileNotFoundError):
+                    node.wg_socket.unlink()
+            node.netns.delete()  # a kernel WireGuard device (and its socket) goes with it
         self.hub.delete()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def leftovers(self) -> list[str]:
-        """What of this lab still exists: netns, control sockets, live wireguard-go, files."""
+        """What of this lab still exists: netns (and so any kernel WireGuard device), wireguard-go's
+        control sockets and live processes, files."""
         left = [str(p) for p in Path("/run/netns").glob(f"{self.name}-*")]
         left += [str(n.wg_socket) for n in self.nodes if n.wg_socket.exists()]
         left += [f"pid {n.wireguard.pid}" for n in self.nodes if n.wireguard and n.wireguard.poll() is None]

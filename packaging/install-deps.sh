@@ -8,7 +8,8 @@
 #   iproute2 iputils-ping  netns and ping for the demo and the tests
 #   python3-cryptography  the lab's TLS certificates
 #   wireguard-go wireguard-tools nftables  the node lab (cni_yogurt/nodelab.py): userspace
-#       WireGuard between nodes as netns, `wg`, and each node's firewall
+#       WireGuard between nodes as netns where the kernel has none (and for the test of a
+#       failing start), `wg`, and each node's firewall
 #   podman containerd crun busybox-static  the runtime end-to-end tests
 #       (busybox-static is their container image, made on the spot)
 set -euo pipefail

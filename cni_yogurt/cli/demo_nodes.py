@@ -1,13 +1,13 @@
 """`yogurt demo --nodes 2`: one line across two nodes, on one machine.
 
-The node lab (nodelab.py: nodes as network namespaces on an underlay, wireguard-go, an external VXLAN
-device each) without WireGuard peers; a three-member etcd on the underlay, in the hub's namespace
-(etcdlab.py); on each node a `yogurt agent --cluster`, entered into the node's network namespace only
-(nsenter --net: `ip netns exec` would remount /sys and hide bpffs), with its own stateDir and bpffsDir;
-one container per node, ADDed to one line through the CNI protocol.  Then: ping and TCP across, both
-ways; neither node's host reaches either container; a VXLAN frame with the line's tunnel id sent in
-clear to a node's underlay address never arrives.  Everything is torn down at the end; exit 0 only if
-every check held.
+The node lab (nodelab.py: nodes as network namespaces on an underlay, WireGuard -- the kernel's, else
+wireguard-go -- and an external VXLAN device each) without WireGuard peers; a three-member etcd on the
+underlay, in the hub's namespace (etcdlab.py); on each node a `yogurt agent --cluster`, entered into the
+node's network namespace only (nsenter --net: `ip netns exec` would remount /sys and hide bpffs), with
+its own stateDir and bpffsDir; one container per node, ADDed to one line through the CNI protocol. Then:
+ping and TCP across, both ways; neither node's host reaches either container; a VXLAN frame with the
+line's tunnel id sent in clear to a node's underlay address never arrives. Everything is torn down at
+the end; exit 0 only if every check held.
 """
 
 from __future__ import annotations
@@ -28,12 +28,19 @@ from typing import Any
 from cni_yogurt import lab
 from cni_yogurt.agent import frontend
 from cni_yogurt.cli.demo import Report
-from cni_yogurt.nodelab import STORE_ADDRESS, VXLAN_IF, VXLAN_PORT, NodeLab
+from cni_yogurt.nodelab import (
+    STORE_ADDRESS,
+    VXLAN_IF,
+    VXLAN_PORT,
+    NodeLab,
+    NodeLabError,
+    missing_tools,
+    wireguard_kind,
+)
 
 LINE = "yogurt-across"
 ADDRESSES = ("10.219.0.1", "10.219.0.2")  # the two containers (no test uses 10.219)
 AGENT_START = 180.0
-TOOLS = ("wireguard-go", "wg", "nft", "ip", "nsenter", "ping")
 
 
 class _Agent:
@@ -101,9 +108,13 @@ class _Agent:
 def _missing() -> str | None:
     if os.geteuid() != 0:
         return "yogurt demo --nodes 2 needs root (netns, netlink, bpf)"
-    tools = [t for t in TOOLS if shutil.which(t) is None]
+    tools = missing_tools(extra=("ping",))
     if tools:
         return f"missing {', '.join(tools)}: apt-get install wireguard-go wireguard-tools nftables util-linux"
+    try:
+        wireguard_kind()  # YOGURT_LAB_WIREGUARD: a kind this kernel can run
+    except NodeLabError as e:
+        return str(e)
     from cni_yogurt import etcdlab
 
     if not etcdlab.ETCD:
@@ -150,7 +161,8 @@ def demo_nodes(n: int = 2) -> int:
     from cni_yogurt import etcdlab
     from cni_yogurt.cluster.keys import Keys
 
-    print(f"yogurt demo across {n} nodes: netns nodes, wireguard-go, etcd {etcdlab.ETCD_FROM}")
+    wireguard = "kernel WireGuard" if wireguard_kind() == "kernel" else "wireguard-go"
+    print(f"yogurt demo across {n} nodes: netns nodes, {wireguard}, etcd {etcdlab.ETCD_FROM}")
     report = Report()
     top = Path(tempfile.mkdtemp(prefix="yogurt-demo-nodes-"))
     nodes = NodeLab(n, peers=False)

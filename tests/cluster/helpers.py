@@ -27,7 +27,7 @@ from cni_yogurt.cluster.client import Client
 from cni_yogurt.cluster.keys import Keys
 from cni_yogurt.cluster.watch import Watcher
 from cni_yogurt.line import naming
-from cni_yogurt.nodelab import STORE_ADDRESS, VXLAN_IF, NodeLab
+from cni_yogurt.nodelab import STORE_ADDRESS, VXLAN_IF, NodeLab, missing_tools
 
 SUFFIX = os.environ.get("YOGURT_TEST_NODE_DIRS", "")
 
@@ -66,7 +66,7 @@ def require_node_lab(*artefacts: tuple[Path, str]) -> None:
     why = None
     if os.geteuid() != 0:
         why = "the node lab needs root"
-    elif tools := [t for t in ("wireguard-go", "wg", "nft", "ip", "nsenter") if shutil.which(t) is None]:
+    elif tools := missing_tools(extra=("nsenter",)):
         why = f"missing {', '.join(tools)} (packaging/install-deps.sh)"
     elif built := [f"{path}: {how}" for path, how in artefacts if not os.access(path, os.X_OK)]:
         why = "missing " + "; ".join(built)

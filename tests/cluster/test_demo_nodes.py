@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 
 import pytest
 
 from cni_yogurt import lab
-from cni_yogurt.cli.demo_nodes import TOOLS
+from cni_yogurt.nodelab import missing_tools
 
 
 def _missing() -> str | None:
     if os.geteuid() != 0:
         return "the demo needs root"
-    tools = [t for t in TOOLS if shutil.which(t) is None]
+    tools = missing_tools(extra=("ping",))
     return f"missing {', '.join(tools)}" if tools else None
 
 

@@ -1,8 +1,8 @@
 """A cluster on one machine (cni_yogurt/nodelab.py): nodes as netns on an underlay, WireGuard
-(wireguard-go) between them, a VXLAN device in external mode over it.
+(the kernel's where it has one, else wireguard-go) between them, a VXLAN device in external mode over it.
 
-Needs root, wireguard-go, wg and nft (`make cluster-net`, with YOGURT_REQUIRE_KERNEL=1: anything
-missing fails the run instead of skipping it).  About 5 s.  Every lab is checked to leave nothing.
+Needs root, wg, nft and wireguard-go (`make cluster-net`, with YOGURT_REQUIRE_KERNEL=1: anything missing
+fails the run instead of skipping it).  About 5 s.  Every lab is checked to leave nothing.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import shutil
 import socket
 import struct
 import subprocess
@@ -21,7 +20,19 @@ from pathlib import Path
 import pytest
 
 from cni_yogurt.lab import ping, socket_in
-from cni_yogurt.nodelab import UNDERLAY, VXLAN_IF, VXLAN_PORT, WG_PORT, WIREGUARD, Node, NodeLab, NodeLabError
+from cni_yogurt.nodelab import (
+    UNDERLAY,
+    VXLAN_IF,
+    VXLAN_PORT,
+    WG_PORT,
+    WIREGUARD,
+    WIREGUARD_ENV,
+    Node,
+    NodeLab,
+    NodeLabError,
+    kernel_wireguard,
+    missing_tools,
+)
 
 INNER = ["10.217.0.1", "10.217.0.2"]  # node i's address on its VXLAN device, for the tests' routes
 VNI = 4242
@@ -30,7 +41,7 @@ VNI = 4242
 def _missing() -> str | None:
     if os.geteuid() != 0:
         return "the node lab needs root"
-    tools = [t for t in ("wireguard-go", "wg", "nft", "ip") if shutil.which(t) is None]
+    tools = missing_tools(extra=("wireguard-go",))  # the failing-start test runs it
     return f"missing {', '.join(tools)} (packaging/install-deps.sh)" if tools else None
 
 
@@ -147,11 +158,15 @@ def test_the_wireguard_port_is_reachable_only_on_the_underlay(lab: NodeLab) -> N
         lambda: a.dropped("wireguard-off-underlay") == dropped + 1,
         "WireGuard's port answered off the underlay",
     )
-    # Each wireguard-go, and so its UDP socket, lives in its node's netns, not the host's.
+    # Each node's WireGuard, and so its UDP socket, lives in its node's netns, not the host's: a
+    # kernel device made there, or a wireguard-go process started there.
     for node in lab.nodes:
-        assert node.wireguard is not None
-        assert Path(f"/proc/{node.wireguard.pid}/comm").read_text().strip() == "wireguard-go"
-        assert os.stat(f"/proc/{node.wireguard.pid}/ns/net").st_ino == os.stat(node.netns.path).st_ino
+        if lab.wireguard == "kernel":
+            assert node.wireguard is None and link_kind(node, node.wg_if) == "wireguard"
+        else:
+            assert node.wireguard is not None and link_kind(node, node.wg_if) == "tun"
+            assert Path(f"/proc/{node.wireguard.pid}/comm").read_text().strip() == "wireguard-go"
+            assert os.stat(f"/proc/{node.wireguard.pid}/ns/net").st_ino == os.stat(node.netns.path).st_ino
         assert f":{WG_PORT} " in node.sh("ss", "-uln", "sport", "=", str(WG_PORT))
     # The host has no address on the underlay or the WireGuard net: nothing of the lab reaches it.
     host = json.loads(subprocess.run(["ip", "-j", "addr"], capture_output=True, text=True, check=True).stdout)
@@ -162,14 +177,37 @@ def test_the_wireguard_port_is_reachable_only_on_the_underlay(lab: NodeLab) -> N
                 assert ip not in UNDERLAY and ip not in WIREGUARD, link["ifname"]
 
 
+def link_kind(node: Node, ifname: str) -> str:
+    [link] = json.loads(node.sh("ip", "-d", "-j", "link", "show", "dev", ifname))
+    return str(link["linkinfo"]["info_kind"])
+
+
+def test_the_lab_takes_the_kernels_wireguard_where_the_kernel_has_it(lab: NodeLab) -> None:
+    wanted = os.environ.get(WIREGUARD_ENV, "auto")  # as the environment asks, if it does
+    auto = "kernel" if kernel_wireguard() else "go"
+    assert lab.wireguard == (wanted if wanted in ("kernel", "go") else auto)
+    # Asked for by name: wireguard-go anywhere; the kernel's only where there is one, else named
+    # (and the lab's dir, made before, removed again).
+    if not kernel_wireguard():
+        other = NodeLab(2, wireguard="kernel")
+        with pytest.raises(NodeLabError, match="kernel WireGuard asked for"):
+            other.start()
+        assert other.leftovers() == []
+    bad = NodeLab(2, wireguard="boring")
+    with pytest.raises(NodeLabError, match="not one of auto, kernel, go"):
+        bad.start()
+    assert bad.leftovers() == []
+
+
 def test_a_lab_leaves_nothing_behind_even_when_a_node_fails_to_start(tmp_path: Path) -> None:
-    # The second node's wireguard-go fails after the first one's is up.
+    # The second node's wireguard-go fails after the first one's is up (wireguard-go asked for by
+    # name: where the kernel has WireGuard, the lab would not run it).
     flaky = tmp_path / "wireguard-go"
     flaky.write_text(
         '#!/bin/sh\ncase "$2" in *n1) echo "no tun for you" >&2; exit 1;; esac\nexec wireguard-go "$@"\n'
     )
     flaky.chmod(0o755)
-    lab = NodeLab(2, wireguard_go=str(flaky))
+    lab = NodeLab(2, wireguard="go", wireguard_go=str(flaky))
     with pytest.raises(NodeLabError, match="node 1 did not come up: no tun for you"):
         lab.start()
     assert lab.nodes[0].wireguard is not None  # it did run

@@ -5,7 +5,9 @@ Each node runs the real plugin inside its own netns, on its own bpffsDir and sta
 would; the ends are wired across by hand with line/remote.py (the agent's job later).  veth ends,
 with tcx links and with clsact filters (the tunnel's receive program attaches the same way), and
 netkit ends where the kernel has netkit (in the VM: YOGURT_TEST_BACKENDS=netkit).
-Needs root, wireguard-go, wg, nft, host-local (`make cluster-net`, YOGURT_REQUIRE_KERNEL=1).
+Needs root, wg, nft, host-local and kernel WireGuard or wireguard-go (`make cluster-net`,
+YOGURT_REQUIRE_KERNEL=1; the lab takes the kernel's WireGuard where it has one, as in the VM, where
+`make cluster-net-vm` insists on it with YOGURT_LAB_WIREGUARD=kernel).
 About a minute per attach mode (most of it compiling the programs once per node).
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import os
 import shutil
 import socket
@@ -36,7 +39,17 @@ from cni_yogurt.kernel.netlink import Rtnl
 from cni_yogurt.kernel.netns import create_in, open_netns
 from cni_yogurt.line import remote
 from cni_yogurt.line.remote import RemotePartner
-from cni_yogurt.nodelab import NFT_TABLE, VXLAN_IF, VXLAN_MTU, VXLAN_PORT, Node, NodeLab
+from cni_yogurt.nodelab import (
+    NFT_TABLE,
+    VXLAN_IF,
+    VXLAN_MTU,
+    VXLAN_PORT,
+    WIREGUARD_ENV,
+    Node,
+    NodeLab,
+    kernel_wireguard,
+    missing_tools,
+)
 
 T = TypeVar("T")
 _SUFFIX = os.environ.get("YOGURT_TEST_NODE_DIRS", "")
@@ -49,7 +62,7 @@ VNIS = {"red": 7001, "blue": 7002, "lone": 7003}
 def _missing() -> str | None:
     if os.geteuid() != 0:
         return "the node lab needs root"
-    tools = [t for t in ("wireguard-go", "wg", "nft", "ip", "nsenter") if shutil.which(t) is None]
+    tools = missing_tools(extra=("nsenter",))
     if lab.have_host_local() is None:
         tools.append("host-local")
     return f"missing {', '.join(tools)} (packaging/install-deps.sh)" if tools else None
@@ -299,6 +312,22 @@ def receives(ns: lab.Netns, address: str, port: int, send: Callable[[], None]) -
 
 
 # -- the tests ---------------------------------------------------------------------
+
+
+def test_the_lab_runs_the_wireguard_kind_asked_for(cluster: Cluster) -> None:
+    """YOGURT_LAB_WIREGUARD=kernel (`make cluster-net-vm`): the lines crossed kernel WireGuard (a lab
+    that cannot have it fails to start, so every test here errors); "go": wireguard-go; unset or
+    "auto": the kernel's where it has one."""
+    wanted = os.environ.get(WIREGUARD_ENV, "auto")
+    expected = wanted if wanted in ("kernel", "go") else "kernel" if kernel_wireguard() else "go"
+    assert cluster.lab.wireguard == expected
+    for node in cluster.lab.nodes:
+        [link] = json.loads(node.sh("ip", "-d", "-j", "link", "show", "dev", node.wg_if))
+        if expected == "kernel":
+            assert link["linkinfo"]["info_kind"] == "wireguard" and node.wireguard is None
+        else:
+            assert link["linkinfo"]["info_kind"] == "tun"
+            assert node.wireguard is not None and node.wireguard.poll() is None
 
 
 def test_ping_and_tcp_across_nodes_v4_and_v6(cluster: Cluster) -> None:
