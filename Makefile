@@ -119,10 +119,12 @@ bench-deps: venv
 	@$(PY) -c 'import matplotlib' 2>/dev/null || \
 		$(PY) -m pip install -q -e '.[bench]' --config-settings editable_mode=compat
 
-bench: bench-deps binary  ## natively, yogurt vs ptp + host-local: verbs, 500 lines, 200 parallel ADDs, the wire -> docs/bench/
+# Across nodes needs an etcd: fetched as for `make cluster` (the section is left out if it cannot run).
+bench: bench-deps binary  ## natively, yogurt vs ptp + host-local: verbs, 500 lines, 200 parallel ADDs, the wire, across nodes -> docs/bench/
 	@# Byte-compiled first: with PYTHONDONTWRITEBYTECODE in the caller's environment every exec
 	@# of the entry point would compile the package again (≈ 2× the imports' time).
 	@$(PY) -m compileall -q cni_yogurt >/dev/null
+	@test -n "$$YOGURT_ETCD" || bash packaging/fetch-etcd.sh >/dev/null || echo "no etcd: the bench leaves out across nodes"
 	$(PY) bench/bench.py $(BENCH_ARGS)
 
 # In the VM every exec takes seconds: the wire only, fewer and shorter rounds.

@@ -3,7 +3,7 @@
 Run as root with the venv's python (`make bench` installs iperf3, sockperf and
 matplotlib first):
 
-    .venv/bin/python bench/bench.py [--out DIR] [--only version,verbs,scale,burst,wire] ...
+    .venv/bin/python bench/bench.py [--out DIR] [--only version,verbs,scale,burst,wire,across] ...
 
 Natively it measures the backend this kernel gives yogurt (netkit where the
 kernel has it, else veth); in the netkit VM (`make bench-vm`) the same code
@@ -16,11 +16,14 @@ runtime does it, plugins taking turns in every round):
   ADD/DEL with N lines (2N ends) already up on the node;  GC with those 2N stale ends;
   200 ADDs for 100 lines, 20 at a time (wired right? leftovers after 200 DELs?), against ptp, also
   through the agent;
-  the wire: iperf3 + sockperf between two containers on a line vs two ptp containers.
+  the wire: iperf3 + sockperf between two containers on a line vs two ptp containers;
+  across nodes (bench_across.py; needs wireguard-go and an etcd, else left out unless asked for): two
+  lab nodes, etcd, an agent per node; a line's wire across them vs the bare WireGuard path between the
+  same nodes, and ADD/DEL of a cross-node end vs a node-local end through the same agent.
 
 Writes bench.md, bench.json and bench.png into --out (docs/bench by default).
 Everything it makes (netns `ybn*`, networks `ybench-*`, its own bpffs/state dirs,
-subnets 10.201-203.0.0/16) is removed at the end, even after a failure.
+subnets 10.201-206.0.0/16, the node lab's netns `yn-*`) is removed at the end, even after a failure.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path[:0] = [str(REPO), str(HERE)]  # the checkout's cni_yogurt; the bench_* modules
 
+import bench_across  # noqa: E402
 import bench_agent  # noqa: E402
 import bench_report  # noqa: E402
 import bench_verbs  # noqa: E402
@@ -47,7 +51,7 @@ from bench_verbs import BenchError, Plugin, Samples, log, timed  # noqa: E402
 
 from cni_yogurt import backend, health, lab  # noqa: E402
 
-SECTIONS = ("version", "verbs", "scale", "burst", "wire")
+SECTIONS = ("version", "verbs", "scale", "burst", "wire", "across")
 
 
 def machine() -> dict[str, Any]:
@@ -103,13 +107,19 @@ def main() -> int:
     )
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "bench")
     parser.add_argument("--binary", type=Path, default=REPO / "dist" / "yogurt")
-    parser.add_argument("--only", default=",".join(SECTIONS), help=f"sections, of {','.join(SECTIONS)}")
+    parser.add_argument(
+        "--only", help=f"sections, of {','.join(SECTIONS)} (default: all; across where it can run)"
+    )
     parser.add_argument("-n", "--rounds", type=int, default=30, help="rounds of VERSION and of ADD/CHECK/DEL")
     parser.add_argument("--lines", type=int, default=500, help="lines already up for the scale figures")
     parser.add_argument("--burst", type=int, default=200, help="parallel ADDs (two per line), 20 at a time")
     parser.add_argument("--wire-rounds", type=int, default=10)
     parser.add_argument("--wire-seconds", type=int, default=10, help="iperf3 run length")
     parser.add_argument("--rr-seconds", type=int, default=3, help="sockperf ping-pong run length")
+    parser.add_argument("--across-rounds", type=int, default=8, help="wire rounds across nodes")
+    parser.add_argument("--across-seconds", type=int, default=4, help="iperf3 run length across nodes")
+    parser.add_argument("--across-rr-seconds", type=int, default=2, help="sockperf run length across nodes")
+    parser.add_argument("--across-add-rounds", type=int, default=15, help="ADD/DEL rounds across nodes")
     parser.add_argument("--no-agent", action="store_true", help="no column through the node agent")
     parser.add_argument(
         "--render-only", action="store_true", help="write bench.md and bench.png from --out's bench.json"
@@ -121,9 +131,16 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench needs root (netns, netlink, bpf)", file=sys.stderr)
         return 1
-    only = set(args.only.split(","))
+    only = set((args.only or ",".join(SECTIONS)).split(","))
     if unknown := only - set(SECTIONS):
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
+    notes = []
+    if "across" in only and (why := bench_across.missing()):
+        if args.only:  # asked for by name: say why not and stop
+            raise BenchError(f"across: {why}")
+        only.discard("across")  # on by default only where it can run
+        notes.append(f"across nodes not measured: {why}")
+        log(notes[-1])
     cni_path = lab.have_host_local()
     if cni_path is None:
         raise BenchError("host-local not found: apt-get install containernetworking-plugins")
@@ -143,12 +160,12 @@ def main() -> int:
         "rounds": args.rounds,
         "labels": {p.key: p.label for p in found} | {"python": "python3 -c pass"},
         "sizes": {p.key: p.size for p in found},
-        "notes": [],
+        "notes": notes,
     }
     log(f"{report['machine']}")
     with contextlib.ExitStack() as stack:
         s = stack.enter_context(bench_verbs.scratch())
-        if agent_plugin is not None:
+        if agent_plugin is not None and only & {"verbs", "burst"}:
             report["agent_start_s"] = stack.enter_context(
                 bench_agent.running(yogurts[0].exe, f"{s.tmp}/agent.log")
             )
@@ -208,6 +225,19 @@ def main() -> int:
                     for i, w in enumerate(wires)
                 ],
             }
+        if "across" in only:
+            report["across"] = timed(
+                "across nodes",
+                lambda: bench_across.bench(
+                    yogurts[0],
+                    Path(s.tmp, "across"),
+                    samples,
+                    rounds=args.across_rounds,
+                    seconds=args.across_seconds,
+                    rr_seconds=args.across_rr_seconds,
+                    add_rounds=args.across_add_rounds,
+                ),
+            )
     report["figures"] = {
         key: {fig: bench_report.summary_ms(v) for fig, v in figs.items()}
         for key, figs in samples.data.items()

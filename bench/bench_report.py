@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -126,9 +127,73 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{ratio(_med(a['rr_us']), _med(b['rr_us']))} | "
                 f"{ratio(_med(a['rr_p99_us']), _med(b['rr_p99_us']))} |"
             )
+    if "across" in report:
+        out += _across(report["across"], figs.get("across", {}))
     for note in report.get("notes", []):
         out.append(f"\nNote: {note}")
     return "\n".join(out) + "\n"
+
+
+# Issue #15's targets for a line across nodes, against the bare WireGuard path between the nodes.
+ACROSS_GBPS_MIN = 0.9
+ACROSS_RR_MAX = 1.1
+ACROSS_ROWS = ("ADD", "DEL")
+ACROSS_KINDS = ("cross-node end", "local end")
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "missed"
+
+
+def _across(across: dict[str, Any], figs: dict[str, dict[str, float]]) -> list[str]:
+    line, bare = across["links"]
+    load = " → ".join(f"{x:.2f}" for x in across.get("load", []))
+    out = [
+        "",
+        f"Across nodes (two lab nodes: netns on one machine, an underlay bridge, {across['wireguard']} "
+        "between them, VXLAN inside it; etcd ×3 on the underlay, a `yogurt agent --cluster` per node, "
+        f"ready {across['agents_ready_s']:.1f} s after start"
+        + (f"; 1-min load average {load}" if load else "")
+        + f"). Wire: {across['rounds']} interleaved rounds (line, bare, line, ...); iperf3 one TCP stream "
+        f"{across['seconds']} s, sockperf UDP ping-pong 64 B {across['rr_seconds']} s; medians, [min–max]:",
+        "",
+        "| | throughput Gbit/s | CPU s per GB | RR latency µs (avg) | RR p99 µs |",
+        "|---|---|---|---|---|",
+    ]
+    for w in across["links"]:
+        out.append(
+            f"| {w['label']} | {_spread(w['gbps'], 2)} | {_spread(w['cpu_s_per_gb'], 2)} | "
+            f"{_spread(w['rr_us'])} | {_spread(w['rr_p99_us'])} |"
+        )
+    gbps = _med(line["gbps"]) / _med(bare["gbps"])
+    rr = _med(line["rr_us"]) / _med(bare["rr_us"])
+    out += [
+        f"| line ÷ bare | {gbps:.2f}× | {ratio(_med(line['cpu_s_per_gb']), _med(bare['cpu_s_per_gb']))} | "
+        f"{rr:.2f}× | {ratio(_med(line['rr_p99_us']), _med(bare['rr_p99_us']))} |",
+        "",
+        f"Targets: throughput ≥ {ACROSS_GBPS_MIN}× bare: **{_met(gbps >= ACROSS_GBPS_MIN)}** "
+        f"({gbps:.2f}×); RR latency ≤ {ACROSS_RR_MAX}× bare: **{_met(rr <= ACROSS_RR_MAX)}** ({rr:.2f}×).",
+    ]
+    if figs:
+        out += [
+            "",
+            f"Through the agent on node 0, {across['add_rounds']} interleaved rounds (an exec of the entry "
+            "point each; the partner already up: on node 1, or on node 0; addresses by CNI_ARGS, no IPAM), "
+            "p50 / p95 / p99 in ms:",
+            "",
+            "| | " + " | ".join(ACROSS_KINDS) + " | cross ÷ local (p50) |",
+            "|---|---|---|---|",
+        ]
+        for row in ACROSS_ROWS:
+            cross, local = (figs.get(f"{row}, {kind}") for kind in ACROSS_KINDS)
+            out.append(
+                f"| {row} | {fmt(cross)} | {fmt(local)} | "
+                f"{ratio(cross and cross['p50'], local and local['p50'])} |"
+            )
+    if "leftovers" in across:
+        left = across["leftovers"]
+        out += ["", f"Left after the lab's teardown: {', '.join(left) if left else 'nothing'}."]
+    return out
 
 
 def _med(values: list[float]) -> float:
@@ -149,7 +214,6 @@ def png(report: dict[str, Any], samples: dict[str, dict[str, list[float]]], path
 
     m = report["machine"]
     labels: dict[str, str] = report["labels"]
-    wire = report.get("wire")
     series = []
     for key, fig_name, label in (
         ("venv", "ADD", labels.get("venv")),
@@ -166,53 +230,84 @@ def png(report: dict[str, Any], samples: dict[str, dict[str, list[float]]], path
         values = samples.get(key, {}).get(fig_name)
         if values:
             series.append((label, [v * 1000 for v in values]))
-    ncols = (1 if series else 0) + (2 if wire else 0)  # a run of the wire alone has no ADD panel
-    width = 5.2 * max(ncols, 1) + (0.6 * max(0, len(series) - 4) if series else 0)
-    fig, grid = plt.subplots(1, max(ncols, 1), figsize=(max(width, 8.0), 4.6), squeeze=False)
-    axes = list(grid[0])
-    ax = axes[0]
-    if series:
-        axes.pop(0)
-        ax.violinplot([v for _, v in series], showmedians=True, widths=0.8)
-        ax.boxplot([v for _, v in series], widths=0.15, showfliers=False)
-        names = [textwrap.fill(name, 16) for name, _ in series]  # five columns with the agent's
-        ax.set_xticks(range(1, len(series) + 1), names, fontsize=7)
-        for i, (_, v) in enumerate(series, 1):
-            ax.annotate(
-                f"p50 {pct(v, 50):.0f}",
-                (i, pct(v, 50)),
-                xytext=(8, 0),
-                textcoords="offset points",
-                fontsize=7,
-            )
-        ax.set_ylabel("ADD latency, ms (exec to exit)")
-        ax.set_ylim(bottom=0)
-        ax.set_title("ADD latency", fontsize=10)
-        ax.grid(axis="y", alpha=0.3)
-    if wire:
-        names = [w["label"] for w in wire["links"]]
-        colors = ["tab:orange", "tab:blue"][: len(names)]
-        for ax, key, title in (
-            (axes[0], "gbps", "TCP throughput, Gbit/s (iperf3, 1 stream)"),
-            (axes[1], "rr_us", "request/response latency, µs (sockperf, RTT/2)"),
-        ):
-            meds = [_med(w[key]) for w in wire["links"]]
-            lo = [m_ - min(w[key]) for m_, w in zip(meds, wire["links"], strict=True)]
-            hi = [max(w[key]) - m_ for m_, w in zip(meds, wire["links"], strict=True)]
-            ax.bar(names, meds, color=colors, yerr=[lo, hi], capsize=6)
-            for i, v in enumerate(meds):
-                ax.annotate(
-                    f"{v:.1f}", (i, v), xytext=(0, 4), textcoords="offset points", ha="center", fontsize=8
+    # Each panel: a function drawing into one Axes. Three to a row.
+    panels: list[Callable[[Any], None]] = []
+    if series:  # a run of the wire (or across nodes) alone has no ADD panel
+        panels.append(lambda ax: _violins(ax, series, "ADD latency, ms (exec to exit)", "ADD latency"))
+    if wire := report.get("wire"):
+        panels += _wire_panels(wire["links"], "")
+    if across := report.get("across"):
+        panels += _wire_panels(across["links"], "across nodes: ")
+        kinds = [(k, samples.get("across", {}).get(f"ADD, {k}")) for k in ACROSS_KINDS]
+        if all(v for _, v in kinds):
+            panels.append(
+                lambda ax: _violins(
+                    ax,
+                    [(f"ADD, {k}\n(through the agent)", [x * 1000 for x in v or []]) for k, v in kinds],
+                    "ADD latency, ms (exec to exit)",
+                    "across nodes: ADD, cross-node vs local end",
                 )
-            ax.set_title(title, fontsize=10)
-            ax.tick_params(axis="x", labelsize=8)
-            ax.grid(axis="y", alpha=0.3)
+            )
+    ncols = min(3, max(len(panels), 1))
+    nrows = max(1, -(-len(panels) // 3))
+    width = 5.2 * ncols + (0.6 * max(0, len(series) - 4) if series else 0)
+    fig, grid = plt.subplots(nrows, ncols, figsize=(max(width, 8.0), 4.6 * nrows), squeeze=False)
+    axes = [ax for row in grid for ax in row]
+    for ax, draw in zip(axes, panels, strict=False):
+        draw(ax)
+    for ax in axes[len(panels) :]:
+        ax.axis("off")
+    what = "cni-yogurt vs ptp" if series or "wire" in report else "cni-yogurt across nodes"
     fig.suptitle(
-        f"cni-yogurt vs ptp — {m['where']}: Linux {m['kernel']}, backend {m['backend']}, "
-        f"{m['cpu']} ×{m['cores']}",
+        f"{what} — {m['where']}: Linux {m['kernel']}, backend {m['backend']}, {m['cpu']} ×{m['cores']}",
         fontsize=9,
     )
-    fig.text(0.01, 0.01, "medians; whiskers: min–max over rounds (wire), box: quartiles (ADD)", fontsize=7)
-    fig.tight_layout(rect=(0, 0.03, 1, 0.95))
+    fig.text(
+        0.01,
+        0.01 / nrows,
+        "medians; whiskers: min–max over rounds (wire), box: quartiles (ADD)",
+        fontsize=7,
+    )
+    fig.tight_layout(rect=(0, 0.03 / nrows, 1, 1 - 0.05 / nrows))
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _violins(ax: Any, series: list[tuple[str, list[float]]], ylabel: str, title: str) -> None:
+    ax.violinplot([v for _, v in series], showmedians=True, widths=0.8)
+    ax.boxplot([v for _, v in series], widths=0.15, showfliers=False)
+    names = [textwrap.fill(name, 16) for name, _ in series]  # five columns with the agent's
+    ax.set_xticks(range(1, len(series) + 1), names, fontsize=7)
+    for i, (_, v) in enumerate(series, 1):
+        ax.annotate(
+            f"p50 {pct(v, 50):.0f}", (i, pct(v, 50)), xytext=(8, 0), textcoords="offset points", fontsize=7
+        )
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(bottom=0)
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def _wire_panels(links: list[dict[str, Any]], prefix: str) -> list[Callable[[Any], None]]:
+    """Two bar panels, throughput and request/response latency, one bar per link."""
+
+    def bars(ax: Any, key: str, title: str, digits: int) -> None:
+        names = [textwrap.fill(w["label"], 24) for w in links]
+        colors = ["tab:orange", "tab:blue"][: len(names)]
+        meds = [_med(w[key]) for w in links]
+        lo = [m_ - min(w[key]) for m_, w in zip(meds, links, strict=True)]
+        hi = [max(w[key]) - m_ for m_, w in zip(meds, links, strict=True)]
+        ax.bar(names, meds, color=colors, yerr=[lo, hi], capsize=6)
+        for i, v in enumerate(meds):
+            ax.annotate(
+                f"{v:.{digits}f}", (i, v), xytext=(0, 4), textcoords="offset points", ha="center", fontsize=8
+            )
+        ax.set_title(prefix + title, fontsize=10)
+        ax.tick_params(axis="x", labelsize=8)
+        ax.grid(axis="y", alpha=0.3)
+
+    gbps_digits = 2 if max(_med(w["gbps"]) for w in links) < 1 else 1
+    return [
+        lambda ax: bars(ax, "gbps", "TCP throughput, Gbit/s (iperf3, 1 stream)", gbps_digits),
+        lambda ax: bars(ax, "rr_us", "request/response latency, µs (sockperf, RTT/2)", 1),
+    ]

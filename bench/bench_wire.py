@@ -148,14 +148,20 @@ def bench(
 ) -> list[Wire]:
     """`plugins`: yogurt first, then ptp; each gets one pair of containers."""
     wires = [_connect(p, s, cni_path) for p in plugins]
+    measure(wires, rounds, seconds, rr_seconds)
+    return wires
+
+
+def measure(wires: list[Wire], rounds: int, seconds: int, rr_seconds: int, what: str = "wire") -> None:
+    """iperf3 then sockperf over each wire in turn, `rounds` times (wire 1, wire 2, wire 1, ...),
+    after one warm-up ping-pong each; the figures land in the wires."""
     with _serving(wires):
         for wire in wires:  # warm-up: ARP/neighbour entries, the servers' first accept
             _sockperf(wire, 1)
             wire.rr_us.clear()
             wire.rr_p99_us.clear()
         for i in range(rounds):
-            log(f"wire round {i + 1}/{rounds}")
+            log(f"{what} round {i + 1}/{rounds}")
             for wire in wires:
                 _iperf(wire, seconds)
                 _sockperf(wire, rr_seconds)
-    return wires

@@ -1,33 +1,29 @@
 """Small helpers shared by the cluster tests, and the agents-on-the-node-lab cluster of the root ones
-(test_cluster_lines.py, test_cnitool_across.py)."""
+(test_cluster_lines.py, test_cnitool_across.py): cni_yogurt/clusterlab.py, with the tests' etcd."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-import shutil
-import signal
 import socket
 import struct
-import subprocess
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import etcdlab
 import pytest
-from etcdlab import EtcdLab
 
-from cni_yogurt import lab
-from cni_yogurt.agent import frontend
-from cni_yogurt.cluster.claims import Claim
+from cni_yogurt import clusterlab
 from cni_yogurt.cluster.client import Client
-from cni_yogurt.cluster.keys import Keys
 from cni_yogurt.cluster.watch import Watcher
+from cni_yogurt.clusterlab import Cluster, NodeAgent
 from cni_yogurt.line import naming
-from cni_yogurt.nodelab import STORE_ADDRESS, VXLAN_IF, NodeLab, missing_tools
+from cni_yogurt.nodelab import missing_tools
+
+__all__ = ["Cluster", "NodeAgent", "agents_on_nodes", "converged", "devices", "remote_wired", "wait_until"]
 
 SUFFIX = os.environ.get("YOGURT_TEST_NODE_DIRS", "")
 
@@ -76,153 +72,15 @@ def require_node_lab(*artefacts: tuple[Path, str]) -> None:
         pytest.skip(why, allow_module_level=True)
 
 
-@dataclass
-class NodeAgent:
-    index: int
-    netns: str  # the node's
-    dir: Path
-    bpffs_dir: str
-    cluster_file: Path
-    command: list[str] = field(default_factory=lab.self_command)  # the package, or dist/yogurt
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def name(self) -> str:
-        return f"node-{self.index}"
-
-    @property
-    def state_dir(self) -> str:
-        return str(self.dir / "state")
-
-    @property
-    def log(self) -> Path:
-        return self.dir / "agent.log"
-
-    def start(self) -> NodeAgent:
-        argv = [*self.command, "agent", "--state-dir", self.state_dir, "--bpffs-dir", self.bpffs_dir]
-        argv += ["--cluster", str(self.cluster_file)]
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                ["nsenter", f"--net=/run/netns/{self.netns}", *argv],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-        return self
-
-    def ready(self, timeout: float = 180) -> NodeAgent:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if frontend.info(self.state_dir, timeout=10) is not None:
-                return self
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"agent {self.name} exited {self.proc.returncode}: {self.log_text()}")
-            time.sleep(0.1)
-        raise AssertionError(f"agent {self.name} did not start: {self.log_text()}")
-
-    def stop(self, sig: int = signal.SIGTERM) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        rc = self.proc.wait(60)
-        self.proc = None
-        return rc
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:]
-
-    def conf(self, network: str = "xnet", **extra: Any) -> dict[str, Any]:
-        return {
-            "cniVersion": "1.1.0",
-            "name": network,
-            "type": "yogurt",
-            "cluster": True,
-            "mode": "veth",
-            "stateDir": self.state_dir,
-            "bpffsDir": self.bpffs_dir,
-            "logFile": str(self.dir / "plugin.log"),
-            **extra,
-        }
-
-    def sh(self, *argv: str) -> str:
-        return subprocess.run(
-            ["ip", "netns", "exec", self.netns, *argv], capture_output=True, text=True, check=True, timeout=30
-        ).stdout
-
-
-@dataclass
-class Cluster:
-    nodes: NodeLab
-    store: EtcdLab
-    agents: list[NodeAgent]
-    keys: Keys
-    client: Client
-    containers: list[lab.Netns]
-
-    def container(self, name: str) -> lab.Netns:
-        ns = lab.Netns(f"{self.nodes.name}-c{name}").create()
-        self.containers.append(ns)
-        return ns
-
-    def claims(self, line: str) -> list[Claim]:
-        kvs, _ = self.client.get_prefix(self.keys.line_ends(line))
-        return [Claim.decode(kv) for kv in kvs]
-
-    def vni(self, line: str) -> int | None:
-        kv = self.client.get(self.keys.line_vni(line))
-        return int(kv.value) if kv else None
-
-
 @contextlib.contextmanager
 def agents_on_nodes(top: Path, count: int, command: list[str] | None = None) -> Iterator[Cluster]:
-    """`count` nodes of the lab, a three-member etcd on its underlay (in the hub's netns), and on each
-    node a ready `yogurt agent --cluster` run as `command` (default: this package).  Asserts at the
-    end that the lab left nothing."""
-    with NodeLab(count, peers=False) as nodes:
-        store = EtcdLab(netns=nodes.hub.name, host=str(STORE_ADDRESS)).start()
-        keys = Keys(f"/yogurt-{nodes.tag}")
-        agents: list[NodeAgent] = []
-        made = Cluster(nodes, store, agents, keys, store.client(), [])
-        try:
-            for node in nodes.nodes:
-                d = top / f"node{node.index}"
-                d.mkdir()
-                agent = NodeAgent(
-                    node.index,
-                    node.netns.name,
-                    d,
-                    f"/sys/fs/bpf/yogurt-cl-{SUFFIX}-{nodes.tag}-n{node.index}",
-                    d / "cluster.json",
-                    command or lab.self_command(),
-                )
-                agent.cluster_file.write_text(
-                    json.dumps(
-                        {
-                            "endpoints": store.endpoint_urls(),
-                            "node": agent.name,
-                            "prefix": keys.prefix,
-                            "address": str(node.underlay),
-                            "wireguardDevice": node.wg_if,
-                            "tunnelDevice": VXLAN_IF,
-                        }
-                    )
-                )
-                agents.append(agent.start())
-            for agent in agents:
-                agent.ready()
-            yield made
-        finally:
-            for agent in agents:
-                agent.stop()
-            for ns in made.containers:
-                ns.delete()
-            store.close()
-            for agent in agents:
-                shutil.rmtree(agent.bpffs_dir, ignore_errors=True)
-    assert nodes.leftovers() == []
+    """cni_yogurt.clusterlab's cluster with the tests' etcd and pins of this checkout's run
+    (YOGURT_TEST_NODE_DIRS); asserts at the end that the lab left nothing."""
+    with clusterlab.agents_on_nodes(
+        top, count, bpffs_prefix=f"/sys/fs/bpf/yogurt-cl-{SUFFIX}", command=command, etcd=etcdlab.ETCD
+    ) as made:
+        yield made
+    assert made.nodes.leftovers() == []
 
 
 def devices(agent: NodeAgent) -> list[str]:
