@@ -2,10 +2,10 @@
 ADD of a cross-node end against a node-local ADD, both through the agent on the same node.
 
 The cluster is cni_yogurt/clusterlab.py's (as `yogurt demo --nodes 2` and the cluster tests build
-it): two nodes of the node lab (network namespaces on an underlay bridge, wireguard-go between
-them, an external VXLAN device each), a three-member etcd on the underlay, a `yogurt agent
---cluster` per node.  Every verb is one exec of the plugin (the venv's entry point), as a runtime
-does it, forwarding to the node's agent.
+it): two nodes of the node lab (network namespaces on an underlay bridge, WireGuard between them --
+the kernel's, else wireguard-go -- and an external VXLAN device each), a three-member etcd on the
+underlay, a `yogurt agent --cluster` per node.  Every verb is one exec of the plugin (the venv's
+entry point), as a runtime does it, forwarding to the node's agent.
 
 - The wire: one container per node on one line of a `"cluster": true` network (the line's packets:
   veth, the tunnel program, VXLAN yvx0, WireGuard, the underlay, and back up on the other node),
@@ -23,7 +23,6 @@ containers, goes at the end, even after a failure.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,9 +33,8 @@ from bench_wire import Wire, measure, tools_missing
 
 from cni_yogurt import lab
 from cni_yogurt.clusterlab import ClusterLabError, NodeAgent, agents_on_nodes
-from cni_yogurt.nodelab import VXLAN_MTU, NodeLabError
+from cni_yogurt.nodelab import NodeLabError, missing_tools
 
-LAB_TOOLS = ("wireguard-go", "wg", "nft", "ip", "nsenter")
 WIRE_ADDRESSES = ("10.206.0.1", "10.206.0.2")  # the line's two containers, node 0 and node 1
 CROSS = "cross-node end"
 LOCAL = "local end"
@@ -47,7 +45,7 @@ def missing() -> str | None:
     """Why the section cannot run here (None: it can)."""
     from cni_yogurt import etcdlab
 
-    if tools := [t for t in LAB_TOOLS if shutil.which(t) is None]:
+    if tools := missing_tools(extra=("nsenter",)):
         return f"{', '.join(tools)} missing (packaging/install-deps.sh)"
     if not etcdlab.ETCD:
         return "no etcd: packaging/fetch-etcd.sh (`make bench` runs it) or YOGURT_ETCD"
@@ -94,7 +92,7 @@ class Across:
 
 
 def _conf(agent: NodeAgent, kind: str, line: str) -> dict[str, Any]:
-    conf = agent.conf(NETWORKS[kind], line=line, mtu=VXLAN_MTU)
+    conf = agent.conf(NETWORKS[kind], line=line)  # a cluster line's MTU: the agent's (line_mtu)
     if kind == LOCAL:
         del conf["cluster"]  # a node-local network, through the same agent
     return conf
