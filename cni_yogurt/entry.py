@@ -58,7 +58,9 @@ def main() -> int:
     from cni_yogurt.cli import main as cli_main
 
     try:
-        return cli_main(sys.argv[1:])
+        rc = cli_main(sys.argv[1:])
+        sys.stdout.flush()  # block-buffered into a pipe: a reader that left shows up here, not at exit
+        return rc
     except BrokenPipeError:
         # `yogurt status | head`: the reader left; say nothing more, as other tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
