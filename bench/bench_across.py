@@ -183,20 +183,17 @@ def bench(
 def _verbs(
     plugin: Plugin, state: Across, container: Any, a: NodeAgent, b: NodeAgent, rounds: int, samples: Samples
 ) -> None:
-    xa, xb = container("xa"), container("xb")  # the cross-node line's ends: node 0, node 1
-    la, lb = container("la"), container("lb")  # the local line's: both on node 0
+    # Per kind: where the partner sits, the two containers, the line's prefix and subnet.
+    setups = {
+        CROSS: (b, container("xa"), container("xb"), "x", "10.206.1"),  # partner on node 1
+        LOCAL: (a, container("la"), container("lb"), "l", "10.206.2"),  # partner on node 0 too
+    }
 
-    def cross(i: int) -> tuple[float, float]:
-        _add(plugin, state, b, CROSS, f"x{i}", f"ybench-x{i}-b", xb, "10.206.1.2/24")
-        add = _add(plugin, state, a, CROSS, f"x{i}", f"ybench-x{i}-a", xa, "10.206.1.1/24")
-        first, second = state.adds[-2:]
-        dele = _del(plugin, state, second)
-        _del(plugin, state, first)
-        return add, dele
-
-    def local(i: int) -> tuple[float, float]:
-        _add(plugin, state, a, LOCAL, f"l{i}", f"ybench-l{i}-b", lb, "10.206.2.2/24")
-        add = _add(plugin, state, a, LOCAL, f"l{i}", f"ybench-l{i}-a", la, "10.206.2.1/24")
+    def one(kind: str, i: int) -> tuple[float, float]:
+        """The partner's ADD, then the timed ADD and DEL of the end on node 0; the partner goes."""
+        partner_node, mine, partners, tag, subnet = setups[kind]
+        _add(plugin, state, partner_node, kind, f"{tag}{i}", f"ybench-{tag}{i}-b", partners, f"{subnet}.2/24")
+        add = _add(plugin, state, a, kind, f"{tag}{i}", f"ybench-{tag}{i}-a", mine, f"{subnet}.1/24")
         first, second = state.adds[-2:]
         dele = _del(plugin, state, second)
         _del(plugin, state, first)
@@ -205,8 +202,8 @@ def _verbs(
     for i in range(1 + rounds):  # round 0 warms up
         if i:
             log(f"across: verbs round {i}/{rounds}")
-        for kind, fn in ((CROSS, cross), (LOCAL, local))[:: 1 if i % 2 else -1]:
-            add, dele = fn(i)
+        for kind in (CROSS, LOCAL)[:: 1 if i % 2 else -1]:
+            add, dele = one(kind, i)
             if i:
                 samples.add("across", f"ADD, {kind}", add)
                 samples.add("across", f"DEL, {kind}", dele)

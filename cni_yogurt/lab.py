@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,11 +116,13 @@ def ping(netns: Netns | None, address: str, count: int = 2, wait: float = 1.0) -
     return int(match.group(1)) if match else 0
 
 
-def socket_in(netns: Netns | None, family: int, kind: int = socket.SOCK_STREAM) -> socket.socket:
+def socket_in(
+    netns: Netns | None, family: int, kind: int = socket.SOCK_STREAM, proto: int = 0
+) -> socket.socket:
     """A socket of that netns (None: the host's), made there by a thread that joined it."""
 
     def make() -> socket.socket:
-        return socket.socket(family, kind)
+        return socket.socket(family, kind, proto)
 
     if netns is None:
         return make()
@@ -128,6 +131,30 @@ def socket_in(netns: Netns | None, family: int, kind: int = socket.SOCK_STREAM) 
         return create_in(fd, make)
     finally:
         os.close(fd)
+
+
+def _family(address: str) -> int:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
+def udp_send(netns: Netns | None, payload: bytes, address: str, port: int) -> None:
+    with socket_in(netns, _family(address), socket.SOCK_DGRAM) as sock:
+        sock.sendto(payload, (address, port))
+
+
+def udp_receive(
+    netns: Netns | None, address: str, port: int, send: Callable[[], object], wait: float = 1.5
+) -> bytes | None:
+    """What a UDP socket bound to address:port in `netns` gets while `send()` runs (None: nothing
+    within `wait` seconds): how the demos and tests tell a packet that arrives from one dropped."""
+    with socket_in(netns, _family(address), socket.SOCK_DGRAM) as sock:
+        sock.bind((address, port))
+        sock.settimeout(wait)
+        send()
+        try:
+            return sock.recv(100)
+        except TimeoutError:
+            return None
 
 
 def tcp_exchange(

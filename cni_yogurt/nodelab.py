@@ -34,6 +34,8 @@ import os
 import secrets
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import tempfile
 import time
@@ -347,3 +349,25 @@ class NodeLab:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# -- crafted frames: what an injector on the underlay sends (`yogurt demo --nodes 2`, the tests) ----
+
+
+def ipv4_udp(src: str, dst: str, port: int, payload: bytes) -> bytes:
+    """An IPv4 + UDP packet from src to dst:port (source port 5555), header checksummed."""
+    udp = struct.pack("!HHHH", 5555, port, 8 + len(payload), 0) + payload
+    header = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, socket.IPPROTO_UDP, 0,
+        socket.inet_aton(src), socket.inet_aton(dst),
+    )  # fmt: skip
+    csum = sum(struct.unpack("!10H", header))
+    csum = (csum & 0xFFFF) + (csum >> 16)
+    csum = ~((csum & 0xFFFF) + (csum >> 16)) & 0xFFFF
+    return header[:10] + struct.pack("!H", csum) + header[12:] + udp
+
+
+def vxlan_packet(vni: int, dst_mac: str, inner: bytes) -> bytes:
+    """A VXLAN UDP payload: the header with `vni`, an Ethernet frame carrying an IPv4 packet."""
+    ether = bytes.fromhex(dst_mac.replace(":", "")) + bytes.fromhex("02000000beef") + b"\x08\x00"
+    return struct.pack("!B3xI", 0x08, vni << 8) + ether + inner

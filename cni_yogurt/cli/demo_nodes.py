@@ -14,17 +14,22 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import struct
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cni_yogurt import lab
 from cni_yogurt.cli.demo import Report
-from cni_yogurt.nodelab import STORE_ADDRESS, VXLAN_PORT, NodeLabError, missing_tools, wireguard_kind
+from cni_yogurt.nodelab import (
+    STORE_ADDRESS,
+    VXLAN_PORT,
+    NodeLabError,
+    ipv4_udp,
+    missing_tools,
+    vxlan_packet,
+    wireguard_kind,
+)
 
 if TYPE_CHECKING:
     from cni_yogurt.clusterlab import Cluster, NodeAgent
@@ -48,37 +53,6 @@ def _missing() -> str | None:
     if not etcdlab.ETCD:
         return "no etcd: set YOGURT_ETCD to an etcd >= 3.4, or run packaging/fetch-etcd.sh in a checkout"
     return None
-
-
-def _vxlan_frame(vni: int, src: str, dst: str, port: int, payload: bytes) -> bytes:
-    """A VXLAN payload carrying Ethernet + IPv4 + UDP from src to dst:port, checksummed."""
-    udp = struct.pack("!HHHH", 5555, port, 8 + len(payload), 0) + payload
-    header = struct.pack(
-        "!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, socket.IPPROTO_UDP, 0,
-        socket.inet_aton(src), socket.inet_aton(dst),
-    )  # fmt: skip
-    csum = sum(struct.unpack("!10H", header))
-    csum = (csum & 0xFFFF) + (csum >> 16)
-    csum = ~((csum & 0xFFFF) + (csum >> 16)) & 0xFFFF
-    ip = header[:10] + struct.pack("!H", csum) + header[12:] + udp
-    ether = bytes.fromhex("020000000001") + bytes.fromhex("02000000beef") + b"\x08\x00"
-    return struct.pack("!B3xI", 0x08, vni << 8) + ether + ip
-
-
-def _receives(ns: lab.Netns, address: str, port: int, send: Callable[[], None]) -> bytes | None:
-    with lab.socket_in(ns, socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((address, port))
-        sock.settimeout(1.5)
-        send()
-        try:
-            return sock.recv(100)
-        except TimeoutError:
-            return None
-
-
-def _send(ns: lab.Netns, payload: bytes, address: str, port: int) -> None:
-    with lab.socket_in(ns, socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.sendto(payload, (address, port))
 
 
 def demo_nodes(n: int = 2) -> int:
@@ -172,17 +146,22 @@ def _checks(cluster: Cluster, report: Report, containers: list[lab.Netns]) -> No
             got = lab.ping(node.netns, ip, count=2, wait=1)
             report.line(got == 0, f"host of node-{node.index} -> {ip}: {got}/2 replies (locked out)")
     # An injector on the underlay (the hub) sends the line's own tunnel id in clear to node 0.
-    frame = _vxlan_frame(vni, ADDRESSES[1], ADDRESSES[0], 7101, b"injected")
+    frame = vxlan_packet(vni, "02:00:00:00:00:01", ipv4_udp(ADDRESSES[1], ADDRESSES[0], 7101, b"injected"))
     node_a = cluster.nodes.nodes[0]
-    got_in = _receives(
-        ca, ADDRESSES[0], 7101, lambda: _send(cluster.nodes.hub, frame, str(node_a.underlay), VXLAN_PORT)
+    got_in = lab.udp_receive(
+        ca,
+        ADDRESSES[0],
+        7101,
+        lambda: lab.udp_send(cluster.nodes.hub, frame, str(node_a.underlay), VXLAN_PORT),
     )
     report.line(
         got_in is None,
         f"VXLAN frame, tunnel id {vni}, in clear to {node_a.underlay}: "
         + ("ARRIVED" if got_in else "never arrived"),
     )
-    got_real = _receives(ca, ADDRESSES[0], 7102, lambda: _send(cb, b"from the partner", ADDRESSES[0], 7102))
+    got_real = lab.udp_receive(
+        ca, ADDRESSES[0], 7102, lambda: lab.udp_send(cb, b"from the partner", ADDRESSES[0], 7102)
+    )
     report.line(
         got_real == b"from the partner", "control: the partner's own datagram, through the line, arrives"
     )

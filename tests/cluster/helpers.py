@@ -6,8 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
-import struct
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -94,24 +92,3 @@ def remote_wired(agent: NodeAgent) -> dict[int, Any]:
     from cni_yogurt.line import remote
 
     return dict(remote.remote_partners(Pins.under(agent.bpffs_dir)))
-
-
-# -- crafted packets ----------------------------------------------------------------------------
-
-
-def ipv4_udp(src: str, dst: str, port: int, payload: bytes) -> bytes:
-    udp = struct.pack("!HHHH", 5555, port, 8 + len(payload), 0) + payload
-    header = struct.pack(
-        "!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, socket.IPPROTO_UDP, 0,
-        socket.inet_aton(src), socket.inet_aton(dst),
-    )  # fmt: skip
-    csum = sum(struct.unpack("!10H", header))
-    csum = (csum & 0xFFFF) + (csum >> 16)
-    csum = ~((csum & 0xFFFF) + (csum >> 16)) & 0xFFFF
-    return header[:10] + struct.pack("!H", csum) + header[12:] + udp
-
-
-def vxlan_packet(vni: int, dst_mac: str, inner: bytes) -> bytes:
-    """A VXLAN UDP payload: the header with `vni`, an Ethernet frame carrying an IPv4 packet."""
-    ether = bytes.fromhex(dst_mac.replace(":", "")) + bytes.fromhex("02000000beef") + b"\x08\x00"
-    return struct.pack("!B3xI", 0x08, vni << 8) + ether + inner

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -29,10 +28,8 @@ from helpers import (
     NodeAgent,
     agents_on_nodes,
     devices,
-    ipv4_udp,
     remote_wired,
     require_node_lab,
-    vxlan_packet,
     wait_until,
 )
 
@@ -40,9 +37,8 @@ from cni_yogurt import lab
 from cni_yogurt.agent import firewall, frontend
 from cni_yogurt.cluster.nodes import NodeInfo
 from cni_yogurt.cni.errors import Code
-from cni_yogurt.kernel.netns import create_in, open_netns
 from cni_yogurt.line import naming
-from cni_yogurt.nodelab import NFT_TABLE, STORE_ADDRESS, VXLAN_MTU, VXLAN_PORT
+from cni_yogurt.nodelab import NFT_TABLE, STORE_ADDRESS, VXLAN_MTU, VXLAN_PORT, ipv4_udp, vxlan_packet
 
 NODES = 3
 CONTAINERS = "10.218.0"  # the lines' container addresses: 10.218.0.<n>/24 (no other test uses it)
@@ -507,26 +503,10 @@ def test_doctor_reports_the_store(cluster: Cluster, tmp_path: Path) -> None:
     assert not found["ok"] and "node-9" in found["detail"], found
 
 
-def _send_forged(sender: str, packet: bytes, to: str) -> None:
-    """A raw IPv4 packet, its header as given (a forged source), sent from node netns `sender`."""
-    fd = open_netns(f"/run/netns/{sender}")
-    try:
-        sock = create_in(fd, lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW))
-    finally:
-        os.close(fd)
-    with sock:
+def _send_forged(sender: lab.Netns, packet: bytes, to: str) -> None:
+    """A raw IPv4 packet, its header as given (a forged source), sent from `sender`."""
+    with lab.socket_in(sender, socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW) as sock:
         sock.sendto(packet, (to, 0))
-
-
-def _received(ctr: lab.Netns, address: str, port: int, send: Callable[[], None]) -> bytes | None:
-    with lab.socket_in(ctr, socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((address, port))
-        sock.settimeout(1.5)
-        send()
-        try:
-            return sock.recv(100)
-        except TimeoutError:
-            return None
 
 
 def test_the_agent_keeps_the_tunnel_port_to_wireguard_a_forged_source_never_arrives(cluster: Cluster) -> None:
@@ -554,24 +534,24 @@ def test_the_agent_keeps_the_tunnel_port_to_wireguard_a_forged_source_never_arri
             )
 
         def send(port: int) -> Callable[[], None]:
-            return lambda: _send_forged(node_y.netns.name, forged(port), str(node_x.underlay))
+            return lambda: _send_forged(node_y.netns, forged(port), str(node_x.underlay))
 
         x.sh("nft", "delete", "table", "inet", NFT_TABLE)
         try:
             assert "tunnel-only-through-wireguard" in x.sh("nft", "list", "table", "inet", firewall.TABLE)
             before = _guard_drops(x)
-            assert _received(cx, ip_x, 7301, send(7301)) is None
+            assert lab.udp_receive(cx, ip_x, 7301, send(7301)) is None
             assert _guard_drops(x) > before
             # The control: without the agent's rule the forged frame is taken as the partner's.
             x.sh("nft", "delete", "table", "inet", firewall.TABLE)
-            assert _received(cx, ip_x, 7302, send(7302)) == b"forged"
+            assert lab.udp_receive(cx, ip_x, 7302, send(7302)) == b"forged"
         finally:
             subprocess.run(
                 ["ip", "netns", "exec", x.netns, "nft", "-f", "-"],
                 input=firewall.ruleset(VXLAN_PORT, node_x.wg_if), text=True, check=True,
             )  # fmt: skip
             cluster.nodes._firewall(node_x)  # noqa: SLF001  (the lab's own rules, put back)
-        assert _received(cx, ip_x, 7303, send(7303)) is None
+        assert lab.udp_receive(cx, ip_x, 7303, send(7303)) is None
 
 
 def _guard_drops(agent: NodeAgent) -> int:

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from helpers import ipv4_udp, vxlan_packet
 
 from cni_yogurt import backend, lab
 from cni_yogurt.datapath import CounterMap, Pins, RemoteMap, program_id, tunnel_counters
@@ -47,8 +46,10 @@ from cni_yogurt.nodelab import (
     WIREGUARD_ENV,
     Node,
     NodeLab,
+    ipv4_udp,
     kernel_wireguard,
     missing_tools,
+    vxlan_packet,
 )
 
 T = TypeVar("T")
@@ -295,20 +296,10 @@ def ping(ns: lab.Netns, address: str, count: int = 2, size: int | None = None) -
 
 
 def send_udp(node: Node, payload: bytes, address: str, port: int) -> None:
-    with lab.socket_in(node.netns, socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.sendto(payload, (address, port))
+    lab.udp_send(node.netns, payload, address, port)
 
 
-def receives(ns: lab.Netns, address: str, port: int, send: Callable[[], None]) -> bytes | None:
-    """What a UDP socket on address:port in the container gets while `send()` runs."""
-    with lab.socket_in(ns, socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((address, port))
-        sock.settimeout(1.5)
-        send()
-        try:
-            return sock.recv(100)
-        except TimeoutError:
-            return None
+receives = lab.udp_receive  # what a container's UDP socket gets while a sender runs
 
 
 # -- the tests ---------------------------------------------------------------------

@@ -6,7 +6,6 @@ import contextlib
 import os
 import socket
 import struct
-from collections.abc import Callable
 
 from cni_yogurt import lab
 from cni_yogurt.kernel.netns import create_in, open_netns
@@ -60,17 +59,5 @@ def inject(netns: lab.Netns | None, device: str, packet: bytes, dst_mac: str, by
         sock.sendto(packet, address)
 
 
-def receives(netns: lab.Netns, address: str, port: int, send: Callable[[], None]) -> bytes | None:
-    """What a UDP socket on address:port in `netns` gets while `send()` runs (None: nothing)."""
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    fd = open_netns(netns.path)
-    sock = create_in(fd, lambda: socket.socket(family, socket.SOCK_DGRAM))
-    os.close(fd)
-    with sock:
-        sock.bind((address, port))
-        sock.settimeout(1.5)
-        send()
-        try:
-            return sock.recv(100)
-        except TimeoutError:
-            return None
+# What a UDP socket on address:port in a netns gets while send() runs: the lab's.
+receives = lab.udp_receive
