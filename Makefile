@@ -20,7 +20,7 @@ VM_TESTS = tests/kernel/test_wire.py tests/kernel/test_counters.py tests/kernel/
 VM_TC_TESTS = tests/kernel/test_wire.py tests/kernel/test_verbs.py tests/kernel/test_counters.py \
 	'tests/kernel/test_upgrade.py::test_live_line_moves_to_the_next_release_without_losing_a_packet[auto-upgrade-command]'
 
-.PHONY: deps venv lint unit cluster cluster-net cluster-net-vm demo-nodes kernel kernel-native kernel-vm kernel-vm-tc test demo binary image cnitool cri-stubs bench bench-deps bench-vm clean
+.PHONY: deps venv front lint unit cluster cluster-net cluster-net-vm demo-nodes kernel kernel-native kernel-vm kernel-vm-tc test demo binary image cnitool cri-stubs bench bench-deps bench-vm clean
 
 deps:  ## system packages (Debian/Ubuntu); the VM's kernel comes in tests/vm/fetch-kernel.sh
 	@bash packaging/install-deps.sh
@@ -101,6 +101,14 @@ binary: venv  ## dist/yogurt, one file (PyInstaller, packaging/yogurt.spec); the
 	$(VENV)/bin/pyinstaller --noconfirm --clean --log-level WARN --distpath dist --workpath build/pyinstaller packaging/yogurt.spec
 	@ls -l dist/yogurt
 
+# The compiled front end (cni_yogurt/agent/frontend.c): installed as the `yogurt` the runtime execs,
+# with the full plugin beside it as `yogurt-full`; it relays a call to the node agent without a
+# Python start, and execs yogurt-full for everything else. Static: it runs on any node as is.
+front: dist/yogurt-front
+dist/yogurt-front: cni_yogurt/agent/frontend.c
+	@mkdir -p dist
+	$(CC) -O2 -Wall -Wextra -Werror -static -o $@ $<
+
 IMAGE ?= localhost/cni-yogurt:latest
 image: binary  ## the OCI image of packaging/kubernetes/ (plugin + agent), from local files: no registry
 	bash packaging/kubernetes/build-image.sh $(IMAGE) dist/cni-yogurt-image.tar
@@ -120,7 +128,7 @@ bench-deps: venv
 		$(PY) -m pip install -q -e '.[bench]' --config-settings editable_mode=compat
 
 # Across nodes needs an etcd: fetched as for `make cluster` (the section is left out if it cannot run).
-bench: bench-deps binary  ## natively, yogurt vs ptp + host-local: verbs, 500 lines, 200 parallel ADDs, the wire, across nodes -> docs/bench/
+bench: bench-deps binary front  ## natively, yogurt vs ptp + host-local: verbs, 500 lines, 200 parallel ADDs, the wire, across nodes -> docs/bench/
 	@# Byte-compiled first: with PYTHONDONTWRITEBYTECODE in the caller's environment every exec
 	@# of the entry point would compile the package again (≈ 2× the imports' time).
 	@$(PY) -m compileall -q cni_yogurt >/dev/null

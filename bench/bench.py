@@ -11,11 +11,12 @@ runs, where only ratios mean anything.  Figures (every one an exec, as a
 runtime does it, plugins taking turns in every round):
 
   VERSION, ADD, CHECK, DEL, DEL of nothing: venv entry point, dist/yogurt, ptp (+ `python3 -c pass`),
-  and the entry point and dist/yogurt again as front ends of a node agent (`yogurt agent` on dirs
-  of its own, started first: its first ADD is any ADD; `--no-agent` leaves that column out);
+  and the entry point, dist/yogurt and the compiled front end (dist/yogurt-front) as front ends
+  of a node agent (`yogurt agent` on dirs of its own, started first: its first ADD is any ADD;
+  `--no-agent` leaves those columns out);
   ADD/DEL with N lines (2N ends) already up on the node;  GC with those 2N stale ends;
   200 ADDs for 100 lines, 20 at a time (wired right? leftovers after 200 DELs?), against ptp, also
-  through the agent;
+  through the agent (the entry point, the compiled front end);
   the wire: iperf3 + sockperf between two containers on a line vs two ptp containers;
   across nodes (bench_across.py; needs wireguard-go and an etcd, else left out unless asked for): two
   lab nodes, etcd, an agent per node; a line's wire across them vs the bare WireGuard path between the
@@ -23,7 +24,7 @@ runtime does it, plugins taking turns in every round):
 
 Writes bench.md, bench.json and bench.png into --out (docs/bench by default).
 Everything it makes (netns `ybn*`, networks `ybench-*`, its own bpffs/state dirs,
-subnets 10.201-206.0.0/16, the node lab's netns `yn-*`) is removed at the end, even after a failure.
+subnets 10.201-207.0.0/16, the node lab's netns `yn-*`) is removed at the end, even after a failure.
 """
 
 from __future__ import annotations
@@ -108,6 +109,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "bench")
     parser.add_argument("--binary", type=Path, default=REPO / "dist" / "yogurt")
     parser.add_argument(
+        "--front", type=Path, default=REPO / "dist" / "yogurt-front", help="compiled front end"
+    )
+    parser.add_argument(
         "--only", help=f"sections, of {','.join(SECTIONS)} (default: all; across where it can run)"
     )
     parser.add_argument("-n", "--rounds", type=int, default=30, help="rounds of VERSION and of ADD/CHECK/DEL")
@@ -151,7 +155,8 @@ def main() -> int:
     found = plugins(args.binary)
     ptp = found[-1]
     if not args.no_agent:  # ptp stays last
-        found = [*found[:-1], *bench_agent.through_agent(found), ptp]
+        front = bench_agent.compiled_front(args.front, found)
+        found = [*found[:-1], *bench_agent.through_agent(found), *([front] if front else []), ptp]
     yogurts = [p for p in found if p.is_yogurt]
     agent_plugin = next((p for p in found if p.key == "agent"), None)
     samples = Samples()
@@ -197,7 +202,8 @@ def main() -> int:
                 report["notes"].append("GC not measured: other yogurt devices were on the host")
         if "burst" in only:
             report["bursts"] = {}
-            for plugin in [yogurts[0], *([agent_plugin] if agent_plugin else []), ptp]:
+            through = [p for p in found if p.key in ("agent", "front")]
+            for plugin in [yogurts[0], *through, ptp]:
                 b = timed(
                     f"{plugin.label}: {args.burst} ADDs, 20 at a time",
                     lambda p=plugin: bench_verbs.burst(p, s, cni_path, args.burst),

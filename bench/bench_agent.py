@@ -1,14 +1,20 @@
 """The node agent for the bench: `yogurt agent` on the bench's own agent dirs, and the plugins
-that reach it (the entry point and dist/yogurt, their configs naming its stateDir)."""
+that reach it (the entry point, dist/yogurt and the compiled front end, their configs naming its
+stateDir)."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
+import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 from bench_verbs import AGENT_BPFFS, AGENT_STATE, BenchError, Plugin, log
 
@@ -17,6 +23,7 @@ from cni_yogurt.agent import frontend
 # Subnets of their own beside 10.201 (entry point), 10.202 (dist/yogurt), 10.203 (ptp).
 SUBNETS = {"venv": "10.204.0.0/16", "bin": "10.205.0.0/16"}
 KEYS = {"venv": "agent", "bin": "agentbin"}
+FRONT_SUBNET = "10.207.0.0/16"  # 10.206: bench_across
 
 
 def through_agent(plugins: list[Plugin]) -> list[Plugin]:
@@ -28,6 +35,28 @@ def through_agent(plugins: list[Plugin]) -> list[Plugin]:
         for p in plugins
         if p.key in KEYS
     ]
+
+
+def compiled_front(front: Path, plugins: list[Plugin]) -> Plugin | None:
+    """The compiled front end (`make front`) as a node has it: `yogurt` in a bin dir of its own,
+    `yogurt-full` beside it (dist/yogurt where the bench has it, else the entry point)."""
+    if not front.exists():
+        log(f"{front} missing (`make front`): no compiled front end figures")
+        return None
+    full = next((p for p in plugins if p.key == "bin"), plugins[0])
+    bin_dir = Path(tempfile.mkdtemp(prefix="ybench-front-"))
+    atexit.register(shutil.rmtree, bin_dir, True)
+    shutil.copy2(front, bin_dir / "yogurt")
+    os.symlink(full.exe[0], bin_dir / "yogurt-full")
+    return Plugin(
+        "front",
+        "compiled front end → agent",
+        [str(bin_dir / "yogurt")],
+        "yogurt",
+        FRONT_SUBNET,
+        front.stat().st_size,
+        via_agent=True,
+    )
 
 
 @contextlib.contextmanager

@@ -51,7 +51,7 @@ def markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     figs: dict[str, dict[str, dict[str, float]]] = report["figures"]
     labels: dict[str, str] = report["labels"]
-    keys = [k for k in ("venv", "bin", "agent", "agentbin", "ptp") if k in figs]
+    keys = [k for k in ("venv", "bin", "agent", "agentbin", "front", "ptp") if k in figs]
     rounds = f" {report['rounds']} interleaved rounds (two containers each), p50 / p95 / p99 in ms."
     out = [
         f"Machine: {m['cpu']}, {m['cores']} cores; {m['os']}; Linux {m['kernel']}; "
@@ -220,6 +220,7 @@ def png(report: dict[str, Any], samples: dict[str, dict[str, list[float]]], path
         ("bin", "ADD", labels.get("bin")),
         ("agent", "ADD", labels.get("agent")),
         ("agentbin", "ADD", labels.get("agentbin")),
+        ("front", "ADD", labels.get("front")),
         (
             "venv",
             report.get("scale_add_row", ""),

@@ -2,7 +2,8 @@
 
 Kept import-light on purpose: VERSION must answer without importing
 pyroute2, bcc or structlog, and with a node agent running (`yogurt agent`)
-a verb is only forwarded to it (agent/frontend.py, C modules only).
+a verb is only forwarded to it (agent/frontend.py, C modules only; or, before this
+runs at all, by the compiled front end, agent/frontend.c).
 """
 
 from __future__ import annotations
@@ -43,12 +44,14 @@ def main() -> int:
         sys.stdout.write(json.dumps(version_info(sys.stdin.buffer.read())) + "\n")
         return 0
     if command is not None:
-        from cni_yogurt.agent import frontend
-
         data = sys.stdin.buffer.read()
-        rc = frontend.forward(os.environb, data, _write(sys.stdout), _write(sys.stderr))
-        if rc is not None:
-            return rc
+        # Set by the compiled front end (agent/frontend.c) when it has asked the agent already.
+        if os.environ.pop("YOGURT_NO_AGENT", None) != "1":
+            from cni_yogurt.agent import frontend
+
+            rc = frontend.forward(os.environb, data, _write(sys.stdout), _write(sys.stderr))
+            if rc is not None:
+                return rc
         import io
 
         from cni_yogurt.cni import skel

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -28,6 +29,23 @@ def self_command() -> list[str]:
     if getattr(sys, "frozen", False):
         return [sys.executable]
     return [sys.executable, "-m", "cni_yogurt"]
+
+
+def compiled_front(bin_dir: str, full: list[str]) -> str:
+    """A CNI bin dir as a node with the compiled front end has it: `yogurt` built here from
+    agent/frontend.c, `yogurt-full` beside it exec'ing `full`. The path of `yogurt`."""
+    source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "agent", "frontend.c")
+    os.makedirs(bin_dir, exist_ok=True)
+    front = os.path.join(bin_dir, "yogurt")
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise RuntimeError("no C compiler for the compiled front end (`make deps` installs gcc)")
+    subprocess.run([cc, "-O2", "-Wall", "-Wextra", "-Werror", "-static", "-o", front, source], check=True)
+    script = os.path.join(bin_dir, "yogurt-full")
+    with open(script, "w", encoding="utf-8") as f:
+        f.write(f'#!/bin/sh\nexec {shlex.join(full)} "$@"\n')
+    os.chmod(script, 0o755)
+    return front
 
 
 @dataclass

@@ -3,6 +3,7 @@
 #   python3-bpfcc   bcc's Python module (not on PyPI), used once per boot to load the programs
 #   kernel headers  for bcc: the running kernel's own, or else any distribution headers
 #       (linux-headers-amd64 / -generic): the programs use only UAPI headers
+#   gcc libc6-dev   the compiled front end (cni_yogurt/agent/frontend.c, `make front`), static
 #   python3-prometheus-client  the node agent's metrics (`yogurt agent`, optional)
 #   containernetworking-plugins  host-local IPAM (and ptp for the benchmark)
 #   iproute2 iputils-ping  netns and ping for the demo and the tests
@@ -13,7 +14,7 @@
 #   podman containerd crun busybox-static  the runtime end-to-end tests
 #       (busybox-static is their container image, made on the spot)
 set -euo pipefail
-pkgs=(python3-venv python3-bpfcc python3-prometheus-client containernetworking-plugins iproute2 iputils-ping
+pkgs=(python3-venv python3-bpfcc gcc libc6-dev python3-prometheus-client containernetworking-plugins iproute2 iputils-ping
     kmod containerd crun busybox-static python3-cryptography nftables)
 # podman without its recommends: podman 4 uses its CNI backend, which the test
 # needs, only as long as netavark is not installed.  No etcd-server: installing it starts a

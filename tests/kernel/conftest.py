@@ -138,6 +138,7 @@ class Node:
         self.ifindexes: set[int] = set()  # host-side devices this test's ADDs made
         self.pins = Pins.under(BPFFS_DIR)
         self.registry = Registry(STATE_DIR)
+        self.exe: list[str] | None = None  # the plugin's command line; None: this package's
 
     def conf(
         self,
@@ -201,6 +202,7 @@ class Node:
 
     def run(self, command: str, conf: dict[str, Any], ns: lab.Netns | None, **kw: Any) -> lab.PluginRun:
         kw.setdefault("container_id", ns.name if ns else "gone")
+        kw.setdefault("exe", self.exe)
         return lab.run_plugin(command, conf, netns=ns.path if ns else "", cni_path=self.cni_path, **kw)
 
     def add(self, conf: dict[str, Any], ns: lab.Netns, **kw: Any) -> dict[str, Any]:

@@ -210,6 +210,31 @@ def test_bad_requests_get_the_same_answers_through_the_agent(node: Node, conf: d
     phone.hang_up()
 
 
+def test_the_compiled_front_end_relays_to_the_agent_and_falls_back_without_it(
+    node: Node, conf: dict[str, Any], tmp_path: Path
+) -> None:
+    """agent/frontend.c as a node installs it (`yogurt`, with the plugin beside it as yogurt-full):
+    every verb reaches the agent, bad requests get the same answers as from the plugin alone, and
+    with the agent stopped yogurt-full does the work."""
+    node.exe = [lab.compiled_front(str(tmp_path / "bin"), lab.self_command())]
+    agent = Agent(conf).ready()
+    phone = Phone(node, conf=conf)
+    assert lab.ping(phone.one, phone.b4) == 2
+    assert node.run("CHECK", {**conf, "prevResult": phone.r1}, phone.one).rc == 0
+    assert agent.served() == 3
+    through = _hostile_calls(node, conf, phone)
+    assert agent.served() == 3 + len(through), "every call went through the agent"
+    assert [code for _, _, code in through] == [4, 4, 4, 7, 1, 7, 100, 7, 1]
+    assert agent.stop() == 0
+    assert _hostile_calls(node, conf, phone) == through  # yogurt-full, no agent
+    assert node.run("CHECK", {**conf, "prevResult": phone.r2}, phone.two).rc == 0
+    node.delete(conf, phone.one)  # DEL without an agent
+    agent = Agent(conf).ready()
+    node.delete(conf, phone.two)  # and through it
+    assert agent.served() == 1
+    assert agent.stop() == 0
+
+
 def _ended_killed(agent: Agent) -> None:
     assert agent.proc.wait(60) == -signal.SIGKILL, "the agent did not die at its crash point"
     agent.proc.stderr.close()

@@ -1,16 +1,26 @@
-"""The agent's wire format and the exec'd plugin's front end, over real unix sockets (no root)."""
+"""The agent's wire format and the exec'd plugin's front ends, over real unix sockets (no root).
+
+Both front ends (frontend.py's forward, and the compiled one, agent/frontend.c, built here and
+exec'd as a runtime does with a stand-in for yogurt-full beside it) face the same fake agents and
+must decide alike."""
 
 from __future__ import annotations
 
 import json
 import os
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from cni_yogurt import lab
 from cni_yogurt.agent import frontend, protocol
 from cni_yogurt.agent.frontend import ABSENT, ANSWERED, LOCAL, NO_ANSWER, NOT_MINE, RELAY, TRY_AGAIN, decide
 
@@ -138,6 +148,8 @@ class FakeAgent:
                 conn.sendall(protocol.encode_answer(protocol.Answer(protocol.NOT_MINE)))
             elif self.behaviour == "hang":
                 conn.recv(1)  # until the client gives up
+            elif self.behaviour == "garbage":
+                conn.sendall(protocol.frame(b"Z?"))
             # "hang-up": close without a word
 
 
@@ -146,50 +158,188 @@ def state_dir(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path
 
 
-def _forward(command: str, state_dir: Path, **conf: object) -> tuple[int | None, bytes, bytes]:
-    out, err = bytearray(), bytearray()
-    stdin = json.dumps({"cniVersion": "1.0.0", "stateDir": str(state_dir), **conf}).encode()
-    env = {b"CNI_COMMAND": command.encode(), b"CNI_CONTAINERID": b"c1"}
-    rc = frontend.forward(env, stdin, out.extend, err.extend)
-    return rc, bytes(out), bytes(err)
+@dataclass
+class Call:
+    """What one front end made of one call."""
+
+    local: bool  # the verb runs here: forward() gave None / the compiled one exec'd yogurt-full
+    rc: int | None
+    out: bytes
+    err: bytes
+    told_no_agent: bool = False  # compiled: yogurt-full was told the agent has been asked
+    full_stdin: bytes = b""  # compiled: what yogurt-full read
 
 
-def test_forward_relays_the_agents_answer(state_dir: Path) -> None:
+# yogurt-full for the compiled front end's tests: records what it was given, in $STUB_OUT.
+STUB = """#!/bin/sh
+cat > "$STUB_OUT/stdin"
+printf '%s' "${YOGURT_NO_AGENT-}" > "$STUB_OUT/no_agent"
+printf '%s\\n' "$@" > "$STUB_OUT/argv"
+echo full-ran
+exit 42
+"""
+
+
+class Front:
+    """frontend.forward, or the compiled front end exec'd as a runtime does; one interface."""
+
+    def __init__(self, kind: str, build_dir: Path) -> None:
+        self.kind = kind
+        if kind == "compiled":
+            stub = build_dir / "stub.sh"
+            stub.write_text(STUB, encoding="utf-8")
+            self.exe = lab.compiled_front(str(build_dir / "bin"), ["/bin/sh", str(stub)])
+
+    def call(self, env: dict[bytes, bytes], stdin: bytes, tmp: Path, argv: tuple[str, ...] = ()) -> Call:
+        if self.kind == "python":
+            out, err = bytearray(), bytearray()
+            rc = frontend.forward(env, stdin, out.extend, err.extend)
+            return Call(rc is None, rc, bytes(out), bytes(err))
+        record = Path(tempfile.mkdtemp(dir=tmp))
+        proc = subprocess.run(
+            [self.exe, *argv],
+            input=stdin,
+            env={**env, b"STUB_OUT": bytes(record)},
+            capture_output=True,
+            timeout=30,
+        )
+        ran = (record / "stdin").exists()
+        return Call(
+            ran,
+            None if ran else proc.returncode,
+            proc.stdout,
+            proc.stderr,
+            ran and (record / "no_agent").read_bytes() == b"1",
+            (record / "stdin").read_bytes() if ran else b"",
+        )
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory: pytest.TempPathFactory) -> Front:
+    return Front("compiled", tmp_path_factory.mktemp("front"))
+
+
+@pytest.fixture(params=["python", "compiled"])
+def front(request: pytest.FixtureRequest) -> Front:
+    return Front("python", Path()) if request.param == "python" else request.getfixturevalue("compiled")
+
+
+def _config(state_dir: Path, **conf: object) -> bytes:
+    return json.dumps({"cniVersion": "1.0.0", "stateDir": str(state_dir), **conf}).encode()
+
+
+def _forward(front: Front, command: str, state_dir: Path, **conf: object) -> Call:
+    env = {b"CNI_COMMAND": command.encode(), b"CNI_CONTAINERID": b"c1", b"CNI_ARGS": b"K=\xff"}
+    stdin = _config(state_dir, **conf)
+    call = front.call(env, stdin, state_dir)
+    if call.local and front.kind == "compiled":
+        assert call.full_stdin == stdin, "yogurt-full got another config than the runtime's"
+    return call
+
+
+def test_forward_relays_the_agents_answer(front: Front, state_dir: Path) -> None:
     agent = FakeAgent(state_dir / "agent.sock", "answer")
-    assert _forward("ADD", state_dir) == (3, b"out\n", b"err\n")
+    call = _forward(front, "ADD", state_dir)
+    assert (call.local, call.rc, call.out, call.err) == (False, 3, b"out\n", b"err\n")
     agent.thread.join(2)
     (request,) = agent.requests
     assert request.env["CNI_COMMAND"] == "ADD" and json.loads(request.stdin)["stateDir"] == str(state_dir)
+    assert request.env["CNI_ARGS"] == "K=\udcff", "the environment's bytes as exec'd"
 
 
-def test_no_agent_or_not_its_state_dir_means_the_verb_runs_here(state_dir: Path) -> None:
-    assert _forward("ADD", state_dir)[0] is None  # no socket
+def test_no_agent_or_not_its_state_dir_means_the_verb_runs_here(front: Front, state_dir: Path) -> None:
+    call = _forward(front, "ADD", state_dir)  # no socket
+    assert call.local and (front.kind == "python" or call.told_no_agent)
     dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     dead.bind(str(state_dir / "agent.sock"))  # bound, never listening: what a kill -9 leaves
-    assert _forward("ADD", state_dir)[0] is None
+    assert _forward(front, "ADD", state_dir).local
     dead.close()
     os.unlink(state_dir / "agent.sock")
     FakeAgent(state_dir / "agent.sock", "not-mine")
-    assert _forward("ADD", state_dir)[0] is None
+    call = _forward(front, "ADD", state_dir)
+    assert call.local and (front.kind == "python" or call.told_no_agent)
 
 
-@pytest.mark.parametrize("behaviour", ["hang", "hang-up"])
-def test_an_agent_without_answer_means_try_again_but_del_runs_here(state_dir: Path, behaviour: str) -> None:
+@pytest.mark.parametrize("behaviour", ["hang", "hang-up", "garbage"])
+def test_an_agent_without_answer_means_try_again_but_del_runs_here(
+    front: Front, state_dir: Path, behaviour: str
+) -> None:
     FakeAgent(state_dir / "agent.sock", behaviour)
-    rc, out, err = _forward("ADD", state_dir, agentTimeout=0.3)
-    assert rc == 1
-    error = json.loads(out)
+    started = time.monotonic()
+    call = _forward(front, "ADD", state_dir, agentTimeout=0.3)
+    assert time.monotonic() - started < 10
+    assert not call.local and call.rc == 1
+    error = json.loads(call.out)
     assert error["code"] == 11 and error["cniVersion"] == "1.0.0"
     assert str(state_dir / "agent.sock") in error["msg"]
-    assert b"error 11" in err
+    assert b"error 11" in call.err
     os.unlink(state_dir / "agent.sock")
     FakeAgent(state_dir / "agent.sock", behaviour)
-    assert _forward("DEL", state_dir, agentTimeout=0.3)[0] is None
+    call = _forward(front, "DEL", state_dir, agentTimeout=0.3)
+    assert call.local and (front.kind == "python" or call.told_no_agent)
 
 
-def test_version_and_garbage_never_go_to_the_agent(state_dir: Path) -> None:
+def test_version_and_garbage_never_go_to_the_agent(front: Front, state_dir: Path) -> None:
     agent = FakeAgent(state_dir / "agent.sock", "answer")
-    assert _forward("VERSION", state_dir)[0] is None
-    out: bytearray = bytearray()
-    assert frontend.forward({b"CNI_COMMAND": b"ADD"}, b"not json", out.extend, out.extend) is None
+    assert _forward(front, "VERSION", state_dir).local
+    for garbage in (b"not json", b"", b"[]", b'{"stateDir": 5}', b'{"a": 1} x', b"[" * 100_000):
+        call = front.call({b"CNI_COMMAND": b"ADD"}, garbage, state_dir)
+        assert call.local, garbage
     assert agent.requests == []
+
+
+def test_compiled_front_leaves_what_it_does_not_read_to_yogurt_full(compiled: Front, state_dir: Path) -> None:
+    """Configs the scanner does not read go to yogurt-full as they came, not told anything: its own
+    front end decides (and may forward them)."""
+    agent = FakeAgent(state_dir / "agent.sock", "answer")
+    for config in (
+        b'{"st\\u0061teDir": "/elsewhere"}',  # stateDir, spelled with an escape
+        f'{{"stateDir": "{state_dir}\\/"}}'.encode(),
+        '{"name": "caf\u00e9"}'.encode(),  # not ASCII
+        b'{"n": NaN}',  # Python's json takes it; the scanner does not
+        b'{"n": 01}',
+        b'{"a": "\t"}',  # a raw control character in a string
+    ):
+        call = compiled.call({b"CNI_COMMAND": b"ADD"}, config, state_dir)
+        assert call.local and not call.told_no_agent and call.full_stdin == config, config
+    assert agent.requests == []
+    # What it does read, it reads right: nested values, escapes elsewhere, whitespace, duplicates.
+    config = (
+        b' {"x": {"stateDir": "/no"}, "y": ["\\"", 1.5e3, -0, true, null], "stateDir": "/no",\n'
+        + f'"stateDir": "{state_dir}//", "agentTimeout": 2}}\n'.encode()
+    )
+    call = compiled.call({b"CNI_COMMAND": b"CHECK"}, config, state_dir)
+    assert (call.local, call.rc) == (False, 3)
+    agent.thread.join(2)
+    assert agent.requests[0].stdin == config
+
+
+def test_compiled_front_passes_admin_commands_and_version_through(compiled: Front, tmp_path: Path) -> None:
+    call = compiled.call({}, b"typed by hand", tmp_path, ("status", "--json"))
+    assert call.local and call.full_stdin == b"typed by hand", "stdin is yogurt-full's to read"
+    call = compiled.call({b"CNI_COMMAND": b"VERSION"}, b'{"cniVersion": "1.0.0"}', tmp_path)
+    assert call.local and call.full_stdin == b'{"cniVersion": "1.0.0"}' and not call.told_no_agent
+
+
+def test_compiled_front_without_yogurt_full_says_so(tmp_path: Path) -> None:
+    front = lab.compiled_front(str(tmp_path), ["true"])
+    os.unlink(tmp_path / "yogurt-full")
+    proc = subprocess.run(
+        [front], input=b"{}", env={"CNI_COMMAND": "ADD"}, capture_output=True, timeout=30, check=False
+    )
+    assert proc.returncode != 0 and b"yogurt-full" in proc.stderr
+    assert json.loads(proc.stdout)["code"] == 999
+
+
+def test_told_no_agent_the_entry_point_does_not_ask_again(state_dir: Path) -> None:
+    """What the compiled front end relies on when it execs yogurt-full after asking the agent."""
+    agent = FakeAgent(state_dir / "agent.sock", "answer")
+    env = {**os.environ, "CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_IFNAME": "eth0", "CNI_NETNS": ""}
+    config = _config(state_dir, name="n", type="yogurt")
+    run = [sys.executable, "-m", "cni_yogurt"]
+    told = subprocess.run(
+        run, input=config, env={**env, "YOGURT_NO_AGENT": "1"}, capture_output=True, timeout=60
+    )
+    assert agent.requests == [] and told.returncode != 0, "ran here: no netns is an error of its own"
+    asked = subprocess.run(run, input=config, env=env, capture_output=True, timeout=60)
+    assert (asked.returncode, asked.stdout) == (3, b"out\n") and len(agent.requests) == 1
