@@ -77,7 +77,7 @@ demo-nodes: venv
 # Two workers, one test file each: each test mostly waits on plugin execs.
 kernel: kernel-native kernel-vm kernel-vm-tc
 
-kernel-native: venv binary cnitool cri-stubs  ## every backend this kernel offers, every runtime
+kernel-native: venv binary front cnitool cri-stubs  ## every backend this kernel offers, every runtime
 	YOGURT_REQUIRE_KERNEL=1 $(VENV)/bin/pytest -q -n 2 --dist loadfile tests/kernel
 
 kernel-vm: venv binary cnitool  ## netkit in the VM, where the running kernel has none
@@ -110,7 +110,7 @@ dist/yogurt-front: cni_yogurt/agent/frontend.c
 	$(CC) -O2 -Wall -Wextra -Werror -static -o $@ $<
 
 IMAGE ?= localhost/cni-yogurt:latest
-image: binary  ## the OCI image of packaging/kubernetes/ (plugin + agent), from local files: no registry
+image: binary front  ## the OCI image of packaging/kubernetes/ (plugin + agent), from local files: no registry
 	bash packaging/kubernetes/build-image.sh $(IMAGE) dist/cni-yogurt-image.tar
 
 cnitool:  ## .cache/cnitool/bin/cnitool, built offline from Debian's golang-github-appc-cni source

@@ -5,7 +5,7 @@
 #   build-image.sh REF [ARCHIVE]    stage, `podman build -t REF`, and save it as an OCI archive
 #                                   (load it on a node with `podman load` or `ctr images import`)
 #
-# The context: dist/yogurt (make binary), /bin/busybox (Debian's busybox-static), the
+# The context: dist/yogurt (make binary), dist/yogurt-front (make front), /bin/busybox (Debian's busybox-static), the
 # shared libraries the binary's loader and its libpython need from the build host's glibc,
 # which PyInstaller does not bundle, and libbcc (Debian's libbpfcc) with every library it
 # links (LLVM, clang, z3, ICU: about 230 MB): the agent loads the BPF programs at start, and
@@ -16,16 +16,19 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/../.." && pwd)
 binary=$top/dist/yogurt
+front=$top/dist/yogurt-front
 
 stage() {
     local ctx=$1 root=$1/rootfs
     [ -x "$binary" ] || { echo "build-image: $binary missing: make binary" >&2; exit 1; }
+    [ -x "$front" ] || { echo "build-image: $front missing: make front" >&2; exit 1; }
     [ -x /bin/busybox ] && /bin/busybox --list >/dev/null || { echo "build-image: needs busybox-static" >&2; exit 1; }
     rm -rf "$ctx" && mkdir -p "$root"/{bin,usr/local/bin,etc,tmp,run,proc,sys,dev}
     chmod 1777 "$root/tmp"
     cp /bin/busybox "$root/bin/busybox"
     for applet in sh cp mv rm chmod sync cat ls echo test mkdir sleep; do ln -s busybox "$root/bin/$applet"; done
     install -m 0755 "$binary" "$root/usr/local/bin/yogurt"
+    install -m 0755 "$front" "$root/usr/local/bin/yogurt-front"  # static: needs nothing more
     install -m 0755 "$here/install-cni" "$root/usr/local/bin/install-cni"
     # glibc: the loader and what it resolves for the binary; libpython (unpacked at run time)
     # needs libm and libutil besides.

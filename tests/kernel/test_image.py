@@ -33,6 +33,7 @@ require_binary("test_image.py", ("podman", "install Debian's podman (4.x)"))
 
 TOP = Path(__file__).resolve().parents[2]
 KUBE = TOP / "packaging" / "kubernetes"
+FRONT = TOP / "dist" / "yogurt-front"  # make front (kernel-native builds it)
 IMAGE = "localhost/cni-yogurt:latest"
 
 
@@ -119,11 +120,14 @@ def test_the_image_installs_the_plugin_by_rename_while_the_old_one_runs(node: No
         busy.wait()
     installed = cni_bin / "yogurt"
     assert installed.stat().st_ino != old_inode, "replaced in place, not renamed over"
-    assert sha256(installed) == sha256(BINARY), "the installed plugin is not all of dist/yogurt"
-    assert installed.stat().st_mode & 0o777 == 0o755
-    assert sorted(os.listdir(cni_bin)) == ["yogurt"], "a temporary file was left"
+    # `yogurt` is the compiled front end now, the plugin beside it as yogurt-full.
+    assert sha256(installed) == sha256(FRONT), "the installed front end is not all of dist/yogurt-front"
+    assert sha256(cni_bin / "yogurt-full") == sha256(BINARY), "the installed plugin is not all of dist/yogurt"
+    for path in (installed, cni_bin / "yogurt-full"):
+        assert path.stat().st_mode & 0o777 == 0o755
+    assert sorted(os.listdir(cni_bin)) == ["yogurt", "yogurt-full"], "a temporary file was left"
     run = subprocess.run([str(installed), "version"], capture_output=True, text=True, check=False)
-    assert run.returncode == 0 and run.stdout.startswith("cni-yogurt "), run
+    assert run.returncode == 0 and run.stdout.startswith("cni-yogurt "), run  # through to yogurt-full
 
 
 def _wait_for_agent(podman: Podman, name: str, state_dir: str, timeout: float = 180) -> dict[str, Any]:
