@@ -21,6 +21,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -39,7 +40,6 @@ extern char **environ;
 #define DEFAULT_STATE_DIR "/run/cni-yogurt"
 #define MAX_REQUEST (4u << 20) /* protocol.MAX_REQUEST */
 #define MAX_ANSWER (16u << 20) /* protocol.MAX_ANSWER */
-#define CONNECT_TIMEOUT 1.0
 #define DEFAULT_ANSWER_TIMEOUT 60.0
 #define MAX_DEPTH 64
 
@@ -443,17 +443,19 @@ static enum outcome ask(const char *path, const char *request, size_t len, doubl
     if (strlen(path) >= sizeof addr.sun_path)
         return ABSENT; /* no agent can listen there either */
     strcpy(addr.sun_path, path);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    /* Non-blocking for connect, as Python's socket with a timeout is: a unix connect either
+     * succeeds at once or fails at once (EAGAIN: the backlog is full, a swamped agent; the verb
+     * then runs here, as in frontend.py, where that is an OSError: ABSENT). */
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0)
         return ABSENT;
     enum outcome result = NO_ANSWER;
-    set_timeout(fd, SO_SNDTIMEO, CONNECT_TIMEOUT); /* a unix connect waits for the backlog this long */
     if (connect(fd, (struct sockaddr *)&addr, sizeof addr)) {
-        /* EAGAIN: there, but not accepting in time (hung or swamped); anything else: no agent,
-         * a dead one's socket (refused), or not ours to reach */
-        result = errno == EAGAIN || errno == EINTR ? NO_ANSWER : ABSENT;
+        result = ABSENT; /* no agent, a dead one's socket (refused), not ours to reach, or swamped */
         goto done;
     }
+    if (fcntl(fd, F_SETFL, 0))
+        goto done;
     set_timeout(fd, SO_SNDTIMEO, timeout);
     set_timeout(fd, SO_RCVTIMEO, timeout);
     char head[4];

@@ -6,6 +6,7 @@ must decide alike."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -343,3 +344,20 @@ def test_told_no_agent_the_entry_point_does_not_ask_again(state_dir: Path) -> No
     assert agent.requests == [] and told.returncode != 0, "ran here: no netns is an error of its own"
     asked = subprocess.run(run, input=config, env=env, capture_output=True, timeout=60)
     assert (asked.returncode, asked.stdout) == (3, b"out\n") and len(agent.requests) == 1
+
+
+def test_a_swamped_agent_means_the_verb_runs_here_at_once(front: Front, state_dir: Path) -> None:
+    """A full listen backlog (nobody accepting): a unix connect fails at once, for both front ends."""
+    swamped = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    swamped.bind(str(state_dir / "agent.sock"))
+    swamped.listen(0)
+    waiting = []
+    with contextlib.suppress(BlockingIOError):
+        for _ in range(8):  # fill the backlog: the kernel's limit is a little above listen()'s
+            waiting.append(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK))
+            waiting[-1].connect(str(state_dir / "agent.sock"))
+    started = time.monotonic()
+    call = _forward(front, "ADD", state_dir, agentTimeout=30)
+    assert call.local and time.monotonic() - started < 5
+    for sock in (*waiting, swamped):
+        sock.close()
