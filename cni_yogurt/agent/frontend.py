@@ -16,8 +16,13 @@ What happens when the agent is not there or does not answer (`decide`):
   every other verb answers code 11, "try again later", naming the socket: the
   agent may still finish the call, and a retry will find out.
 
-Bounds: connecting 1 s; the answer `agentTimeout` seconds (config key, default
-60, below the runtimes' own timeouts: kubelet's is 2 min).
+Bounds: connecting 1 s (in practice a unix connect succeeds or fails at once: a
+full backlog, a swamped agent, is an OSError here, so the verb runs here); the
+answer `agentTimeout` seconds (config key, default 60, below the runtimes' own
+timeouts: kubelet's is 2 min).
+
+frontend.c is this module compiled, for the exec a runtime pays per container:
+the same decisions, tested side by side (tests/unit/test_agent_frontend.py).
 """
 
 from __future__ import annotations
