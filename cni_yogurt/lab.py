@@ -31,16 +31,24 @@ def self_command() -> list[str]:
     return [sys.executable, "-m", "cni_yogurt"]
 
 
-def compiled_front(bin_dir: str, full: list[str]) -> str:
-    """A CNI bin dir as a node with the compiled front end has it: `yogurt` built here from
-    agent/frontend.c, `yogurt-full` beside it exec'ing `full`. The path of `yogurt`."""
+def build_front(out: str, *defines: str) -> str:
+    """Compile agent/frontend.c (static, as `make front` does) into `out`; `defines`: -D names."""
     source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "agent", "frontend.c")
-    os.makedirs(bin_dir, exist_ok=True)
-    front = os.path.join(bin_dir, "yogurt")
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         raise RuntimeError("no C compiler for the compiled front end (`make deps` installs gcc)")
-    subprocess.run([cc, "-O2", "-Wall", "-Wextra", "-Werror", "-static", "-o", front, source], check=True)
+    flags = ["-O2", "-Wall", "-Wextra", "-Werror", "-static", *(f"-D{d}" for d in defines)]
+    if defines:  # a test build (FRONTEND_SCAN_ONLY) leaves most functions out
+        flags.append("-Wno-unused-function")
+    subprocess.run([cc, *flags, "-o", out, source], check=True)
+    return out
+
+
+def compiled_front(bin_dir: str, full: list[str]) -> str:
+    """A CNI bin dir as a node with the compiled front end has it: `yogurt` built here from
+    agent/frontend.c, `yogurt-full` beside it exec'ing `full`. The path of `yogurt`."""
+    os.makedirs(bin_dir, exist_ok=True)
+    front = build_front(os.path.join(bin_dir, "yogurt"))
     script = os.path.join(bin_dir, "yogurt-full")
     with open(script, "w", encoding="utf-8") as f:
         f.write(f'#!/bin/sh\nexec {shlex.join(full)} "$@"\n')

@@ -496,6 +496,27 @@ static int try_again(const char *command, const char *version, const char *path)
     return 1;
 }
 
+#ifdef FRONTEND_SCAN_ONLY
+/* A test build (tests/unit/test_agent_frontend.py): the config scanner alone, on stdin, printing
+ * what it read as JSON (null: not read), to be compared with Python's json on the same bytes. */
+int main(void)
+{
+    size_t len = 0;
+    char *config = read_stdin(&len);
+    struct config cfg;
+    if (!config || read_config(config, len, &cfg)) {
+        puts("null");
+        return 0;
+    }
+    printf("{\"agentTimeout\": %.17g", cfg.answer_timeout);
+    if (cfg.state_dir.at) /* a plain string: no escapes, so printable as it is */
+        printf(", \"stateDir\": \"%.*s\"", (int)cfg.state_dir.len, cfg.state_dir.at);
+    if (cfg.cni_version.at)
+        printf(", \"cniVersion\": \"%.*s\"", (int)cfg.cni_version.len, cfg.cni_version.at);
+    puts("}");
+    return 0;
+}
+#else
 int main(int argc, char **argv)
 {
     (void)argc;
@@ -541,3 +562,4 @@ int main(int argc, char **argv)
         return try_again(command, version, path);
     return exec_full(argv, config, len, 1, version);
 }
+#endif

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cni_yogurt import lab
 from cni_yogurt.agent import frontend, protocol
@@ -361,3 +363,86 @@ def test_a_swamped_agent_means_the_verb_runs_here_at_once(front: Front, state_di
     assert call.local and time.monotonic() - started < 5
     for sock in (*waiting, swamped):
         sock.close()
+
+
+# -- the compiled scanner against Python's json, on the same bytes -------------------------------
+
+_LEAVES = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**20), 10**20)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12)
+)
+_VALUES = st.recursive(
+    _LEAVES,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+)
+_TIMEOUTS = st.integers(-5, 5000) | st.floats(-1.0, 1e5) | st.booleans() | st.text(max_size=3) | st.none()
+_PATHS = st.text(max_size=20) | st.just("/run/x//") | st.just("/")
+
+
+@st.composite
+def _configs(draw: st.DrawFn) -> bytes:
+    obj: dict[str, object] = draw(st.dictionaries(st.text(max_size=8), _VALUES, max_size=4))
+    for key, values in (("stateDir", _PATHS | _VALUES), ("agentTimeout", _TIMEOUTS), ("cniVersion", _PATHS)):
+        if draw(st.booleans()):
+            obj[key] = draw(values)
+    text = json.dumps(
+        obj,
+        ensure_ascii=draw(st.booleans()),
+        indent=draw(st.sampled_from([None, 0, 2])),
+        separators=draw(st.sampled_from([None, (",", ":"), (" , ", " : ")])),
+    )
+    raw = draw(st.sampled_from(["", " ", "\n\t"])) + text + draw(st.sampled_from(["", "\n", " \r\n"]))
+    data = raw.encode()
+    # Now and then cut short, a byte put in, or something after the object.
+    damage = draw(st.sampled_from(["none", "none", "cut", "insert", "append"]))
+    at = draw(st.integers(0, len(data)))
+    if damage == "cut":
+        return data[:at]
+    if damage == "insert":
+        return data[:at] + bytes([draw(st.integers(0, 255))]) + data[at:]
+    if damage == "append":
+        return data + draw(st.sampled_from([b"x", b"}", b",", b"{}", b"0", b"\0", b"\f"]))
+    return data
+
+
+def _refusal_explained(data: bytes, parsed: dict[str, object]) -> bool:
+    """Why the compiled scanner may leave a config Python reads to yogurt-full (frontend.c)."""
+
+    def non_finite(v: object) -> bool:
+        if isinstance(v, float):
+            return v != v or v in (float("inf"), float("-inf"))
+        children = v.values() if isinstance(v, dict) else v if isinstance(v, list) else ()
+        return any(non_finite(c) for c in children)
+
+    return (
+        not data.isascii()
+        or b"\\" in data  # an escape: one in a key or in stateDir/cniVersion is refused
+        or any(k in parsed and not isinstance(parsed[k], str) for k in ("stateDir", "cniVersion"))
+        or non_finite(parsed)
+    )
+
+
+@pytest.fixture(scope="module")
+def scanner(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return lab.build_front(str(tmp_path_factory.mktemp("scan") / "scan"), "FRONTEND_SCAN_ONLY")
+
+
+@settings(max_examples=300, deadline=None, derandomize=os.environ.get("YOGURT_FUZZ_RANDOM") != "1")
+@given(data=_configs())
+def test_the_compiled_scanner_reads_configs_as_python_does(scanner: str, data: bytes) -> None:
+    """Whatever it reads, it reads as frontend.py would: the same socket, timeout and version; what
+    it does not, it has one of its documented reasons for. (Were it ever wrong about stateDir, the
+    agent it reached would still answer "not mine": the agent checks the config's stateDir too.)"""
+    scanned = json.loads(subprocess.run([scanner], input=data, capture_output=True, check=True).stdout)
+    parsed = frontend.peek_config(data)
+    if scanned is None:
+        assert parsed is None or _refusal_explained(data, parsed), data
+        return
+    assert parsed is not None, f"read what Python refuses: {data!r}"
+    assert scanned.get("stateDir") == parsed.get("stateDir"), data
+    assert frontend.socket_path(scanned) == frontend.socket_path(parsed)
+    assert scanned["agentTimeout"] == frontend.answer_timeout(parsed), data
+    assert scanned.get("cniVersion") == parsed.get("cniVersion"), data
