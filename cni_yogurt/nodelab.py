@@ -42,7 +42,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cni_yogurt.lab import Netns
+from cni_yogurt.lab import Netns, ping
 
 UNDERLAY = ipaddress.IPv4Network("10.215.0.0/24")  # node i: .i+1 (no other test uses 10.215-217)
 STORE_ADDRESS = UNDERLAY[250]  # the hub's own address: the cluster store's, reachable from every node
@@ -302,8 +302,7 @@ class NodeLab:
         for i, node in enumerate(self.nodes):
             for peer in self.nodes[i + 1 :]:
                 deadline = time.monotonic() + timeout
-                argv = ["ip", "netns", "exec", node.netns.name, "ping", "-n", "-q", "-c", "1", "-W", "1"]
-                while subprocess.run([*argv, str(peer.wg_addr)], capture_output=True, check=False).returncode:
+                while ping(node.netns, str(peer.wg_addr), count=1, wait=1) != 1:
                     if time.monotonic() > deadline:
                         raise NodeLabError(f"node {node.index} cannot reach node {peer.index} over WireGuard")
 

@@ -252,10 +252,12 @@ static int read_config(const char *data, size_t len, struct config *cfg)
 
 /* -- plain I/O -------------------------------------------------------------------------------- */
 
-static int write_all(int fd, const char *data, size_t len)
+/* All of `data` to `fd`; to the agent's socket (`sock`) with send(MSG_NOSIGNAL), as an agent that
+ * hangs up must not kill us with SIGPIPE. */
+static int write_all(int fd, const char *data, size_t len, int sock)
 {
     while (len) {
-        ssize_t n = write(fd, data, len);
+        ssize_t n = sock ? send(fd, data, len, MSG_NOSIGNAL) : write(fd, data, len);
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0)
@@ -305,21 +307,6 @@ static char *read_stdin(size_t *len)
     }
     free(buf);
     return NULL;
-}
-
-/* To the agent's socket: MSG_NOSIGNAL, as an agent that hangs up must not kill us with SIGPIPE. */
-static int send_all(int fd, const char *data, size_t len)
-{
-    while (len) {
-        ssize_t n = send(fd, data, len, MSG_NOSIGNAL);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return -1;
-        data += n;
-        len -= (size_t)n;
-    }
-    return 0;
 }
 
 /* `text` as the inside of a JSON string: CNI_COMMAND is whatever the caller put there. */
@@ -374,7 +361,7 @@ static int exec_full(char **argv, const char *config, size_t len, int no_agent, 
     if (path) {
         why = "cannot pass its stdin on";
         int fd = config ? memfd_create("cni-config", 0) : -1;
-        int ready = !config || (fd >= 0 && write_all(fd, config, len) == 0 && lseek(fd, 0, SEEK_SET) == 0 &&
+        int ready = !config || (fd >= 0 && write_all(fd, config, len, 0) == 0 && lseek(fd, 0, SEEK_SET) == 0 &&
                                 dup2(fd, 0) == 0 && close(fd) == 0);
         if (ready) {
             if (no_agent)
@@ -459,7 +446,7 @@ static enum outcome ask(const char *path, const char *request, size_t len, doubl
     set_timeout(fd, SO_SNDTIMEO, timeout);
     set_timeout(fd, SO_RCVTIMEO, timeout);
     char head[4];
-    if (send_all(fd, request, len) || read_exactly(fd, head, 4))
+    if (write_all(fd, request, len, 1) || read_exactly(fd, head, 4))
         goto done;
     uint32_t size = get_u32(head);
     char *payload = size <= MAX_ANSWER ? malloc(size + 1) : NULL;
@@ -554,8 +541,8 @@ int main(int argc, char **argv)
     if (outcome == ANSWERED) {
         uint32_t out_len = get_u32(answer.payload + 5);
         fflush(stdout);
-        write_all(1, answer.payload + 9, out_len);
-        write_all(2, answer.payload + 9 + out_len, answer.size - 9 - out_len);
+        write_all(1, answer.payload + 9, out_len, 0);
+        write_all(2, answer.payload + 9 + out_len, answer.size - 9 - out_len, 0);
         return (int)get_u32(answer.payload + 1);
     }
     if (outcome == NO_ANSWER && strcmp(command, "DEL"))
