@@ -271,13 +271,16 @@ class Agent:
         }
 
 
-def start_cluster(cluster_file: str, state_dir: str, bpffs_dir: str, log: Any) -> Any:
+def start_cluster(
+    cluster_file: str, state_dir: str, bpffs_dir: str, log: Any, node_name: str = "", node_address: str = ""
+) -> Any:
     """Join the cluster store (agent/cluster.py) and hand the verbs the node's hold on it."""
     from cni_yogurt import plugin
     from cni_yogurt.agent.cluster import ClusterNode
     from cni_yogurt.cluster import config
 
-    node = ClusterNode(config.load(cluster_file), state_dir, bpffs_dir, log).start()
+    cfg = config.load(cluster_file, node=node_name, address=node_address)
+    node = ClusterNode(cfg, state_dir, bpffs_dir, log).start()
     plugin.cluster_node = node
     log.info("cluster: node registered", **node.describe())
     return node
@@ -290,6 +293,9 @@ def run(
     metrics_socket: str | None,
     cluster_file: str | None = None,
     pool_size: int = 0,
+    *,
+    node_name: str = "",
+    node_address: str = "",
 ) -> int:
     """`yogurt agent`, in the foreground."""
     from cni_yogurt.cni.errors import CNIError
@@ -303,7 +309,7 @@ def run(
         agent.claim()
         moved = agent.prepare()
         if cluster_file:
-            node = start_cluster(cluster_file, state_dir, bpffs_dir, log)
+            node = start_cluster(cluster_file, state_dir, bpffs_dir, log, node_name, node_address)
             agent.cluster = node
         if metrics_address or metrics_socket:
             from cni_yogurt.agent import metrics

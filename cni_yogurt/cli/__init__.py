@@ -37,6 +37,15 @@ def _parser() -> argparse.ArgumentParser:
         "--cluster", metavar="FILE", help='join the cluster store (etcd) for networks with "cluster": true'
     )
     agent.add_argument(
+        "--node", metavar="NAME", default="", help="the node's name (replaces the cluster file's)"
+    )
+    agent.add_argument(
+        "--address",
+        metavar="IP",
+        default="",
+        help="the node's underlay address (replaces the cluster file's)",
+    )
+    agent.add_argument(
         "--pool",
         type=int,
         default=8,
@@ -77,7 +86,14 @@ def main(argv: list[str]) -> int:
         from cni_yogurt.agent.server import run
 
         return run(
-            args.state_dir, args.bpffs_dir, args.metrics_address, args.metrics_socket, args.cluster, args.pool
+            args.state_dir,
+            args.bpffs_dir,
+            args.metrics_address,
+            args.metrics_socket,
+            args.cluster,
+            args.pool,
+            node_name=args.node,
+            node_address=args.address,
         )
     if args.cmd == "demo":
         if args.nodes != 1:

@@ -4,12 +4,17 @@ Given as a JSON object (the node agent's file, `yogurt agent --cluster <file>`):
 
     {"endpoints": ["https://10.0.0.1:2379", ...], "node": "node-a", "prefix": "/cni-yogurt",
      "caFile": "...", "certFile": "...", "keyFile": "...", "timeout": 8,
-     "address": "192.0.2.10", "wireguardDevice": "wg0", "tunnelDevice": "yvx0"}
+     "address": "192.0.2.10", "wireguardRange": "10.99.0.0/24"}
 
-The last three are the node agent's (`yogurt agent --cluster <file>`): the node's underlay address
-(other nodes' WireGuard sends to it), the WireGuard device whose public key, port and address the
-node publishes (read from the device: the private key is never read), and the tunnel device (an
-external-mode VXLAN) that cross-node lines go through.
+The store's keys come first; the rest are the node agent's, which owns the node's part of the
+wire (agent/devices.py): `address`, the node's underlay address (other nodes' WireGuard sends to
+it); the WireGuard device (`wireguardDevice`, made if absent, on `wireguardPort`) and its address
+inside WireGuard (`wireguardAddress` as given, or allocated from the cluster-wide
+`wireguardRange`); the tunnel device (`tunnelDevice`, an external-mode VXLAN on `tunnelPort`);
+their MTUs (derived from the underlay device's unless given); `dataDir`, where the node keeps
+what must outlive a reboot (its WireGuard private key, its WireGuard address); `leaseSeconds`,
+how long the node's records outlive its agent.  `node` and `address` may come from the agent's
+command line instead (`--node`, `--address`: Kubernetes' downward API).
 
 Every problem is a CNIError with code 7 (invalid config) that names the key and the value at fault.
 """
@@ -33,7 +38,32 @@ DEFAULT_PREFIX = "/cni-yogurt"
 # a quorum fails with code 11 well inside the runtime's own timeout.
 DEFAULT_TIMEOUT = 8.0
 MAX_TIMEOUT = 10.0
-AGENT_KEYS = frozenset({"address", "wireguardDevice", "tunnelDevice"})
+AGENT_KEYS = frozenset(
+    {
+        "address",
+        "wireguardDevice",
+        "wireguardPort",
+        "wireguardAddress",
+        "wireguardRange",
+        "wireguardMtu",
+        "tunnelDevice",
+        "tunnelPort",
+        "tunnelMtu",
+        "dataDir",
+        "leaseSeconds",
+    }
+)
+DEFAULT_WIREGUARD_DEVICE = "ywg0"
+# Not 51820: a node's own WireGuard (wg0) has that one by habit, and two cannot share a port.
+DEFAULT_WIREGUARD_PORT = 51830
+DEFAULT_TUNNEL_DEVICE = "yvx0"
+DEFAULT_TUNNEL_PORT = 4789  # VXLAN's IANA port; the agent's nftables rule keeps it to WireGuard
+DEFAULT_DATA_DIR = "/var/lib/cni-yogurt"  # persistent: a reboot keeps the node's key and address
+# The node's lease: its partners fail closed this long after its agent stops renewing it, and an
+# agent away longer comes back to claims it must make again (it does: agent/cluster.py).
+DEFAULT_LEASE_SECONDS = 10
+MIN_LEASE_SECONDS, MAX_LEASE_SECONDS = 2, 3600
+MIN_MTU, MAX_MTU = 1280, 65535
 KNOWN_KEYS = (
     frozenset({"endpoints", "node", "prefix", "caFile", "certFile", "keyFile", "timeout"}) | AGENT_KEYS
 )
@@ -61,8 +91,16 @@ class ClusterConfig:
     key_file: str = ""
     timeout: float = DEFAULT_TIMEOUT
     address: str = ""  # the agent's: underlay address
-    wireguard_device: str = ""
-    tunnel_device: str = ""
+    wireguard_device: str = DEFAULT_WIREGUARD_DEVICE
+    tunnel_device: str = DEFAULT_TUNNEL_DEVICE
+    wireguard_port: int = DEFAULT_WIREGUARD_PORT
+    wireguard_address: str = ""  # "10.99.0.11/24": the node's, as given
+    wireguard_range: str = ""  # "10.99.0.0/24": every node's address allocated from it in etcd
+    wireguard_mtu: int = 0  # 0: the underlay device's less WireGuard's overhead
+    tunnel_port: int = DEFAULT_TUNNEL_PORT
+    tunnel_mtu: int = 0  # 0: WireGuard's less the tunnel's overhead
+    data_dir: str = DEFAULT_DATA_DIR
+    lease_seconds: int = DEFAULT_LEASE_SECONDS
 
     @property
     def tls(self) -> bool:
@@ -133,32 +171,86 @@ def parse(raw: Any, *, check_files: bool = True) -> ClusterConfig:
         except ValueError:
             raise _bad("invalid address", f"{address!r} is not an IP address") from None
     devices = []
-    for k in ("wireguardDevice", "tunnelDevice"):
-        dev = raw.get(k, "")
-        if dev != "" and (not isinstance(dev, str) or not IFNAME_RE.fullmatch(dev)):
+    for k, default in (
+        ("wireguardDevice", DEFAULT_WIREGUARD_DEVICE),
+        ("tunnelDevice", DEFAULT_TUNNEL_DEVICE),
+    ):
+        dev = raw.get(k, default)
+        if not isinstance(dev, str) or not IFNAME_RE.fullmatch(dev):
             raise _bad(f"invalid {k}", f"{dev!r} is not an interface name")
         devices.append(dev)
-    return ClusterConfig(endpoints, node, prefix, ca, cert, key, float(timeout), address, *devices)
+    if devices[0] == devices[1]:
+        raise _bad(
+            "wireguardDevice and tunnelDevice are one name", f"{devices[0]!r}: two devices need two names"
+        )
+    wg_port = _int(raw, "wireguardPort", DEFAULT_WIREGUARD_PORT, 1, 65535)
+    tunnel_port = _int(raw, "tunnelPort", DEFAULT_TUNNEL_PORT, 1, 65535)
+    wg_mtu = _int(raw, "wireguardMtu", 0, MIN_MTU, MAX_MTU)
+    tunnel_mtu = _int(raw, "tunnelMtu", 0, MIN_MTU, MAX_MTU)
+    lease = _int(raw, "leaseSeconds", DEFAULT_LEASE_SECONDS, MIN_LEASE_SECONDS, MAX_LEASE_SECONDS)
+    wg_address, wg_range = _wireguard_address(raw)
+    data_dir = raw.get("dataDir", DEFAULT_DATA_DIR)
+    if not isinstance(data_dir, str) or not data_dir.startswith("/"):
+        raise _bad("invalid dataDir", f"{data_dir!r} must be an absolute path")
+    return ClusterConfig(
+        endpoints, node, prefix, ca, cert, key, float(timeout), address,
+        wireguard_device=devices[0], tunnel_device=devices[1],
+        wireguard_port=wg_port, wireguard_address=wg_address, wireguard_range=wg_range,
+        wireguard_mtu=wg_mtu, tunnel_port=tunnel_port, tunnel_mtu=tunnel_mtu,
+        data_dir=os.path.normpath(data_dir), lease_seconds=lease,
+    )  # fmt: skip
+
+
+def _int(raw: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
+    """An integer key in [low, high]; absent (or 0 where the default is 0: "derive it") gives the default."""
+    value = raw.get(key, default)
+    if value == default:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _bad(f"invalid {key}", f"{value!r} must be an integer in [{low}, {high}]")
+    return value
+
+
+def _wireguard_address(raw: dict[str, Any]) -> tuple[str, str]:
+    """(wireguardAddress, wireguardRange), normalised: at most one of them, IPv4, with a prefix."""
+    address, network = raw.get("wireguardAddress", ""), raw.get("wireguardRange", "")
+    if address and network:
+        raise _bad(
+            "wireguardAddress and wireguardRange exclude each other", "give the node's address or the range"
+        )
+    if address:
+        try:
+            iface = ipaddress.IPv4Interface(address)
+        except (ValueError, TypeError):
+            raise _bad("invalid wireguardAddress", f"{address!r} is not an IPv4 address/prefix") from None
+        if "/" not in address or iface.network.prefixlen >= 31:
+            raise _bad(
+                "invalid wireguardAddress", f"{address!r} needs the range's prefix, e.g. 10.99.0.11/24"
+            )
+        return str(iface), ""
+    if network:
+        try:
+            net = ipaddress.IPv4Network(network)
+        except (ValueError, TypeError):
+            raise _bad(
+                "invalid wireguardRange", f"{network!r} is not an IPv4 network like 10.99.0.0/24"
+            ) from None
+        if net.prefixlen > 29:
+            raise _bad("invalid wireguardRange", f"{network!r} is too small: /29 or larger")
+        return "", str(net)
+    return "", ""
 
 
 def for_agent(cfg: ClusterConfig) -> ClusterConfig:
-    """The agent needs to know which devices and address it publishes: code 7 naming what is missing."""
-    missing = [
-        k
-        for k, v in (
-            ("address", cfg.address),
-            ("wireguardDevice", cfg.wireguard_device),
-            ("tunnelDevice", cfg.tunnel_device),
-        )
-        if not v
-    ]
-    if missing:
-        raise _bad("the agent's keys are missing", ", ".join(missing))
+    """The agent needs to know the underlay address it publishes: code 7 if it is missing."""
+    if not cfg.address:
+        raise _bad("the agent's keys are missing", "address (or the agent's --address)")
     return cfg
 
 
-def load(path: str) -> ClusterConfig:
-    """The agent's file: the JSON object above (or a network config's `cluster` object form)."""
+def load(path: str, *, node: str = "", address: str = "") -> ClusterConfig:
+    """The agent's file: the JSON object above (or a network config's `cluster` object form).
+    `node` and `address` (the agent's command line) replace the file's."""
     import json
 
     try:
@@ -170,4 +262,6 @@ def load(path: str) -> ClusterConfig:
         raise _bad("the cluster file is not JSON", f"{path}: {e}") from None
     if isinstance(raw, dict) and isinstance(raw.get("cluster"), dict):
         raw = raw["cluster"]
+    if isinstance(raw, dict):
+        raw = {**raw, **({"node": node} if node else {}), **({"address": address} if address else {})}
     return for_agent(parse(raw))

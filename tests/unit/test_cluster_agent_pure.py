@@ -41,8 +41,51 @@ def test_the_agents_keys_parse_and_are_required_by_the_agent_only(tmp_path: Path
     assert (cfg.address, cfg.wireguard_device, cfg.tunnel_device) == ("10.215.0.1", "wg0", "yvx0")
     assert parse(_store({})).address == ""  # a store client needs none of them
     with pytest.raises(CNIError) as e:
-        for_agent(parse(_store({"address": "10.215.0.1"})))
-    assert e.value.code == Code.INVALID_CONFIG and "wireguardDevice, tunnelDevice" in e.value.details
+        for_agent(parse(_store({})))
+    assert e.value.code == Code.INVALID_CONFIG and "address" in e.value.details
+
+
+def test_the_agent_owns_its_devices_by_default_names_ports_and_a_persistent_data_dir() -> None:
+    cfg = for_agent(parse(_store({"address": "10.215.0.1"})))
+    assert (cfg.wireguard_device, cfg.wireguard_port, cfg.tunnel_device, cfg.tunnel_port) == (
+        "ywg0",
+        51830,
+        "yvx0",
+        4789,
+    )
+    assert (cfg.wireguard_mtu, cfg.tunnel_mtu, cfg.wireguard_address, cfg.wireguard_range) == (0, 0, "", "")
+    assert (cfg.data_dir, cfg.lease_seconds) == ("/var/lib/cni-yogurt", 10)
+    given = parse(
+        _store(
+            {
+                "address": "10.215.0.1",
+                "wireguardAddress": "10.99.0.11/24",
+                "wireguardPort": 51820,
+                "wireguardMtu": 1400,
+                "tunnelMtu": 1350,
+                "dataDir": "/srv/yogurt/",
+                "leaseSeconds": 60,
+            }
+        )
+    )
+    assert (given.wireguard_address, given.wireguard_port, given.wireguard_mtu, given.tunnel_mtu) == (
+        "10.99.0.11/24",
+        51820,
+        1400,
+        1350,
+    )
+    assert (given.data_dir, given.lease_seconds) == ("/srv/yogurt", 60)
+    assert parse(_store({"wireguardRange": "10.99.0.0/16"})).wireguard_range == "10.99.0.0/16"
+
+
+def test_node_and_address_from_the_command_line_replace_the_files(tmp_path: Path) -> None:
+    path = tmp_path / "cluster.json"
+    path.write_text(json.dumps({"endpoints": ["http://10.215.0.250:2379"], "node": "from-file"}))
+    cfg = load(str(path), node="node-b", address="10.215.0.2")
+    assert (cfg.node, cfg.address) == ("node-b", "10.215.0.2")
+    with pytest.raises(CNIError) as e:
+        load(str(path))  # no address anywhere
+    assert "address" in e.value.details
 
 
 @pytest.mark.parametrize(
@@ -52,6 +95,20 @@ def test_the_agents_keys_parse_and_are_required_by_the_agent_only(tmp_path: Path
         ({"wireguardDevice": "a/b"}, "invalid wireguardDevice"),
         ({"tunnelDevice": "x" * 16}, "invalid tunnelDevice"),
         ({"tunnelDevice": 3}, "invalid tunnelDevice"),
+        ({"tunnelDevice": "wg0"}, "one name"),
+        ({"wireguardPort": 0}, "invalid wireguardPort"),
+        ({"wireguardPort": "51820"}, "invalid wireguardPort"),
+        ({"tunnelPort": 70000}, "invalid tunnelPort"),
+        ({"wireguardMtu": 576}, "invalid wireguardMtu"),
+        ({"tunnelMtu": True}, "invalid tunnelMtu"),
+        ({"leaseSeconds": 1}, "invalid leaseSeconds"),
+        ({"leaseSeconds": 7200}, "invalid leaseSeconds"),
+        ({"dataDir": "var/lib"}, "invalid dataDir"),
+        ({"wireguardAddress": "10.99.0.11"}, "invalid wireguardAddress"),
+        ({"wireguardAddress": "fd00::1/64"}, "invalid wireguardAddress"),
+        ({"wireguardRange": "10.99.0.0/30"}, "invalid wireguardRange"),
+        ({"wireguardRange": "10.99.0.1/24"}, "invalid wireguardRange"),
+        ({"wireguardRange": "10.99.0.0/24", "wireguardAddress": "10.99.0.1/24"}, "exclude each other"),
     ],
 )
 def test_bad_agent_keys_are_named(over: dict[str, Any], says: str) -> None:
