@@ -78,6 +78,7 @@ demo-nodes: venv
 kernel: kernel-native kernel-vm kernel-vm-tc
 
 kernel-native: venv binary front cnitool cri-stubs  ## every backend this kernel offers, every runtime
+	@test -n "$$YOGURT_ETCD" || bash packaging/fetch-etcd.sh >/dev/null  # the binary's TLS, the image across nodes
 	YOGURT_REQUIRE_KERNEL=1 $(VENV)/bin/pytest -q -n 2 --dist loadfile tests/kernel
 
 kernel-vm: venv binary cnitool  ## netkit in the VM, where the running kernel has none

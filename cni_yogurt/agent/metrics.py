@@ -19,9 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socketserver
-import sys
 import threading
-import types
 from collections.abc import Iterator
 from typing import Any
 
@@ -86,23 +84,8 @@ class EndCounters:
                         yield end, counts
 
 
-def _import_without_tls() -> None:
-    """Let prometheus_client import where ssl is left out (the one-file binary: OpenSSL is
-    5 MB to unpack at every plugin exec, packaging/yogurt.spec).  Its exposition module
-    imports ssl and urllib.request's HTTPSHandler for TLS to a push gateway, which the agent
-    never uses, and names one constant of ssl at import time: a stand-in module serves
-    those imports; any real use of it fails with AttributeError."""
-    try:
-        import ssl  # noqa: F401
-    except ImportError:
-        stub = types.ModuleType("ssl", "Not in this build: no TLS.")
-        stub.PROTOCOL_TLS_CLIENT = 16  # type: ignore[attr-defined]  # ssl's value; never used here
-        sys.modules["ssl"] = stub
-
-
 def serve(agent: Agent, address: str | None, socket_path: str | None) -> Observer:
     """Register the metrics, serve them where asked; the observer the agent calls per request."""
-    _import_without_tls()
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
     registry = CollectorRegistry(auto_describe=True)

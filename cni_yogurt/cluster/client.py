@@ -8,8 +8,8 @@ whether the store is unreachable (retry later) or refuses us (fix the configurat
 A request that failed after it was sent may still have been applied: the callers' transactions
 are written so that running one twice is harmless (compare first, and recognise their own write).
 
-The one-file binary leaves OpenSSL out (packaging/yogurt.spec): there, http endpoints work and https
-ones are refused at once with a message saying so (code 7), rather than failing on an import.
+The one-file binary carries ssl (and so OpenSSL) for this module alone: no plugin verb imports it,
+but every exec of the binary unpacks its libraries (README, "TLS and the one-file binary").
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import http.client
 import json
 import os
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -73,31 +74,7 @@ class _Retry(Exception):
         self.rejected = rejected
 
 
-try:
-    import ssl
-
-    HAVE_TLS = hasattr(ssl, "create_default_context")  # not the metrics' stand-in (agent/metrics.py)
-except ImportError:  # the one-file binary
-    HAVE_TLS = False
-
-if HAVE_TLS:
-    CertificateError: type[Exception] = ssl.SSLCertVerificationError
-    TLSError: type[Exception] = ssl.SSLError
-else:
-
-    class CertificateError(Exception):  # type: ignore[no-redef]  # never raised: no TLS at all
-        pass
-
-    class TLSError(Exception):  # type: ignore[no-redef]
-        pass
-
-
-def tls_context(ca_file: str, cert_file: str, key_file: str) -> Any:
-    if not HAVE_TLS:
-        raise StoreRejected(
-            "cluster: this build has no TLS (the one-file binary leaves OpenSSL out)",
-            "use http endpoints, or run the agent from the Python package (pip install), which has it",
-        )
+def tls_context(ca_file: str, cert_file: str, key_file: str) -> ssl.SSLContext:
     try:
         ctx = ssl.create_default_context(cafile=ca_file or None)
         if cert_file:
@@ -227,13 +204,13 @@ class Client:
                 _keepalive(conn.sock)
                 return Stream(conn, resp, ep)
             data = resp.read()
-        except CertificateError as e:
+        except ssl.SSLCertVerificationError as e:
             self._drop(conn)
             why = StoreRejected(
                 f"cluster: {ep} is not trusted", f"{getattr(e, 'verify_message', e)} (check caFile)"
             )
             raise _Retry(f"{ep}: {why.details}", why) from None
-        except TLSError as e:
+        except ssl.SSLError as e:
             # Our client certificate refused (or missing), or the server speaks no TLS.
             self._drop(conn)
             why = StoreRejected(

@@ -1,11 +1,12 @@
 """One line across two nodes, driven by the CNI project's own runtime, `cnitool`, on each node.
 
 Two nodes of the lab, etcd on its underlay and an agent per node, as in test_cluster_lines.py, but
-all of it the one-file binary `dist/yogurt` (`make binary`; no ssl in it: the lab's etcd speaks
-http): the agents are dist/yogurt, and cnitool (`make cnitool`), run inside each node's network
-namespace (nsenter --net), execs dist/yogurt as the plugin from a CNI bin dir that holds only it and
-host-local.  Each node has its own conflist for the one network: same line, same subnet, a
-host-local range of its own, so the two containers get addresses on one subnet.
+all of it the one-file binary `dist/yogurt` (`make binary`; the lab's etcd speaks http here, TLS in
+tests/kernel/test_image_cluster.py): the agents are dist/yogurt, and cnitool (`make cnitool`), run
+inside each node's network namespace (nsenter --net), execs dist/yogurt as the plugin from a CNI
+bin dir that holds only it and host-local.  Each node has its own conflist for the one network:
+same line, same subnet, a host-local range of its own, so the two containers get addresses on one
+subnet.
 
 Root, wireguard-go, wg, nft, an etcd, dist/yogurt and cnitool (`make cluster-net` builds the last two).
 """

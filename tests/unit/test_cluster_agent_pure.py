@@ -210,14 +210,3 @@ def test_a_partner_whose_node_is_gone_is_not_wired() -> None:
 def test_wireguard_peers_come_from_the_other_nodes() -> None:
     peers = wanted_peers({"node-b": _node("node-b", 2)})
     assert peers == {_key(2): ("10.215.0.2:51820", "10.216.0.2/32")}
-
-
-def test_a_build_without_tls_refuses_https_endpoints_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
-    from cni_yogurt.cluster import client
-    from cni_yogurt.cluster.config import Endpoint
-
-    monkeypatch.setattr(client, "HAVE_TLS", False)
-    with pytest.raises(CNIError) as e:
-        client.Client([Endpoint("https", "10.0.0.1", 2379)])
-    assert e.value.code == Code.INVALID_CONFIG and "no TLS" in e.value.msg
-    client.Client([Endpoint("http", "10.0.0.1", 2379)])  # plain http needs none
