@@ -208,7 +208,10 @@ def add(inv: Invocation) -> Result:
     netns_fd = _open_netns(env.netns)
     pins, registry = _node(inv)
     host_ifname = naming.host_ifname(env.container_id, env.ifname)
-    end = End(env.container_id, env.ifname, line, conf.name, env.netns, host_ifname, pins=pins.root)
+    end = End(
+        env.container_id, env.ifname, line, conf.name, env.netns, host_ifname, pins=pins.root,
+        cluster=cluster is not None,
+    )  # fmt: skip
     if pod is not None:
         end.pod_namespace, end.pod_name, end.pod_uid = pod.namespace, pod.name, pod.uid
     undo: list[tuple[str, Callable[[], object]]] = []

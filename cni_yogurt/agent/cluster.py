@@ -1,11 +1,13 @@
 """The node agent's hold on the cluster store: the node's registration, the claims of its ends, and
 the reconciler that keeps the node's maps and WireGuard peers equal to what etcd says.
 
-- At start the node publishes itself (cluster/nodes.py) under its lease, kept alive from a thread:
-  its underlay address (configured), and its WireGuard public key, port and address, read from the
-  WireGuard device (the private key is never read).  An agent restarted within the lease's TTL finds
-  its own record (same public key) and adopts that lease: its ends' claims never lapse.  A record of
-  the same name with another key and a live lease is another node: the agent refuses to start.
+- At start the agent makes or adopts the node's WireGuard and tunnel devices (agent/devices.py: the
+  key made once and kept in dataDir, the address configured or allocated from the cluster's range),
+  then publishes the node (cluster/nodes.py) under its lease, kept alive from a thread: its underlay
+  address, and its WireGuard public key, port and address (the private key never leaves the node).
+  An agent restarted within the lease's TTL finds its own record (same public key) and adopts that
+  lease.  A record of the same name with another key and a live lease is another node: the agent
+  refuses to start.
 - The verbs of a network with `"cluster": true` reach the store through it (plugin.py): `claim`
   reserves the end cluster-wide before anything is built, `ready` moves it under the node's lease
   once it is, `abandon` undoes a failed ADD, `release` is DEL's (and frees the line's tunnel id with
@@ -16,19 +18,27 @@ the reconciler that keeps the node's maps and WireGuard peers equal to what etcd
   line's tunnel id (allocated on first need) and that node's WireGuard address, wired through
   line/remote.py; whatever is wired that etcd no longer says is cut (the partner's DEL, its node's
   lease gone).  Claims of this node whose end is not on the node any more are released.
+- The node's own registry (line/registry.py) is the truth about which ends live on the node, not
+  the agent's memory: at every start, fresh lease or adopted, and after every lost lease, the agent
+  claims again every ready end of a cluster network it finds there (`claim_local_ends`: kept if its
+  claim is there, made again under the node's lease if absent), and the reconciler cuts or releases
+  nothing until that is done and the watch has read the store's whole view once.  An agent away
+  longer than the node's lease (a rolling update, a crash loop, a reboot of the agent alone) thus
+  brings its lines back by itself.  Only an end whose line two other ends took meanwhile stays
+  closed: it is "lost" (status, metrics and the log name the holders) until its DEL.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import subprocess
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from cni_yogurt.agent import devices
 from cni_yogurt.cluster import gateway as gw
 from cni_yogurt.cluster import lease as leases
-from cni_yogurt.cluster import nodes, vni
+from cni_yogurt.cluster import nodes, vni, wgaddress
 from cni_yogurt.cluster.claims import Claim, LineClaims
 from cni_yogurt.cluster.client import Client
 from cni_yogurt.cluster.config import ClusterConfig
@@ -40,18 +50,25 @@ from cni_yogurt.datapath import Pins
 from cni_yogurt.line.registry import End, Registry
 
 CLAIM_TTL = 30  # an ADD's own lease: a claim of an ADD killed half-way ages out after this
-NODE_TTL = 10  # the node's: its ends fail closed at their partners this long after it dies
 TICK = 5.0  # the reconciler runs at least this often (a failed step is retried)
 STATUS_TIMEOUT = 3.0
 RELEASE_TIMEOUT = 3.0  # DEL does not wait longer for the store: the reconciler releases later
-WG_TIMEOUT = 10.0
-# VXLAN over IPv4, what a line across nodes gives up of WireGuard's MTU: outer IP 20 + UDP 8 +
-# VXLAN 8 + the inner Ethernet header 14 (line_mtu).
-TUNNEL_OVERHEAD = 50
 
 
 class ClusterStartError(Exception):
     """The agent cannot take part in the cluster: the configuration or the node is wrong."""
+
+
+@dataclass(frozen=True)
+class LostEnd:
+    """An end on the node whose line two other ends took while the node's claims were gone."""
+
+    end_key: str
+    line: str
+    holders: tuple[str, ...]
+
+    def describe(self) -> dict[str, Any]:
+        return {"end": self.end_key, "line": self.line, "holders": list(self.holders)}
 
 
 # -- the view: what etcd says, parsed (pure) ----------------------------------------------------
@@ -120,24 +137,10 @@ def plan(view: View, me: str, local: dict[str, End]) -> Plan:
 # -- WireGuard ----------------------------------------------------------------------------------
 
 
-def _wg(*argv: str) -> str:
-    proc = subprocess.run(
-        ["wg", *argv],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=WG_TIMEOUT,
-        stdin=subprocess.DEVNULL,
-    )
-    if proc.returncode:
-        raise OSError(f"wg {' '.join(argv)}: {proc.stderr.strip() or f'exit {proc.returncode}'}")
-    return proc.stdout
-
-
 def wg_peers(dev: str) -> dict[str, tuple[str, str]]:
     """The device's peers: public key -> (endpoint, allowed ips), as `wg show dump` says."""
     out: dict[str, tuple[str, str]] = {}
-    for line in _wg("show", dev, "dump").splitlines()[1:]:  # the first line is the device itself
+    for line in devices.wg("show", dev, "dump").splitlines()[1:]:  # the first line is the device itself
         fields = line.split("\t")
         if len(fields) >= 4:
             out[fields[0]] = (fields[2], fields[3])
@@ -157,32 +160,13 @@ def sync_peers(dev: str, want: dict[str, tuple[str, str]]) -> list[str]:
     have = wg_peers(dev)
     changed = []
     for key in sorted(set(have) - set(want)):
-        _wg("set", dev, "peer", key, "remove")
+        devices.wg("set", dev, "peer", key, "remove")
         changed.append(f"-{key}")
     for key, (endpoint, allowed) in sorted(want.items()):
         if have.get(key) != (endpoint, allowed):
-            _wg("set", dev, "peer", key, "endpoint", endpoint, "allowed-ips", allowed)
+            devices.wg("set", dev, "peer", key, "endpoint", endpoint, "allowed-ips", allowed)
             changed.append(f"+{key}")
     return changed
-
-
-def read_wireguard(dev: str) -> tuple[str, int, str]:
-    """The device's public key, port and IPv4 address; ClusterStartError naming what is wrong."""
-    from cni_yogurt.kernel.netlink import Rtnl
-
-    try:
-        public_key = _wg("show", dev, "public-key").strip()
-        port = int(_wg("show", dev, "listen-port").strip() or 0)
-    except (OSError, ValueError, subprocess.SubprocessError) as e:
-        raise ClusterStartError(f"wireguardDevice {dev!r} is not a WireGuard device here: {e}") from None
-    if not public_key or public_key == "(none)" or not port:
-        raise ClusterStartError(f"wireguardDevice {dev!r} has no private key or no listen port set")
-    with Rtnl() as rtnl:
-        link = rtnl.link(dev)
-        found = [a for a in rtnl.addresses(link["index"]) if a.version == 4] if link is not None else []
-    if not found:
-        raise ClusterStartError(f"wireguardDevice {dev!r} has no IPv4 address")
-    return public_key, port, str(found[0].ip)
 
 
 # -- the node -----------------------------------------------------------------------------------
@@ -197,6 +181,7 @@ class ClusterNode:
         self.me = cfg.node
         self.claims = LineClaims(self.client, self.keys, self.me)
         self.info: nodes.NodeInfo | None = None
+        self.wire: devices.Wire | None = None
         self.lease: leases.Lease | None = None
         self.keepalive: leases.KeepAlive | None = None
         self.watcher: Watcher | None = None
@@ -207,9 +192,10 @@ class ClusterNode:
         self._stop = threading.Event()
         self._lease_lost = threading.Event()
         self._lock = threading.Lock()  # one reconcile at a time
-        # The ends this node holds a ready claim for, as it last knew them: what it claims again
-        # if its lease runs out while it lives.  Kept apart from the mirror, which loses them then.
-        self._held: dict[tuple[str, str], Claim] = {}
+        # Set until the node's ends are claimed again (start, lost lease): the reconciler cuts and
+        # releases nothing meanwhile.
+        self._reclaim = threading.Event()
+        self.lost: dict[str, LostEnd] = {}  # by end key
         self._thread = threading.Thread(target=self._run, name="reconcile", daemon=True)
 
     # -- start and stop ---------------------------------------------------------------------
@@ -220,16 +206,18 @@ class ClusterNode:
         found = probe(self.cfg, expect_node=False, timeout=min(self.cfg.timeout, 5.0))
         if not found.ok:
             raise ClusterStartError("cluster store not usable: " + "; ".join(found.problems))
-        public_key, port, wg_address = read_wireguard(self.cfg.wireguard_device)
-        self.info = nodes.NodeInfo(
-            self.me, self.cfg.address, public_key, port, f"{self.cfg.address}:{port}", wg_address
-        )
+        self.wire = self._ensure_devices()
+        port, address = self.wire.port, self.cfg.address
+        endpoint = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+        self.info = nodes.NodeInfo(self.me, address, self.wire.public_key, port, endpoint, self.wire.address)
         self._guard_tunnel_port()
         self.tunnel_ifindex = self._attach_tunnel()
         try:
             self.lease = self._register(self.info)
         except StoreError as e:
             raise ClusterStartError(f"cannot register node {self.me!r}: {e.msg}: {e.details}") from None
+        self._reclaim.set()
+        self._claim_again()  # before the agent serves; retried by the reconciler if the store failed
         self.keepalive = leases.KeepAlive(self.client, self.lease, on_lost=self._on_lease_lost).start()
         self.watcher = Watcher(
             self.client,
@@ -239,6 +227,37 @@ class ClusterNode:
         ).start()
         self._thread.start()
         return self
+
+    def _ensure_devices(self) -> devices.Wire:
+        """The node's WireGuard and tunnel devices, made or adopted (agent/devices.py), with the
+        node's WireGuard address: configured, or allocated from the cluster's range (kept across
+        restarts: the store's allocation has no lease, and the node remembers it)."""
+        address = self.cfg.wireguard_address
+        try:
+            if self.cfg.wireguard_range:
+                net = ipaddress.IPv4Network(self.cfg.wireguard_range)
+                ip = wgaddress.allocate(
+                    self.client, self.keys, self.me, str(net), devices.remembered_address(self.cfg)
+                )
+                devices.remember_address(self.cfg, ip)
+                address = f"{ip}/{net.prefixlen}"
+            wire = devices.ensure(self.cfg, address)
+        except (devices.DeviceError, OSError) as e:
+            raise ClusterStartError(str(e)) from None
+        except (CNIError, StoreError) as e:
+            raise ClusterStartError(f"no WireGuard address for node {self.me!r}: {e.msg}") from None
+        if wire.made:
+            self.log.info("cluster: devices made", made=wire.made)
+        self.log.info(
+            "cluster: wire ready",
+            wireguard=self.cfg.wireguard_device,
+            port=wire.port,
+            address=wire.address,
+            wireguard_mtu=wire.wireguard_mtu,
+            tunnel=self.cfg.tunnel_device,
+            tunnel_mtu=wire.tunnel_mtu,
+        )
+        return wire
 
     def _guard_tunnel_port(self) -> None:
         """The tunnel's UDP port open to WireGuard alone (agent/firewall.py), before any line
@@ -277,7 +296,7 @@ class ClusterNode:
                     f"WireGuard key {old.wg_public_key[:8]}...): check `node` in the cluster file"
                 )
             if old is not None:
-                mine = leases.Lease(kv.lease, NODE_TTL)
+                mine = leases.Lease(kv.lease, self.cfg.lease_seconds)
                 try:
                     leases.keep_alive_once(self.client, mine)
                     nodes.register(self.client, self.keys, info, mine)
@@ -287,7 +306,7 @@ class ClusterNode:
                     return mine
                 except leases.LeaseLost:
                     pass
-        fresh = leases.grant(self.client, NODE_TTL)
+        fresh = leases.grant(self.client, self.cfg.lease_seconds)
         nodes.register(self.client, self.keys, info, fresh)
         return fresh
 
@@ -297,27 +316,59 @@ class ClusterNode:
 
     def _renew(self) -> None:
         """The node's lease expired (the store was out of reach longer than its TTL): its record and
-        its ends' claims are gone.  Register again, then claim again the ends the node still has."""
+        its ends' claims are gone.  Register again; the ends are claimed again before any reconcile."""
         assert self.info is not None
-        local = Registry(self.state_dir).snapshot()
-        self.lease = leases.grant(self.client, NODE_TTL)
+        self._reclaim.set()
+        self.lease = leases.grant(self.client, self.cfg.lease_seconds)
         nodes.register(self.client, self.keys, self.info, self.lease)
         if self.keepalive is not None:
             self.keepalive.stop()
         self.keepalive = leases.KeepAlive(self.client, self.lease, on_lost=self._on_lease_lost).start()
         self._lease_lost.clear()
-        again = 0
-        for (line, end_key), c in sorted(self._held.items()):
-            end = local.get(end_key)
-            if end is None or end.line != line or not end.ready or end.leaving:
-                self._held.pop((line, end_key), None)
+        self.log.warning("cluster: node lease renewed", lease=f"{self.lease.id:x}")
+
+    def _claim_again(self) -> bool:
+        """Claim again, under the node's lease, every ready end of a cluster network in the node's
+        registry (and every end the store says is this node's: ends recorded before registries said
+        "cluster").  True once done; False if the store failed (the reconciler tries again)."""
+        try:
+            self.claim_local_ends()
+        except (StoreError, CNIError) as e:
+            self.last_error = f"claiming the node's ends again: {getattr(e, 'msg', e)}"
+            self.log.error("cluster: ends not claimed again yet", error=self.last_error)
+            return False
+        self._reclaim.clear()
+        return True
+
+    def claim_local_ends(self) -> dict[str, int]:
+        """One pass of it: how many ends were kept, made again and lost."""
+        assert self.lease is not None
+        local = Registry(self.state_dir).snapshot()
+        by_line = self.claims.by_line()
+        theirs = {c.end_key for claims in by_line.values() for c in claims if c.node == self.me}
+        counts = {"kept": 0, "made": 0, "lost": 0}
+        for key, end in sorted(local.items()):
+            if not end.ready or end.leaving or not (end.cluster or key in theirs):
                 continue
-            try:
-                self.claims.ready(self.claims.claim(line, end_key, self.lease, c.network), self.lease)
-                again += 1
-            except CNIError as e:
-                self.log.error("cluster: end not claimed again", line=line, end=end_key, error=e.msg)
-        self.log.warning("cluster: node lease renewed", lease=f"{self.lease.id:x}", ends=again)
+            got = self.claims.reclaim(
+                Claim(end.line, key, self.me, end.network), self.lease, by_line.get(end.line)
+            )
+            counts[got.outcome] += 1
+            if got.outcome == "lost":
+                holders = tuple(c.holder() for c in got.holders)
+                self.lost[key] = LostEnd(key, end.line, holders)
+                self.cut(end.host_ifindex)  # stays closed: its line is someone else's now
+                self.log.error(
+                    "cluster: end lost, its line is held by two other ends",
+                    end=key,
+                    line=end.line,
+                    holders=holders,
+                )
+            else:
+                self.lost.pop(key, None)
+        self.log.info("cluster: the node's ends claimed again", lease=f"{self.lease.id:x}", **counts)
+        self._wake.set()
+        return counts
 
     def stop(self) -> None:
         """Stop following the store; the lease is left to run out (a restart adopts it)."""
@@ -347,7 +398,6 @@ class ClusterNode:
         """The end is built: from now on it lives with the node's lease."""
         assert self.lease is not None
         done = self.claims.ready(claim, self.lease)
-        self._held[(claim.line, claim.end_key)] = done
         self._revoke(claim.lease)
         self._wake.set()
         return done
@@ -367,9 +417,8 @@ class ClusterNode:
         reach does not fail the DEL: the reconciler releases claims with no end later."""
         lines = {line} if line else set()
         lines |= {c.line for c in self._mine() if c.end_key == end_key}
-        lines |= {held_line for held_line, key in self._held if key == end_key}
+        self.lost.pop(end_key, None)
         for name in sorted(lines):
-            self._held.pop((name, end_key), None)
             try:
                 with self.client.deadline(RELEASE_TIMEOUT):
                     self.claims.release(name, end_key)
@@ -399,7 +448,9 @@ class ClusterNode:
             raise CNIError(
                 Code.TRY_AGAIN_LATER, f"device {gone} of the cluster's wire is gone from this node"
             )
-        return min(int(tunnel.get_attr("IFLA_MTU")), int(wireguard.get_attr("IFLA_MTU")) - TUNNEL_OVERHEAD)
+        return min(
+            int(tunnel.get_attr("IFLA_MTU")), int(wireguard.get_attr("IFLA_MTU")) - devices.TUNNEL_OVERHEAD
+        )
 
     def status_error(self) -> CNIError | None:
         """STATUS's answer for a cluster network: None if the node can use the store."""
@@ -425,6 +476,8 @@ class ClusterNode:
             "revision": self.watcher.revision if self.watcher is not None else 0,
             "watch_error": self.watcher.last_error if self.watcher is not None else "",
             "last_error": self.last_error,
+            "lease_seconds": self.cfg.lease_seconds,
+            "lost": [lost.describe() for lost in self.lost.values()],
         }
 
     # -- the reconciler ------------------------------------------------------------------------
@@ -444,6 +497,8 @@ class ClusterNode:
             try:
                 if self._lease_lost.is_set():
                     self._renew()
+                if self._reclaim.is_set() and not self._claim_again():
+                    continue
                 self.reconcile()
                 self.last_error = ""
             except Exception as e:  # noqa: BLE001  (one failed pass must not stop the reconciler)
@@ -451,18 +506,15 @@ class ClusterNode:
                 self.log.error("cluster: reconcile failed", error=self.last_error)
 
     def reconcile(self) -> None:
-        """Bring the node to what the mirror says (idempotent: the whole view every time)."""
-        if self.watcher is None or not self.watcher.wait_synced(0):
+        """Bring the node to what the mirror says (idempotent: the whole view every time).  Not
+        before the node's ends are claimed again and the watch has read the whole view once."""
+        if self._reclaim.is_set() or self.watcher is None or not self.watcher.wait_synced(0):
             return
         with self._lock:
             self.reconciles += 1
             view = parse_view(self.keys, self.watcher.snapshot())
             local = Registry(self.state_dir).snapshot()
             todo = plan(view, self.me, local)
-            for line, claims in view.ends.items():
-                for c in claims:
-                    if c.node == self.me and c.ready and c.end_key in local:
-                        self._held[(line, c.end_key)] = c
             self._cut_stale(todo)  # first: failing closed must not wait for wg(8) or the store
             changed = sync_peers(self.cfg.wireguard_device, wanted_peers(todo.peers))
             if changed:
@@ -517,7 +569,6 @@ class ClusterNode:
                 )
 
     def _release_orphan(self, c: Claim) -> None:
-        self._held.pop((c.line, c.end_key), None)
         try:
             self.claims.release(c.line, c.end_key)
             vni.release_if_unused(self.client, self.keys, c.line)

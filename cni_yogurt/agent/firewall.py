@@ -72,21 +72,19 @@ def _nft(argv: list[str], script: str | None = None) -> str:
 
 
 def tunnel_device(name: str) -> TunnelDevice:
-    """What `ip -details` says of the node's tunnel device."""
-    proc = subprocess.run(
-        ["ip", "-j", "-d", "link", "show", "dev", name],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=10,
-    )
-    if proc.returncode:
-        raise FirewallError(f"tunnelDevice {name!r}: {proc.stderr.strip() or 'not found'}")
-    [link] = json.loads(proc.stdout)
-    info = link.get("linkinfo", {})
-    data = info.get("info_data", {})
+    """What the kernel says of the node's tunnel device (netlink: no ip(8) needed)."""
+    from cni_yogurt.kernel.netlink import Rtnl, link_data, link_kind
+
+    with Rtnl() as rtnl:
+        link = rtnl.link(name)
+    if link is None:
+        raise FirewallError(f"tunnelDevice {name!r}: not found")
+    data = link_data(link)
     return TunnelDevice(
-        name, str(info.get("info_kind", "")), int(data.get("port", 0)), bool(data.get("external"))
+        name,
+        str(link_kind(link) or ""),
+        int(data.get("IFLA_VXLAN_PORT") or 0),
+        bool(data.get("IFLA_VXLAN_COLLECT_METADATA")),
     )
 
 
@@ -97,6 +95,17 @@ def install(tunnel: TunnelDevice, wireguard_device: str) -> None:
             f"(ip link add {tunnel.name} type vxlan external dstport 4789)"
         )
     _nft(["-f", "-"], ruleset(tunnel.port, wireguard_device))
+
+
+def remove() -> bool:
+    """Delete our table (the node leaves the cluster); False if there was none."""
+    try:
+        _nft(["delete", "table", "inet", TABLE])
+    except FirewallError as e:
+        if "No such file" in str(e):
+            return False
+        raise
+    return True
 
 
 def guarding(port: int, wireguard_device: str) -> int | None:

@@ -12,6 +12,8 @@ knows; the verbs' counts and latencies are recorded as the agent serves them.
     yogurt_agent_request_duration_seconds{verb}    histogram
     yogurt_agent_start_time_seconds
     yogurt_agent_info{version,abi}                 1
+    yogurt_cluster_ends_lost                       with --cluster: ends whose line two other ends
+                                                   took while this node's claims were gone
 """
 
 from __future__ import annotations
@@ -109,6 +111,13 @@ def serve(agent: Agent, address: str | None, socket_path: str | None) -> Observe
         "yogurt_agent_info", "The agent's release and program ABI", ["version", "abi"], registry=registry
     )
     info.labels(__version__, str(datapath.ABI)).set(1)
+    if agent.cluster is not None:
+        lost = Gauge(
+            "yogurt_cluster_ends_lost",
+            "Ends on this node whose line two other ends took while the node's claims were gone",
+            registry=registry,
+        )
+        lost.set_function(lambda: len(agent.cluster.lost) if agent.cluster is not None else 0)
 
     if address:
         host, _, port = address.rpartition(":")

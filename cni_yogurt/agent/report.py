@@ -26,6 +26,9 @@ def describe(info: dict[str, Any]) -> str:
     cluster = info.get("cluster")
     if isinstance(cluster, dict):  # started with --cluster
         text += f"; cluster node {cluster.get('node')}, lease {cluster.get('lease')}"
+        lost = cluster.get("lost") or []
+        if lost:
+            text += f", {len(lost)} end(s) LOST (their lines were taken while the node was away)"
         if cluster.get("last_error") or cluster.get("watch_error"):
             text += f", last error: {cluster.get('last_error') or cluster.get('watch_error')}"
     return text

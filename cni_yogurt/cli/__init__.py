@@ -52,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="veth pairs kept made and attached ahead, for ADDs on veth + tcx (0: none)",
     )
+    leave = sub.add_parser("leave", help="take this node out of the cluster: its record, devices, firewall")
+    leave.add_argument("--cluster", metavar="FILE", required=True, help="the agent's cluster file")
+    leave.add_argument("--node", metavar="NAME", default="", help="the node's name (replaces the file's)")
+    leave.add_argument("--bpffs-dir", default=DEFAULT_BPFFS_DIR)
+    leave.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
+    leave.add_argument("--json", action="store_true", help="machine-readable output")
     demo = sub.add_parser("demo", help="the yogurt phone: two netns on one line, through the CNI protocol")
     demo.add_argument("--keep", action="store_true", help="leave the namespaces wired up afterwards")
     demo.add_argument(
@@ -95,6 +101,10 @@ def main(argv: list[str]) -> int:
             node_name=args.node,
             node_address=args.address,
         )
+    if args.cmd == "leave":
+        from cni_yogurt.cli.leave import leave
+
+        return leave(args.cluster, args.node, args.state_dir, args.bpffs_dir, args.json)
     if args.cmd == "demo":
         if args.nodes != 1:
             from cni_yogurt.cli.demo_nodes import demo_nodes

@@ -97,6 +97,12 @@ def status(bpffs_dir: str, state_dir: str, as_json: bool) -> int:
     print(
         f"agent: {'serving, ' + describe(agent) if agent else 'none (each plugin exec does the work itself)'}"
     )
+    cluster = (agent or {}).get("cluster") or {}
+    for lost in cluster.get("lost") or []:
+        print(
+            f"LOST: end {lost['end']} of line {lost['line']} stays closed: while this node's claims were "
+            f"gone the line was taken by {', '.join(lost['holders'])} (DEL it; a new ADD works as usual)"
+        )
     if report["older_pins"]:
         print(f"older release's pins: {', '.join(report['older_pins'])} (`yogurt upgrade` moves their ends)")
     if report["registry_damage"]:

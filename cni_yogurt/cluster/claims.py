@@ -64,6 +64,14 @@ class Claim:
         return f"{self.end_key}{net} on {self.node}"
 
 
+@dataclass(frozen=True)
+class Reclaimed:
+    """What claiming an end again came to: "kept" | "made" | "lost" (and then who holds the line)."""
+
+    outcome: str
+    holders: list[Claim]
+
+
 class LineClaims:
     def __init__(self, client: Client, keys: Keys, node: str) -> None:
         self.client, self.keys, self.node = client, keys, node
@@ -82,6 +90,14 @@ class LineClaims:
     def ends(self, line: str) -> list[Claim]:
         kvs, _ = self.client.get_prefix(self.keys.line_ends(line))
         return self._decode_all(kvs)
+
+    def by_line(self) -> dict[str, list[Claim]]:
+        """Every line's ends, in one read."""
+        kvs, _ = self.client.get_prefix(self.keys.lines())
+        out: dict[str, list[Claim]] = {}
+        for c in self._decode_all([kv for kv in kvs if b"/ends/" in kv.key]):
+            out.setdefault(c.line, []).append(c)
+        return out
 
     def ends_on_node(self, node: str | None = None) -> list[Claim]:
         """Every end this node (or `node`) holds, on every line: what its GC compares with the runtime's."""
@@ -129,6 +145,38 @@ class LineClaims:
                 return replace(mine, lease=lease.id, revision=made[0].create_revision if made else 0)
             # The failure branch read the line's ends as they are now: try again from there.
             resp = {"header": resp.get("header", {}), "kvs": _raw_kvs(resp)}
+
+    def reclaim(self, end: Claim, node_lease: Lease, held: list[Claim] | None = None) -> Reclaimed:
+        """Claim again, ready and under the node's lease, an end the node has and has built (the
+        agent's start, a lost lease): kept if its claim is there already (moved under the lease
+        if it was under another), made again if absent and the line has room, lost if two other
+        ends hold the line now.  `held`: the line's ends as read already (saves a read)."""
+        key = self.keys.line_end(end.line, end.end_key)
+        with self.client.deadline():
+            ends = self.ends(end.line) if held is None else held
+            for c in ends:
+                if c.end_key != end.end_key:
+                    continue
+                if c.node != self.node:  # the same container key on another node: not ours to take
+                    return Reclaimed("lost", [c])
+                if c.ready and c.lease == node_lease.id:
+                    return Reclaimed("kept", [])
+                now = replace(c, ready=True, lease=node_lease.id)
+                resp = self.client.txn(
+                    [gw.compare(key, "CREATE", "EQUAL", c.revision)],
+                    [gw.op_put(key, now.encode(), node_lease.id)],
+                )
+                if gw.succeeded(resp):
+                    return Reclaimed("kept", [])
+                break  # it went meanwhile (its lease ran out): claim it afresh below
+            mine = replace(end, node=self.node, ready=True, nonce=secrets.token_hex(8))
+            try:
+                self._claim(mine, node_lease)
+            except CNIError as e:
+                if e.code not in (Code.LINE_FULL, Code.ALREADY_ATTACHED):
+                    raise
+                return Reclaimed("lost", [c for c in self.ends(end.line) if c.end_key != end.end_key])
+            return Reclaimed("made", [])
 
     def ready(self, claim: Claim, node_lease: Lease) -> Claim:
         """The end is built: keep it from now on under its node's lease.  Fails (code 11) if the claim

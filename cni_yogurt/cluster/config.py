@@ -93,11 +93,11 @@ class ClusterConfig:
     address: str = ""  # the agent's: underlay address
     wireguard_device: str = DEFAULT_WIREGUARD_DEVICE
     tunnel_device: str = DEFAULT_TUNNEL_DEVICE
-    wireguard_port: int = DEFAULT_WIREGUARD_PORT
+    wireguard_port: int = 0  # 0: an adopted device's own, DEFAULT_WIREGUARD_PORT on one the agent makes
     wireguard_address: str = ""  # "10.99.0.11/24": the node's, as given
     wireguard_range: str = ""  # "10.99.0.0/24": every node's address allocated from it in etcd
     wireguard_mtu: int = 0  # 0: the underlay device's less WireGuard's overhead
-    tunnel_port: int = DEFAULT_TUNNEL_PORT
+    tunnel_port: int = 0  # 0: an adopted device's own, DEFAULT_TUNNEL_PORT on one the agent makes
     tunnel_mtu: int = 0  # 0: WireGuard's less the tunnel's overhead
     data_dir: str = DEFAULT_DATA_DIR
     lease_seconds: int = DEFAULT_LEASE_SECONDS
@@ -183,8 +183,8 @@ def parse(raw: Any, *, check_files: bool = True) -> ClusterConfig:
         raise _bad(
             "wireguardDevice and tunnelDevice are one name", f"{devices[0]!r}: two devices need two names"
         )
-    wg_port = _int(raw, "wireguardPort", DEFAULT_WIREGUARD_PORT, 1, 65535)
-    tunnel_port = _int(raw, "tunnelPort", DEFAULT_TUNNEL_PORT, 1, 65535)
+    wg_port = _int(raw, "wireguardPort", 0, 1, 65535)
+    tunnel_port = _int(raw, "tunnelPort", 0, 1, 65535)
     wg_mtu = _int(raw, "wireguardMtu", 0, MIN_MTU, MAX_MTU)
     tunnel_mtu = _int(raw, "tunnelMtu", 0, MIN_MTU, MAX_MTU)
     lease = _int(raw, "leaseSeconds", DEFAULT_LEASE_SECONDS, MIN_LEASE_SECONDS, MAX_LEASE_SECONDS)
@@ -202,9 +202,9 @@ def parse(raw: Any, *, check_files: bool = True) -> ClusterConfig:
 
 
 def _int(raw: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
-    """An integer key in [low, high]; absent (or 0 where the default is 0: "derive it") gives the default."""
+    """An integer key in [low, high]; absent gives the default (0: "the device's own" or "derive it")."""
     value = raw.get(key, default)
-    if value == default:
+    if value == default and not isinstance(value, bool):
         return default
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise _bad(f"invalid {key}", f"{value!r} must be an integer in [{low}, {high}]")
@@ -248,9 +248,10 @@ def for_agent(cfg: ClusterConfig) -> ClusterConfig:
     return cfg
 
 
-def load(path: str, *, node: str = "", address: str = "") -> ClusterConfig:
+def load(path: str, *, node: str = "", address: str = "", agent: bool = True) -> ClusterConfig:
     """The agent's file: the JSON object above (or a network config's `cluster` object form).
-    `node` and `address` (the agent's command line) replace the file's."""
+    `node` and `address` (the agent's command line) replace the file's; `agent=False`: the
+    agent's own keys may be missing (`yogurt leave`)."""
     import json
 
     try:
@@ -264,4 +265,5 @@ def load(path: str, *, node: str = "", address: str = "") -> ClusterConfig:
         raw = raw["cluster"]
     if isinstance(raw, dict):
         raw = {**raw, **({"node": node} if node else {}), **({"address": address} if address else {})}
-    return for_agent(parse(raw))
+    cfg = parse(raw)
+    return for_agent(cfg) if agent else cfg

@@ -57,6 +57,13 @@ class Keys:
     def vnis(self) -> bytes:
         return f"{self.prefix}/vni/".encode()
 
+    def wireguard_address(self, ip: str) -> bytes:
+        """A node's address inside WireGuard, allocated from the cluster's range: the node's name."""
+        return f"{self.prefix}/wireguard/{ip}".encode()
+
+    def wireguard_addresses(self) -> bytes:
+        return f"{self.prefix}/wireguard/".encode()
+
     def all(self) -> bytes:
         return f"{self.prefix}/".encode()
 

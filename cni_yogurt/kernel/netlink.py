@@ -166,6 +166,15 @@ class Rtnl:
         msg["attrs"] = attrs
         self.request(msg, RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL)
 
+    def create_link(self, name: str, kind: str, data: list[tuple[str, Any]] | None = None) -> None:
+        """A device of `kind` (wireguard, vxlan...), with its kind's settings: EEXIST if the name is taken."""
+        info: list[tuple[str, Any]] = [("IFLA_INFO_KIND", kind)]
+        if data:
+            info.append(("IFLA_INFO_DATA", {"attrs": data}))
+        msg = ifinfmsg()
+        msg["attrs"] = [("IFLA_IFNAME", name), ("IFLA_LINKINFO", {"attrs": info})]
+        self.request(msg, RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL)
+
     def set_up(self, index: int, mtu: int | None = None) -> None:
         msg = ifinfmsg()
         msg["index"] = index
@@ -343,3 +352,12 @@ class Rtnl:
 def link_kind(msg: Any) -> str | None:
     info = msg.get_attr("IFLA_LINKINFO")
     return info.get_attr("IFLA_INFO_KIND") if info is not None else None
+
+
+def link_data(msg: Any) -> dict[str, Any]:
+    """The kind's own settings of a link (IFLA_INFO_DATA: IFLA_VXLAN_PORT...), by attribute name."""
+    info = msg.get_attr("IFLA_LINKINFO")
+    data = info.get_attr("IFLA_INFO_DATA") if info is not None else None
+    if data is None or isinstance(data, (bytes, str)):
+        return {}
+    return {name: value for name, value in data.get("attrs", [])}

@@ -52,6 +52,9 @@ class End:
     pod_namespace: str = ""
     pod_name: str = ""
     pod_uid: str = ""
+    # Claimed in the cluster store (a network with "cluster": true): what the node agent claims
+    # again at its start and after a lost lease (agent/cluster.py).
+    cluster: bool = False
 
     @property
     def key(self) -> str:

@@ -47,11 +47,12 @@ def test_the_agents_keys_parse_and_are_required_by_the_agent_only(tmp_path: Path
 
 def test_the_agent_owns_its_devices_by_default_names_ports_and_a_persistent_data_dir() -> None:
     cfg = for_agent(parse(_store({"address": "10.215.0.1"})))
+    # Port 0: an adopted device keeps its own; one the agent makes gets 51830 (WireGuard), 4789 (VXLAN).
     assert (cfg.wireguard_device, cfg.wireguard_port, cfg.tunnel_device, cfg.tunnel_port) == (
         "ywg0",
-        51830,
+        0,
         "yvx0",
-        4789,
+        0,
     )
     assert (cfg.wireguard_mtu, cfg.tunnel_mtu, cfg.wireguard_address, cfg.wireguard_range) == (0, 0, "", "")
     assert (cfg.data_dir, cfg.lease_seconds) == ("/var/lib/cni-yogurt", 10)
@@ -96,7 +97,7 @@ def test_node_and_address_from_the_command_line_replace_the_files(tmp_path: Path
         ({"tunnelDevice": "x" * 16}, "invalid tunnelDevice"),
         ({"tunnelDevice": 3}, "invalid tunnelDevice"),
         ({"tunnelDevice": "wg0"}, "one name"),
-        ({"wireguardPort": 0}, "invalid wireguardPort"),
+        ({"wireguardPort": -1}, "invalid wireguardPort"),
         ({"wireguardPort": "51820"}, "invalid wireguardPort"),
         ({"tunnelPort": 70000}, "invalid tunnelPort"),
         ({"wireguardMtu": 576}, "invalid wireguardMtu"),
