@@ -173,10 +173,12 @@ class NodeLab:
         wireguard_go: str = "wireguard-go",
         tag: str | None = None,
         peers: bool = True,
+        wire: bool = True,
     ) -> None:
         """`wireguard`: "auto", "kernel" or "go" (None: YOGURT_LAB_WIREGUARD, else "auto"); which one
         runs is `self.wireguard` once started.  `peers=False`: each node's WireGuard knows no peer
-        (the node agent sets them from etcd)."""
+        (the node agent sets them from etcd).  `wire=False`: the underlay alone, no WireGuard, VXLAN
+        or nftables on the nodes (agents that make their own: agent/devices.py)."""
         if not 1 < n < 250:
             raise ValueError("a lab has 2 to 249 nodes")
         self.wanted_wireguard = wireguard
@@ -185,6 +187,7 @@ class NodeLab:
         self.name = f"yn-{self.tag}"
         self.wireguard_go = wireguard_go
         self.with_peers = peers
+        self.with_wire = wire
         self.hub = Netns(f"{self.name}-hub")
         self.dir = Path(tempfile.mkdtemp(prefix=f"yogurt-nodes-{self.tag}-"))
         self.nodes = [
@@ -203,6 +206,9 @@ class NodeLab:
 
     def start(self) -> NodeLab:
         try:
+            if not self.with_wire:
+                self._underlay()
+                return self
             self.wireguard = wireguard_kind(self.wanted_wireguard)
             self._underlay()
             for node in self.nodes:

@@ -9,9 +9,12 @@
 # shared libraries the binary's loader and its libpython need from the build host's glibc,
 # which PyInstaller does not bundle, and libbcc (Debian's libbpfcc) with every library it
 # links (LLVM, clang, z3, ICU: about 230 MB): the agent loads the BPF programs at start, and
-# a container has no node copy to dlopen. All at their Debian paths: the loader's built-in
-# multiarch dirs find them without an ld.so.cache. Kernel headers are NOT in the image: the
-# DaemonSet mounts the node's /usr/src and /lib/modules (README, "Use it on Kubernetes").
+# a container has no node copy to dlopen. For cluster mode (`yogurt agent --cluster`, which makes
+# the node's WireGuard and tunnel devices and its nftables table): wg (wireguard-tools),
+# wireguard-go (where the node's kernel has no WireGuard) and nft (nftables), with the libraries
+# they link. All at their Debian paths: the loader's built-in multiarch dirs find them without an
+# ld.so.cache. Kernel headers are NOT in the image: the DaemonSet mounts the node's /usr/src and
+# /lib/modules (README, "Use it on Kubernetes").
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/../.." && pwd)
@@ -30,13 +33,22 @@ stage() {
     install -m 0755 "$binary" "$root/usr/local/bin/yogurt"
     install -m 0755 "$front" "$root/usr/local/bin/yogurt-front"  # static: needs nothing more
     install -m 0755 "$here/install-cni" "$root/usr/local/bin/install-cni"
+    local tool tools=()
+    for tool in wg wireguard-go nft; do
+        tools+=("$(command -v "$tool")") || { echo "build-image: needs $tool (packaging/install-deps.sh)" >&2; exit 1; }
+    done
+    for tool in "${tools[@]}"; do
+        tool=$(readlink -f "$tool")
+        mkdir -p "$root$(dirname "$tool")"
+        install -m 0755 "$tool" "$root$tool"
+    done
     # glibc: the loader and what it resolves for the binary; libpython (unpacked at run time)
     # needs libm and libutil besides.
     local libs
     local libbcc=/usr/lib/x86_64-linux-gnu/libbcc.so.0
     [ -e "$libbcc" ] || { echo "build-image: needs libbpfcc ($libbcc)" >&2; exit 1; }
     libs=$( { ldd "$binary"; ldd /usr/lib/x86_64-linux-gnu/libm.so.6; ldd /usr/bin/python3;
-        echo "$libbcc => $libbcc"; ldd "$libbcc";
+        echo "$libbcc => $libbcc"; ldd "$libbcc"; for tool in "${tools[@]}"; do ldd "$tool"; done;
         # bcc's Python side dlopens librt by name besides libbcc.
         echo "librt => /lib/x86_64-linux-gnu/librt.so.1"; } |
         awk '/=>/ {print $3} /^[ \t]*\// {print $1}' | sort -u)

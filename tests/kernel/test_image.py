@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import BINARY, Node, addresses, private_dirs, require_binary
+from manifests import KUBE, daemonset, podman_run_args
 from podman import Podman
 
 from cni_yogurt import lab
@@ -31,44 +32,8 @@ from cni_yogurt.agent import frontend, protocol
 pytestmark = pytest.mark.runtime
 require_binary("test_image.py", ("podman", "install Debian's podman (4.x)"))
 
-TOP = Path(__file__).resolve().parents[2]
-KUBE = TOP / "packaging" / "kubernetes"
-FRONT = TOP / "dist" / "yogurt-front"  # make front (kernel-native builds it)
+FRONT = BINARY.parent / "yogurt-front"  # make front (kernel-native builds it)
 IMAGE = "localhost/cni-yogurt:latest"
-
-
-def daemonset() -> dict[str, Any]:
-    docs = list(yaml.safe_load_all((KUBE / "daemonset.yaml").read_text()))
-    return next(d for d in docs if d and d.get("kind") == "DaemonSet")
-
-
-def podman_run_args(
-    pod: dict[str, Any], container: dict[str, Any], host_paths: dict[str, Path], host_pid: bool = True
-) -> list[str]:
-    """`podman run` options for one container of the DaemonSet's pod: its host namespaces,
-    privilege and hostPath mounts (a hostPath in `host_paths` mapped to a scratch dir).
-    `host_pid=False`: the node's PID namespace is not joined even if the pod asks for it."""
-    volumes = {v["name"]: v for v in pod["volumes"]}
-    args = ["--rm"]
-    if pod.get("hostNetwork"):
-        args += ["--network", "host"]
-    if pod.get("hostPID") and host_pid:
-        args += ["--pid", "host"]
-    security = container.get("securityContext", {})
-    if security.get("privileged"):
-        args.append("--privileged")
-    if security.get("readOnlyRootFilesystem"):
-        args.append("--read-only")
-    for mount in container.get("volumeMounts", []):
-        volume = volumes[mount["name"]]
-        if volume.get("emptyDir", {}).get("medium") == "Memory":
-            args += ["--tmpfs", mount["mountPath"]]
-            continue
-        assert "hostPath" in volume, f"{mount['name']}: only hostPath volumes are mapped here"
-        source = host_paths.get(volume["hostPath"]["path"])
-        assert source is not None, f"{volume['hostPath']['path']} has no scratch stand-in"
-        args += ["-v", f"{source}:{mount['mountPath']}" + (":ro" if mount.get("readOnly") else "")]
-    return args
 
 
 def sha256(path: Path) -> str:
