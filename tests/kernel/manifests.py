@@ -6,10 +6,14 @@ the downward API's fields given, and its arguments with `$(VAR)` expanded as the
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Any
 
 import yaml
+from podman import Podman
+
+from cni_yogurt.agent import frontend
 
 TOP = Path(__file__).resolve().parents[2]
 KUBE = TOP / "packaging" / "kubernetes"
@@ -114,3 +118,19 @@ def podman_run_args(
         assert source is not None, f"{volume['hostPath']['path']} has no scratch stand-in"
         args += ["-v", f"{source}:{mount['mountPath']}" + (":ro" if mount.get("readOnly") else "")]
     return args
+
+
+def wait_for_agent(podman: Podman, name: str, state_dir: str, timeout: float = 180) -> dict[str, Any]:
+    """Until the agent in container `name` answers on <state_dir>/agent.sock (it compiles and
+    loads the programs first: bcc, in the container)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = frontend.info(state_dir, timeout=30)
+        if found is not None:
+            return found
+        if podman("inspect", "--format", "{{.State.Running}}", name, check=False).stdout.strip() != "true":
+            logs = podman("logs", name, check=False)
+            raise AssertionError(f"the agent container ended: {logs.stdout} {logs.stderr}")
+        time.sleep(0.5)
+    logs = podman("logs", name, check=False)
+    raise AssertionError(f"the agent did not serve within {timeout}s: {logs.stderr}")

@@ -16,14 +16,12 @@ import hashlib
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 from conftest import BINARY, Node, addresses, private_dirs, require_binary
-from manifests import KUBE, daemonset, podman_run_args
+from manifests import KUBE, daemonset, podman_run_args, wait_for_agent
 from podman import Podman
 
 from cni_yogurt import lab
@@ -95,22 +93,6 @@ def test_the_image_installs_the_plugin_by_rename_while_the_old_one_runs(node: No
     assert run.returncode == 0 and run.stdout.startswith("cni-yogurt "), run  # through to yogurt-full
 
 
-def _wait_for_agent(podman: Podman, name: str, state_dir: str, timeout: float = 180) -> dict[str, Any]:
-    """Until the agent in container `name` answers on <state_dir>/agent.sock (it compiles and
-    loads the programs first: bcc, in the container)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = frontend.info(state_dir, timeout=30)
-        if found is not None:
-            return found
-        if podman("inspect", "--format", "{{.State.Running}}", name, check=False).stdout.strip() != "true":
-            logs = podman("logs", name, check=False)
-            raise AssertionError(f"the agent container ended: {logs.stdout} {logs.stderr}")
-        time.sleep(0.5)
-    logs = podman("logs", name, check=False)
-    raise AssertionError(f"the agent did not serve within {timeout}s: {logs.stderr}")
-
-
 def test_the_image_runs_the_agent_that_serves_the_node(node: Node, tmp_path: Path) -> None:
     context = tmp_path / "context"
     subprocess.run(["bash", str(KUBE / "build-image.sh"), "--stage", str(context)], check=True)
@@ -165,7 +147,7 @@ def test_the_image_runs_the_agent_that_serves_the_node(node: Node, tmp_path: Pat
             args = [a for a in podman_run_args(spec, agent, host_paths, host_pid=False) if a != "--rm"]
             try:
                 podman("run", "-d", "--name", name, *args, "-v", f"{tmp_path}:{tmp_path}", IMAGE, *command)
-                _wait_for_agent(podman, name, state_dir)
+                wait_for_agent(podman, name, state_dir)
                 node.add(conf, one, exe=plugin)
                 r2 = node.add(conf, two, exe=plugin)
                 served = frontend.info(state_dir, timeout=30)
