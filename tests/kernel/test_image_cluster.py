@@ -19,7 +19,9 @@ NetworkAttachmentDefinition's config, as Multus hands it to the delegate (its cn
 its ips as runtimeConfig.ips), exec'd as the node's runtime would: /opt/cni/bin/yogurt (the front
 end the install step put there) in the node's network namespace and with the node's view of
 /run/cni-yogurt, /sys/fs/bpf, /opt/cni/bin and the log file. Ping both ways; neither node's host
-reaches either container; DEL on both leaves nothing, in etcd or on the nodes.
+reaches either container; DEL on both leaves nothing, in etcd or on the nodes. The agents stopped
+(SIGTERM, exit 0), `yogurt leave` from the image on each node, with the agent container's mounts
+and arguments, takes the nodes out: nothing left in etcd, the nodes back to their underlay alone.
 
 Not the node's PID namespace (as in test_image.py: the test's podman runs without cgroups). So
 wireguard-go, which the agent starts where the kernel has no WireGuard (here), ends with the agent's
@@ -44,6 +46,7 @@ from podman import Podman
 
 from cni_yogurt import lab
 from cni_yogurt.agent import frontend
+from cni_yogurt.agent.firewall import TABLE as FIREWALL_TABLE
 from cni_yogurt.cluster.config import DEFAULT_TUNNEL_DEVICE, DEFAULT_WIREGUARD_DEVICE
 from cni_yogurt.cluster.keys import Keys
 from cni_yogurt.etcdlab import ETCD, EtcdLab
@@ -338,6 +341,29 @@ def test_the_image_in_cluster_mode_carries_a_line_across_two_nodes(
                 assert code == "0", (
                     f"{name} exited {code}: {podman('logs', name, check=False).stderr[-2000:]}"
                 )
+
+            # Uninstall: `yogurt leave` on each node, its agent gone, with the agent container's
+            # mounts, network and arguments (all but --address, which leave does not take).
+            for node, dirs in zip((n0, n1), volumes, strict=True):
+                environment = env(agent, {"spec.nodeName": node.name, "status.hostIP": node.address})
+                command = argv(agent, environment)
+                leave = [command[0], "leave", *(a for a in command[2:] if not a.startswith("--address"))]
+                args = podman_run_args(
+                    spec, agent, node.host_paths(), host_pid=False, network=f"ns:/run/netns/{node.netns}",
+                    volume_dirs=dirs, environment=environment,
+                )  # fmt: skip
+                run = podman("run", *args, IMAGE, *leave, check=False)
+                assert run.returncode == 0, f"leave on {node.name}: {run.stdout} {run.stderr}"
+                # wireguard-go ended with the agent's container; leave removed the tunnel device
+                # and the nftables table: the node has its underlay alone again.
+                assert set(node.links()) == {"lo", "under0"}, (node.links(), run.stdout)
+                tables = subprocess.run(
+                    ["ip", "netns", "exec", node.netns, "nft", "list", "tables"],
+                    capture_output=True, text=True, check=True,
+                ).stdout  # fmt: skip
+                assert FIREWALL_TABLE not in tables, tables
+            kvs, _ = client.get_prefix(keys.all())
+            assert kvs == [], f"left in etcd: {[kv.key for kv in kvs]}"
         assert podman.survivors == []
     finally:
         store.close()
