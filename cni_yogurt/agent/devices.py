@@ -32,7 +32,6 @@ import os
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -162,16 +161,32 @@ def _private_key(cfg: ClusterConfig, device_public: str) -> Path | None:
 
 
 def wireguard_go_pid(name: str) -> int | None:
-    """The pid of the wireguard-go that serves `name`, asked of its control socket (SO_PEERCRED)."""
-    path = WG_SOCKET_DIR / f"{name}.sock"
+    """The pid of the wireguard-go that serves `name`, if one does (it answers on its control
+    socket).  Found by its command line: the socket's peer credentials name the process that made
+    the socket, which wireguard-go's daemonizing parent is (it hands the socket to its child)."""
+    if not _answers(WG_SOCKET_DIR / f"{name}.sock"):
+        return None
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = Path(entry.path, "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        words = [a.decode(errors="replace") for a in argv if a]
+        if len(words) >= 2 and os.path.basename(words[0]) == "wireguard-go" and words[-1] == name:
+            return int(entry.name)
+    return None
+
+
+def _answers(path: Path) -> bool:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         s.settimeout(2)
         s.connect(str(path))
-        pid, _uid, _gid = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-        return int(pid)
+        return True
     except OSError:
-        return None
+        return False
     finally:
         s.close()
 
@@ -186,7 +201,7 @@ def _start_wireguard_go(name: str, log_dir: Path) -> None:
     if not os.path.exists("/dev/net/tun"):
         subprocess.run(["modprobe", "tun"], capture_output=True, check=False, timeout=30)
     stale = WG_SOCKET_DIR / f"{name}.sock"
-    if stale.exists() and wireguard_go_pid(name) is None:
+    if stale.exists() and not _answers(stale):
         stale.unlink()  # left by a wireguard-go killed -9: it would refuse to start
     # wireguard-go daemonizes itself; a session of its own keeps it out of the agent's process
     # group, so that it outlives the agent (a restarted agent adopts the device it serves).

@@ -249,7 +249,7 @@ def test_an_end_whose_line_was_taken_meanwhile_stays_closed_and_is_named(cluster
 
 def test_a_device_of_another_kind_is_named_and_never_deleted(cluster: Cluster, tmp_path: Path) -> None:
     c = cluster.agents[2]
-    c.sh("ip", "link", "add", "yother0", "type", "dummy")
+    c.sh("ip", "link", "add", "yother0", "type", "bridge")
     try:
         for key in ("wireguardDevice", "tunnelDevice"):
             cfg = json.loads(c.cluster_file.read_text()) | {key: "yother0"}
