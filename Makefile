@@ -46,16 +46,18 @@ cluster: venv
 	@test -n "$$YOGURT_ETCD" || bash packaging/fetch-etcd.sh >/dev/null
 	$(VENV)/bin/pytest -q tests/cluster --ignore=tests/cluster/test_nodelab.py --ignore=tests/cluster/test_wire_across.py \
 		--ignore=tests/cluster/test_cluster_lines.py --ignore=tests/cluster/test_demo_nodes.py \
-		--ignore=tests/cluster/test_cnitool_across.py
+		--ignore=tests/cluster/test_cnitool_across.py --ignore=tests/cluster/test_agent_owned.py
 
 # A cluster on one machine: nodes as netns on an underlay, WireGuard between them (the kernel's where
 # it has one, else wireguard-go: here, on a kernel without it), a VXLAN device in external mode over it
 # (cni_yogurt/nodelab.py), and lines across it through the tunnel programs, per backend the kernel offers.  Root; about 5 s, then about 40 s per backend.  test_cnitool_across.py
-# drives dist/yogurt with cnitool on two nodes: both built here first.
+# drives dist/yogurt with cnitool on two nodes: both built here first.  test_agent_owned.py: nodes with
+# an underlay only, a TLS etcd, agents that make their own devices, their outages and restarts.
 cluster-net: venv binary cnitool
 	@test -n "$$YOGURT_ETCD" || bash packaging/fetch-etcd.sh >/dev/null
 	YOGURT_REQUIRE_KERNEL=1 $(VENV)/bin/pytest -q tests/cluster/test_nodelab.py tests/cluster/test_wire_across.py \
-		tests/cluster/test_cluster_lines.py tests/cluster/test_demo_nodes.py tests/cluster/test_cnitool_across.py
+		tests/cluster/test_cluster_lines.py tests/cluster/test_agent_owned.py tests/cluster/test_demo_nodes.py \
+		tests/cluster/test_cnitool_across.py
 
 # Lines across nodes with netkit ends, in the VM where the running kernel has no netkit: the smallest
 # part of the wire test (WIRE_ACROSS_VM), over the guest kernel's own WireGuard (YOGURT_LAB_WIREGUARD=kernel:
