@@ -237,7 +237,7 @@ def underlay_device(rtnl: Rtnl, address: str) -> Any:
     raise DeviceError(f"address {address}: no device of this node has it (the cluster file's `address`)")
 
 
-def _wireguard_kind(rtnl: Rtnl, name: str) -> str:
+def wireguard_kind(rtnl: Rtnl, name: str) -> str:
     """ "kernel" | "wireguard-go" | "" (absent); DeviceError for a device of another kind."""
     link = rtnl.link(name)
     if link is None:
@@ -269,7 +269,7 @@ def ensure_wireguard(rtnl: Rtnl, cfg: ClusterConfig, owned: Owned, wg_mtu: int, 
     """Make or adopt the WireGuard device; set key, port, address, MTU where they differ; up."""
     name = cfg.wireguard_device
     made = []
-    kind = _wireguard_kind(rtnl, name)
+    kind = wireguard_kind(rtnl, name)
     ours = bool(owned.wireguard)
     if not kind:
         kind = _make_wireguard(rtnl, name, data_dir(cfg))
@@ -384,6 +384,26 @@ def ensure(cfg: ClusterConfig, wireguard_address: str) -> Wire:
             owned.save(directory)
     wire.made += made
     return wire
+
+
+def describe_wireguard(cfg: ClusterConfig) -> str:
+    """What `yogurt doctor` says of the node's WireGuard device (DeviceError naming what is wrong)."""
+    with Rtnl() as rtnl:
+        kind = wireguard_kind(rtnl, cfg.wireguard_device)
+        link = rtnl.link(cfg.wireguard_device)
+        addresses = [str(a) for a in rtnl.addresses(link["index"]) if a.version == 4] if link else []
+    if not kind or link is None:
+        raise DeviceError(f"no WireGuard device {cfg.wireguard_device!r} on this node")
+    name = cfg.wireguard_device
+    public = wg("show", name, "public-key").strip()
+    key = Path(cfg.data_dir, KEY_FILE)
+    if key.exists() and wg("pubkey", stdin=key.read_text()).strip() != public:
+        raise DeviceError(f"{name} has another key than {key}: the agent sets it at its next start")
+    port = wg("show", name, "listen-port").strip()
+    return (
+        f"{name} ({kind}), UDP {port}, {', '.join(addresses) or 'no IPv4 address'}, "
+        f"MTU {link.get_attr('IFLA_MTU')}, public key {public[:10]}…"
+    )
 
 
 # -- taking the node out -----------------------------------------------------------------------

@@ -112,6 +112,19 @@ def test_each_agent_makes_its_wire_and_publishes_only_the_public_key(cluster: Cl
             "tunnel": True,
         }
     assert len(addresses) == NODES
+    # doctor names the device as the agent made it.
+    a = cluster.agents[0]
+    run = subprocess.run(
+        ["nsenter", f"--net=/run/netns/{a.netns}", *a.command, "doctor", "--json"]
+        + ["--state-dir", a.state_dir, "--bpffs-dir", a.bpffs_dir, "--cluster", str(a.cluster_file)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    found = {f["name"]: f for f in json.loads(run.stdout)}
+    assert found["wireguard"]["ok"] and f"(wireguard-go), UDP {WG_PORT}" in found["wireguard"]["detail"], found
+    assert found["tunnel"]["ok"], found
     # No private key anywhere in the store.
     kvs, _ = cluster.client.get_prefix(cluster.keys.all())
     secrets = [(a.data_dir / devices.KEY_FILE).read_text().strip().encode() for a in cluster.agents]
