@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cni_yogurt.agent.tools import run_tool
 from cni_yogurt.cluster.config import DEFAULT_TUNNEL_PORT, DEFAULT_WIREGUARD_PORT, ClusterConfig
 from cni_yogurt.kernel.netlink import Rtnl, link_data, link_kind
 
@@ -136,17 +137,9 @@ def remember_address(cfg: ClusterConfig, address: str) -> None:
 
 
 def wg(*argv: str, stdin: str | None = None) -> str:
-    try:
-        proc = subprocess.run(
-            ["wg", *argv], input=stdin, capture_output=True, text=True, check=False, timeout=WG_TIMEOUT
-        )
-    except FileNotFoundError:
-        raise DeviceError("wg is not installed (Debian/Ubuntu: apt-get install wireguard-tools)") from None
-    except subprocess.TimeoutExpired:
-        raise DeviceError(f"wg {' '.join(argv)} did not answer in {WG_TIMEOUT:.0f} s") from None
-    if proc.returncode:
-        raise DeviceError(f"wg {' '.join(argv)}: {proc.stderr.strip() or f'exit {proc.returncode}'}")
-    return proc.stdout
+    return run_tool(
+        ["wg", *argv], error=DeviceError, install="wireguard-tools", stdin=stdin, timeout=WG_TIMEOUT
+    )
 
 
 def _private_key(cfg: ClusterConfig, device_public: str) -> Path | None:
