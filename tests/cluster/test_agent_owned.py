@@ -123,7 +123,9 @@ def test_each_agent_makes_its_wire_and_publishes_only_the_public_key(cluster: Cl
         timeout=60,
     )
     found = {f["name"]: f for f in json.loads(run.stdout)}
-    assert found["wireguard"]["ok"] and f"(wireguard-go), UDP {WG_PORT}" in found["wireguard"]["detail"], found
+    assert found["wireguard"]["ok"] and f"(wireguard-go), UDP {WG_PORT}" in found["wireguard"]["detail"], (
+        found
+    )
     assert found["tunnel"]["ok"], found
     # No private key anywhere in the store.
     kvs, _ = cluster.client.get_prefix(cluster.keys.all())
