@@ -71,7 +71,7 @@ def test_every_yogurt_command_shown_exists(command: str) -> None:
     assert run.returncode == 0 and "usage: yogurt" in run.stdout, run.stdout + run.stderr
 
 
-def _json_examples() -> list[tuple[str, str, str]]:
+def _json_examples() -> list[object]:
     """(where, the JSON text, what it must fail with or "") of every ```json block; a block
     preceded by `<!-- invalid: TEXT -->` is wrong on purpose and must fail saying TEXT."""
     out = []
@@ -79,7 +79,8 @@ def _json_examples() -> list[tuple[str, str, str]]:
         text = page.read_text()
         for m in re.finditer(r"(?:<!-- invalid: (.*?) -->\s*\n)?^```json\n(.*?)^```", text, re.S | re.M):
             line = text[: m.start()].count("\n") + 1
-            out.append((f"{page.relative_to(TOP)}:{line}", m.group(2), m.group(1) or ""))
+            where = f"{page.relative_to(TOP)}:{line}"
+            out.append(pytest.param(where, m.group(2), m.group(1) or "", id=where))
     return out
 
 
