@@ -11,6 +11,8 @@ KERNEL_RUN = $(if $(filter 1,$(HAVE_NETKIT)),,bash tests/vm/run.sh)
 # Across nodes in the VM: netkit ends over the kernel's WireGuard (checked first), the wire,
 # underlay injection, a third node, cut wiring, two lines apart, the hosts locked out.
 WIRE_ACROSS_VM = wireguard_kind or ping_and_tcp or in_clear or third_node or cut_remote or two_lines or host_cannot
+# The agent's devices on the guest kernel's own WireGuard (tests/cluster/test_devices.py).
+DEVICES_VM = made_then_adopted or another_kind or hand_made_wireguard
 VM_TESTS = tests/kernel/test_wire.py tests/kernel/test_counters.py tests/kernel/test_verbs.py tests/kernel/test_lines.py \
 	tests/kernel/test_cnitool.py \
 	'tests/kernel/test_upgrade.py::test_live_line_moves_to_the_next_release_without_losing_a_packet[netkit-ADD]'
@@ -46,16 +48,20 @@ cluster: venv
 	@test -n "$$YOGURT_ETCD" || bash packaging/fetch-etcd.sh >/dev/null
 	$(VENV)/bin/pytest -q tests/cluster --ignore=tests/cluster/test_nodelab.py --ignore=tests/cluster/test_wire_across.py \
 		--ignore=tests/cluster/test_cluster_lines.py --ignore=tests/cluster/test_demo_nodes.py \
-		--ignore=tests/cluster/test_cnitool_across.py
+		--ignore=tests/cluster/test_cnitool_across.py --ignore=tests/cluster/test_agent_owned.py \
+		--ignore=tests/cluster/test_devices.py
 
 # A cluster on one machine: nodes as netns on an underlay, WireGuard between them (the kernel's where
 # it has one, else wireguard-go: here, on a kernel without it), a VXLAN device in external mode over it
 # (cni_yogurt/nodelab.py), and lines across it through the tunnel programs, per backend the kernel offers.  Root; about 5 s, then about 40 s per backend.  test_cnitool_across.py
-# drives dist/yogurt with cnitool on two nodes: both built here first.
+# drives dist/yogurt with cnitool on two nodes: both built here first.  test_agent_owned.py: nodes with
+# an underlay only, a TLS etcd, agents that make their own devices, their outages and restarts.
 cluster-net: venv binary cnitool
 	@test -n "$$YOGURT_ETCD" || bash packaging/fetch-etcd.sh >/dev/null
 	YOGURT_REQUIRE_KERNEL=1 $(VENV)/bin/pytest -q tests/cluster/test_nodelab.py tests/cluster/test_wire_across.py \
-		tests/cluster/test_cluster_lines.py tests/cluster/test_demo_nodes.py tests/cluster/test_cnitool_across.py
+		tests/cluster/test_cluster_lines.py tests/cluster/test_agent_owned.py tests/cluster/test_devices.py \
+		tests/cluster/test_demo_nodes.py \
+		tests/cluster/test_cnitool_across.py
 
 # Lines across nodes with netkit ends, in the VM where the running kernel has no netkit: the smallest
 # part of the wire test (WIRE_ACROSS_VM), over the guest kernel's own WireGuard (YOGURT_LAB_WIREGUARD=kernel:
@@ -64,7 +70,8 @@ cluster-net: venv binary cnitool
 cluster-net-vm: venv
 	@if [ "$(HAVE_NETKIT)" = 1 ]; then echo "netkit is native here: cluster-net tested it"; else \
 		set -x; YOGURT_REQUIRE_KERNEL=1 YOGURT_TEST_BACKENDS=netkit YOGURT_LAB_WIREGUARD=kernel bash tests/vm/run.sh \
-		$(VENV)/bin/pytest -q tests/cluster/test_wire_across.py -k "$(WIRE_ACROSS_VM)"; fi
+		$(VENV)/bin/pytest -q tests/cluster/test_wire_across.py tests/cluster/test_devices.py \
+		-k "$(WIRE_ACROSS_VM) or $(DEVICES_VM)"; fi
 
 # One line across two nodes on this machine (`yogurt demo --nodes 2`): the node lab, etcd on its
 # underlay, an agent per node; root.

@@ -27,7 +27,7 @@ from cni_yogurt.cluster.claims import Claim
 from cni_yogurt.cluster.client import Client
 from cni_yogurt.cluster.keys import Keys
 from cni_yogurt.etcdlab import EtcdLab
-from cni_yogurt.nodelab import STORE_ADDRESS, VXLAN_IF, Node, NodeLab
+from cni_yogurt.nodelab import STORE_ADDRESS, VXLAN_IF, VXLAN_PORT, WG_PORT, WIREGUARD, Node, NodeLab
 
 AGENT_START = 180.0  # seconds: the first agent on a machine compiles the programs (bcc)
 
@@ -58,17 +58,34 @@ class NodeAgent:
     def log(self) -> Path:
         return self.dir / "agent.log"
 
-    def configure(self, store: EtcdLab, keys: Keys, node: Node) -> NodeAgent:
-        """Write the agent's cluster file: the store, the node's name, addresses and devices."""
-        cfg = {
+    @property
+    def data_dir(self) -> Path:
+        return self.dir / "data"
+
+    def configure(
+        self, store: EtcdLab, keys: Keys, node: Node, *, owned: bool = False, **extra: Any
+    ) -> NodeAgent:
+        """Write the agent's cluster file: the store (its TLS files if it has them), the node's name,
+        address and devices.  `owned`: the agent makes its devices (the lab made none), its
+        WireGuard address allocated from the lab's range; else it adopts the lab's."""
+        cfg: dict[str, Any] = {
             "endpoints": store.endpoint_urls(),
             "node": self.name,
             "prefix": keys.prefix,
             "address": str(node.underlay),
             "wireguardDevice": node.wg_if,
             "tunnelDevice": VXLAN_IF,
+            "dataDir": str(self.data_dir),
         }
-        self.cluster_file.write_text(json.dumps(cfg))
+        if owned:
+            cfg |= {"wireguardRange": str(WIREGUARD), "wireguardPort": WG_PORT, "tunnelPort": VXLAN_PORT}
+        if store.tls is not None:
+            cfg |= {
+                "caFile": store.tls.ca,
+                "certFile": store.tls.client_cert,
+                "keyFile": store.tls.client_key,
+            }
+        self.cluster_file.write_text(json.dumps(cfg | extra))
         return self
 
     def start(self) -> NodeAgent:
@@ -165,14 +182,19 @@ def agents_on_nodes(
     command: list[str] | None = None,
     etcd: str | None = None,
     agent_start: float = AGENT_START,
+    owned: bool = False,
+    tls: bool = False,
+    **cluster_file: Any,
 ) -> Iterator[Cluster]:
     """`count` nodes of the lab, a three-member etcd on its underlay, and on each node a ready
     `yogurt agent --cluster` run as `command` (default: this package), its files under `top`/node<i>
     and its pins under `bpffs_prefix`-<lab tag>-n<i>.  Everything is removed at the end, whatever
     happened: agents, containers made by `Cluster.container`, etcd, the lab, the agents' pins (what is
-    under `top` is the caller's); `NodeLab.leftovers` says whether the lab left anything."""
-    with NodeLab(count, peers=False) as nodes:
-        store = EtcdLab(netns=nodes.hub.name, host=str(STORE_ADDRESS), etcd=etcd).start()
+    under `top` is the caller's); `NodeLab.leftovers` says whether the lab left anything.
+    `owned`: the nodes get an underlay only, each agent makes its WireGuard and tunnel devices;
+    `tls`: etcd serves https with client certificates; `cluster_file`: more keys for every agent's."""
+    with NodeLab(count, peers=False, devices=not owned) as nodes:
+        store = EtcdLab(tls=tls, netns=nodes.hub.name, host=str(STORE_ADDRESS), etcd=etcd).start()
         keys = Keys(f"/yogurt-{nodes.tag}")
         agents: list[NodeAgent] = []
         made = Cluster(nodes, store, agents, keys, store.client(), [])
@@ -188,7 +210,7 @@ def agents_on_nodes(
                     d / "cluster.json",
                     command or lab.self_command(),
                 )
-                agents.append(agent.configure(store, keys, node).start())
+                agents.append(agent.configure(store, keys, node, owned=owned, **cluster_file).start())
             for agent in agents:
                 agent.ready(agent_start)
             yield made

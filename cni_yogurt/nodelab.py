@@ -173,12 +173,12 @@ class NodeLab:
         wireguard_go: str = "wireguard-go",
         tag: str | None = None,
         peers: bool = True,
-        wire: bool = True,
+        devices: bool = True,
     ) -> None:
         """`wireguard`: "auto", "kernel" or "go" (None: YOGURT_LAB_WIREGUARD, else "auto"); which one
         runs is `self.wireguard` once started.  `peers=False`: each node's WireGuard knows no peer
-        (the node agent sets them from etcd).  `wire=False`: the underlay alone, no WireGuard, VXLAN
-        or nftables on the nodes (agents that make their own: agent/devices.py)."""
+        (the node agent sets them from etcd).  `devices=False`: the nodes get their underlay and
+        nothing else — no WireGuard, no VXLAN, no firewall: the node agent makes its own."""
         if not 1 < n < 250:
             raise ValueError("a lab has 2 to 249 nodes")
         self.wanted_wireguard = wireguard
@@ -186,8 +186,8 @@ class NodeLab:
         self.tag = tag or secrets.token_hex(3)
         self.name = f"yn-{self.tag}"
         self.wireguard_go = wireguard_go
-        self.with_peers = peers
-        self.with_wire = wire
+        self.with_peers = peers and devices
+        self.with_devices = devices
         self.hub = Netns(f"{self.name}-hub")
         self.dir = Path(tempfile.mkdtemp(prefix=f"yogurt-nodes-{self.tag}-"))
         self.nodes = [
@@ -206,11 +206,12 @@ class NodeLab:
 
     def start(self) -> NodeLab:
         try:
-            if not self.with_wire:
-                self._underlay()
-                return self
             self.wireguard = wireguard_kind(self.wanted_wireguard)
             self._underlay()
+            for node in self.nodes:
+                node.dir.mkdir(mode=0o700)
+            if not self.with_devices:
+                return self
             for node in self.nodes:
                 self._wireguard(node)
             for node in self.nodes:
@@ -248,7 +249,6 @@ class NodeLab:
             _run(["ip", "-n", ns, "link", "set", UNDERLAY_IF, "up"])
 
     def _wireguard(self, node: Node) -> None:
-        node.dir.mkdir(mode=0o700)
         key = _run(["wg", "genkey"]).strip()
         fd = os.open(node.private_key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -353,9 +353,28 @@ class NodeLab:
                 # wireguard-go removes its socket on SIGTERM; not after SIGKILL or a crash.
                 with contextlib.suppress(FileNotFoundError):
                     node.wg_socket.unlink()
+            self._stop_agents_wireguard_go(node)
             node.netns.delete()  # a kernel WireGuard device (and its socket) goes with it
         self.hub.delete()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    @staticmethod
+    def _stop_agents_wireguard_go(node: Node) -> None:
+        """A wireguard-go a node agent started for the node's device (it outlives the agent, by
+        design): found by its control socket, stopped, its socket removed."""
+        from cni_yogurt.agent.devices import wireguard_go_pid
+
+        pid = wireguard_go_pid(node.wg_if)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}"):
+                time.sleep(0.02)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(FileNotFoundError):
+            node.wg_socket.unlink()
 
     def leftovers(self) -> list[str]:
         """What of this lab still exists: netns (and so any kernel WireGuard device), wireguard-go's

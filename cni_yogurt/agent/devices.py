@@ -32,13 +32,13 @@ import os
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cni_yogurt.agent.tools import run_tool
 from cni_yogurt.cluster.config import DEFAULT_TUNNEL_PORT, DEFAULT_WIREGUARD_PORT, ClusterConfig
 from cni_yogurt.kernel.netlink import Rtnl, link_data, link_kind
 
@@ -137,17 +137,9 @@ def remember_address(cfg: ClusterConfig, address: str) -> None:
 
 
 def wg(*argv: str, stdin: str | None = None) -> str:
-    try:
-        proc = subprocess.run(
-            ["wg", *argv], input=stdin, capture_output=True, text=True, check=False, timeout=WG_TIMEOUT
-        )
-    except FileNotFoundError:
-        raise DeviceError("wg is not installed (Debian/Ubuntu: apt-get install wireguard-tools)") from None
-    except subprocess.TimeoutExpired:
-        raise DeviceError(f"wg {' '.join(argv)} did not answer in {WG_TIMEOUT:.0f} s") from None
-    if proc.returncode:
-        raise DeviceError(f"wg {' '.join(argv)}: {proc.stderr.strip() or f'exit {proc.returncode}'}")
-    return proc.stdout
+    return run_tool(
+        ["wg", *argv], error=DeviceError, install="wireguard-tools", stdin=stdin, timeout=WG_TIMEOUT
+    )
 
 
 def _private_key(cfg: ClusterConfig, device_public: str) -> Path | None:
@@ -162,16 +154,32 @@ def _private_key(cfg: ClusterConfig, device_public: str) -> Path | None:
 
 
 def wireguard_go_pid(name: str) -> int | None:
-    """The pid of the wireguard-go that serves `name`, asked of its control socket (SO_PEERCRED)."""
-    path = WG_SOCKET_DIR / f"{name}.sock"
+    """The pid of the wireguard-go that serves `name`, if one does (it answers on its control
+    socket).  Found by its command line: the socket's peer credentials name the process that made
+    the socket, which wireguard-go's daemonizing parent is (it hands the socket to its child)."""
+    if not _answers(WG_SOCKET_DIR / f"{name}.sock"):
+        return None
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = Path(entry.path, "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        words = [a.decode(errors="replace") for a in argv if a]
+        if len(words) >= 2 and os.path.basename(words[0]) == "wireguard-go" and words[-1] == name:
+            return int(entry.name)
+    return None
+
+
+def _answers(path: Path) -> bool:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         s.settimeout(2)
         s.connect(str(path))
-        pid, _uid, _gid = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-        return int(pid)
+        return True
     except OSError:
-        return None
+        return False
     finally:
         s.close()
 
@@ -186,7 +194,7 @@ def _start_wireguard_go(name: str, log_dir: Path) -> None:
     if not os.path.exists("/dev/net/tun"):
         subprocess.run(["modprobe", "tun"], capture_output=True, check=False, timeout=30)
     stale = WG_SOCKET_DIR / f"{name}.sock"
-    if stale.exists() and wireguard_go_pid(name) is None:
+    if stale.exists() and not _answers(stale):
         stale.unlink()  # left by a wireguard-go killed -9: it would refuse to start
     # wireguard-go daemonizes itself; a session of its own keeps it out of the agent's process
     # group, so that it outlives the agent (a restarted agent adopts the device it serves).
@@ -222,7 +230,7 @@ def underlay_device(rtnl: Rtnl, address: str) -> Any:
     raise DeviceError(f"address {address}: no device of this node has it (the cluster file's `address`)")
 
 
-def _wireguard_kind(rtnl: Rtnl, name: str) -> str:
+def wireguard_kind(rtnl: Rtnl, name: str) -> str:
     """ "kernel" | "wireguard-go" | "" (absent); DeviceError for a device of another kind."""
     link = rtnl.link(name)
     if link is None:
@@ -254,7 +262,7 @@ def ensure_wireguard(rtnl: Rtnl, cfg: ClusterConfig, owned: Owned, wg_mtu: int, 
     """Make or adopt the WireGuard device; set key, port, address, MTU where they differ; up."""
     name = cfg.wireguard_device
     made = []
-    kind = _wireguard_kind(rtnl, name)
+    kind = wireguard_kind(rtnl, name)
     ours = bool(owned.wireguard)
     if not kind:
         kind = _make_wireguard(rtnl, name, data_dir(cfg))
@@ -369,6 +377,26 @@ def ensure(cfg: ClusterConfig, wireguard_address: str) -> Wire:
             owned.save(directory)
     wire.made += made
     return wire
+
+
+def describe_wireguard(cfg: ClusterConfig) -> str:
+    """What `yogurt doctor` says of the node's WireGuard device (DeviceError naming what is wrong)."""
+    with Rtnl() as rtnl:
+        kind = wireguard_kind(rtnl, cfg.wireguard_device)
+        link = rtnl.link(cfg.wireguard_device)
+        addresses = [str(a) for a in rtnl.addresses(link["index"]) if a.version == 4] if link else []
+    if not kind or link is None:
+        raise DeviceError(f"no WireGuard device {cfg.wireguard_device!r} on this node")
+    name = cfg.wireguard_device
+    public = wg("show", name, "public-key").strip()
+    key = Path(cfg.data_dir, KEY_FILE)
+    if key.exists() and wg("pubkey", stdin=key.read_text()).strip() != public:
+        raise DeviceError(f"{name} has another key than {key}: the agent sets it at its next start")
+    port = wg("show", name, "listen-port").strip()
+    return (
+        f"{name} ({kind}), UDP {port}, {', '.join(addresses) or 'no IPv4 address'}, "
+        f"MTU {link.get_attr('IFLA_MTU')}, public key {public[:10]}…"
+    )
 
 
 # -- taking the node out -----------------------------------------------------------------------

@@ -15,8 +15,9 @@ running.  `nft delete table inet cni_yogurt` removes it by hand.
 from __future__ import annotations
 
 import json
-import subprocess
 from dataclasses import dataclass
+
+from cni_yogurt.agent.tools import run_tool
 
 TABLE = "cni_yogurt"
 RULE = "tunnel-only-through-wireguard"  # the rule's comment: how tests and doctor find it
@@ -58,17 +59,9 @@ def _check_ifname(name: str) -> None:
 
 
 def _nft(argv: list[str], script: str | None = None) -> str:
-    try:
-        proc = subprocess.run(
-            ["nft", *argv], input=script, capture_output=True, text=True, check=False, timeout=NFT_TIMEOUT
-        )
-    except FileNotFoundError:
-        raise FirewallError("nft is not installed (Debian/Ubuntu: apt-get install nftables)") from None
-    except subprocess.TimeoutExpired:
-        raise FirewallError(f"nft {' '.join(argv)} did not answer in {NFT_TIMEOUT:.0f} s") from None
-    if proc.returncode:
-        raise FirewallError(f"nft {' '.join(argv)}: {proc.stderr.strip() or f'exit {proc.returncode}'}")
-    return proc.stdout
+    return run_tool(
+        ["nft", *argv], error=FirewallError, install="nftables", stdin=script, timeout=NFT_TIMEOUT
+    )
 
 
 def tunnel_device(name: str) -> TunnelDevice:

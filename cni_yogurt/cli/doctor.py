@@ -35,6 +35,20 @@ def cluster_finding(cluster_file: str) -> Finding:
     return Finding("cluster", True, detail)
 
 
+def wireguard_finding(cluster_file: str) -> Finding:
+    """The node's WireGuard device as the agent made or adopted it (agent/devices.py)."""
+    from cni_yogurt.agent import devices
+    from cni_yogurt.cluster import config
+    from cni_yogurt.cni.errors import CNIError
+
+    try:
+        return Finding("wireguard", True, devices.describe_wireguard(config.load(cluster_file)))
+    except CNIError as e:
+        return Finding("wireguard", False, f"{e.msg}: {e.details}", f"fix {cluster_file}")
+    except (devices.DeviceError, OSError) as e:
+        return Finding("wireguard", False, str(e), "start `yogurt agent --cluster`: it makes or adopts it")
+
+
 def tunnel_guard_finding(cluster_file: str) -> Finding:
     """Whether the tunnel's UDP port is open to WireGuard alone (agent/firewall.py)."""
     from cni_yogurt.agent import firewall
@@ -47,7 +61,7 @@ def tunnel_guard_finding(cluster_file: str) -> Finding:
     except CNIError as e:
         return Finding("tunnel", False, f"{e.msg}: {e.details}", f"fix {cluster_file}")
     except firewall.FirewallError as e:
-        return Finding("tunnel", False, str(e), "create the tunnel device (README: Lines across nodes)")
+        return Finding("tunnel", False, str(e), "start `yogurt agent --cluster`: it makes or adopts it")
     dropped = firewall.guarding(tunnel.port, cfg.wireguard_device)
     if dropped is None:
         return Finding(
@@ -67,7 +81,11 @@ def tunnel_guard_finding(cluster_file: str) -> Finding:
 def doctor(bpffs_dir: str, state_dir: str, as_json: bool, cluster_file: str | None = None) -> int:
     findings = [*health.node_findings(bpffs_dir, state_dir, cached=False), report.finding(state_dir)]
     if cluster_file:
-        findings += [cluster_finding(cluster_file), tunnel_guard_finding(cluster_file)]
+        findings += [
+            cluster_finding(cluster_file),
+            wireguard_finding(cluster_file),
+            tunnel_guard_finding(cluster_file),
+        ]
     if as_json:
         print(json.dumps([asdict(f) for f in findings], indent=1))
     else:

@@ -82,8 +82,12 @@ class End:
 
 
 def _fields(end: End) -> dict[str, Any]:
-    """An end as a plain dict: every field is a scalar, so a shallow copy is enough (asdict deep-copies)."""
-    return dict(vars(end))
+    """An end as a plain dict: every field is a scalar, so a shallow copy is enough (asdict deep-copies).
+    `cluster` only where it is true: a node-local end's file stays as earlier releases wrote and read it."""
+    fields = dict(vars(end))
+    if not fields["cluster"]:
+        del fields["cluster"]
+    return fields
 
 
 def attachment_key(container_id: str, ifname: str) -> str:
@@ -240,7 +244,14 @@ def _load_ends(path: str) -> dict[str, End]:
     """The ends in one file of ours (a line's, or the older release's lines.json)."""
     with open(path, encoding="utf-8") as f:
         raw = json.load(f)
-    return {str(key): End(**value) for key, value in raw["ends"].items()}
+    known = _END_FIELDS
+    # A later release's fields are left out: its ends still load here (a rollback keeps its lines).
+    return {
+        str(key): End(**{k: v for k, v in value.items() if k in known}) for key, value in raw["ends"].items()
+    }
+
+
+_END_FIELDS = frozenset(End.__dataclass_fields__)
 
 
 def _listdir(path: str) -> list[str]:

@@ -244,3 +244,75 @@ def test_an_unreadable_end_still_holds_its_place(lab: EtcdLab, keys: Keys) -> No
     assert a.release("l", "damaged/eth0")
     a.claim("l", "ctr2/eth0", lease)
     leases.revoke(client, lease)
+
+
+def test_reclaim_keeps_moves_makes_again_or_names_the_end_lost(lab: EtcdLab, keys: Keys) -> None:
+    """What the agent does at its start and after a lost lease, for each end on its node."""
+    client = lab.client()
+    a, b, c = (claims_of(lab, keys, n) for n in ("node-a", "node-b", "node-c"))
+    old, new = leases.grant(client, 30), leases.grant(client, 30)
+    mine = Claim("r", "ctr1/eth0", "node-a", "net1")
+    a.ready(a.claim("r", "ctr1/eth0", old, "net1"), old)
+    # Under the node's lease already: kept, nothing written.
+    rev = client.get(keys.line_end("r", "ctr1/eth0"))
+    assert a.reclaim(mine, old).outcome == "kept"
+    assert client.get(keys.line_end("r", "ctr1/eth0")) == rev
+    # Under another lease (an earlier life's): moved under the node's, the same claim.
+    assert a.reclaim(mine, new).outcome == "kept"
+    [moved] = a.ends("r")
+    assert (moved.lease, moved.ready, moved.revision) == (new.id, True, rev.create_revision if rev else -1)
+    # Gone with its lease: made again, ready, under the node's.
+    leases.revoke(client, new)
+    assert a.ends("r") == []
+    fresh = leases.grant(client, 30)
+    assert a.reclaim(mine, fresh).outcome == "made"
+    [made] = a.ends("r")
+    assert (made.node, made.ready, made.lease, made.network) == ("node-a", True, fresh.id, "net1")
+    # Gone, and two other ends took the line meanwhile: lost, naming them; nothing written.
+    leases.revoke(client, fresh)
+    other = leases.grant(client, 30)
+    b.claim("r", "ctr2/eth0", other)
+    c.claim("r", "ctr3/eth0", other)
+    got = a.reclaim(mine, leases.grant(client, 30))
+    assert got.outcome == "lost"
+    assert sorted(h.holder() for h in got.holders) == ["ctr2/eth0 on node-b", "ctr3/eth0 on node-c"]
+    assert sorted(e.node for e in a.ends("r")) == ["node-b", "node-c"]
+    leases.revoke(client, other)
+
+
+def test_wireguard_addresses_are_allocated_once_per_node_and_kept(lab: EtcdLab, keys: Keys) -> None:
+    from cni_yogurt.cluster import wgaddress
+
+    client = lab.client()
+    net = "10.99.0.0/29"  # six hosts
+    got = {n: wgaddress.allocate(client, keys, n, net) for n in ("a", "b", "c")}
+    assert sorted(got.values()) == ["10.99.0.1", "10.99.0.2", "10.99.0.3"]
+    # A node asking again gets its own back, whatever it remembers.
+    assert wgaddress.allocate(client, keys, "b", net, remembered="10.99.0.6") == got["b"]
+    # A node the store forgot (rebuilt) takes back what it remembers, if free.
+    assert wgaddress.release(client, keys, "c") == [got["c"]]
+    assert wgaddress.allocate(client, keys, "d", net, remembered="10.99.0.5") == "10.99.0.5"
+    assert wgaddress.allocate(client, keys, "c", net, remembered=got["c"]) == got["c"]
+    # Remembered but taken by another: the lowest free instead.
+    assert wgaddress.allocate(client, keys, "e", net, remembered=got["a"]) == "10.99.0.4"
+    assert wgaddress.allocate(client, keys, "f", net) == "10.99.0.6"
+    with pytest.raises(CNIError) as full:
+        wgaddress.allocate(client, keys, "g", net)
+    assert full.value.code == Code.TRY_AGAIN_LATER and "no WireGuard address left" in full.value.msg
+    assert wgaddress.owners(client, keys)[got["a"]] == "a"
+
+
+def test_racing_nodes_get_distinct_wireguard_addresses(lab: EtcdLab, keys: Keys) -> None:
+    from cni_yogurt.cluster import wgaddress
+
+    got: dict[str, str] = {}
+
+    def take(n: str) -> None:
+        got[n] = wgaddress.allocate(lab.client(), keys, n, "10.99.0.0/24")
+
+    threads = [threading.Thread(target=take, args=(f"n{i}",)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 8 and len(set(got.values())) == 8

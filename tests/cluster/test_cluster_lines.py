@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -24,12 +23,17 @@ from typing import Any
 import pytest
 from etcdlab import EtcdLab
 from helpers import (
+    CONTAINERS,
     Cluster,
     NodeAgent,
     agents_on_nodes,
     devices,
+    guard_drops,
+    line_across,
+    plugin,
     remote_wired,
     require_node_lab,
+    send_forged,
     wait_until,
 )
 
@@ -41,16 +45,9 @@ from cni_yogurt.line import naming
 from cni_yogurt.nodelab import NFT_TABLE, STORE_ADDRESS, VXLAN_MTU, VXLAN_PORT, ipv4_udp, vxlan_packet
 
 NODES = 3
-CONTAINERS = "10.218.0"  # the lines' container addresses: 10.218.0.<n>/24 (no other test uses it)
 
 
 require_node_lab()
-
-
-def _plugin(command: str, conf: dict[str, Any], ctr: lab.Netns | None, cid: str, **kw: Any) -> lab.PluginRun:
-    return lab.run_plugin(
-        command, conf, container_id=cid, netns=f"/run/netns/{ctr.name}" if ctr else "", **kw
-    )
 
 
 @pytest.fixture(scope="module")
@@ -61,27 +58,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 def _agent_of(cluster: Cluster, i: int) -> NodeAgent:
     return cluster.agents[i]
-
-
-@contextlib.contextmanager
-def _line(
-    cluster: Cluster, x: NodeAgent, y: NodeAgent, line: str, n: int
-) -> Iterator[tuple[lab.Netns, lab.Netns, str, str]]:
-    """A line between a container on node x and one on node y, passing packets; DEL'd after."""
-    cx, cy = cluster.container(f"{line}x"), cluster.container(f"{line}y")
-    ip_x, ip_y = f"{CONTAINERS}.{n}", f"{CONTAINERS}.{n + 1}"
-    try:
-        for agent, ctr, ip, end in ((x, cx, ip_x, "x"), (y, cy, ip_y, "y")):
-            run = _plugin(
-                "ADD", agent.conf(line=line, mtu=VXLAN_MTU), ctr, f"{line}-{end}", cni_args=f"IP={ip}/24"
-            )
-            assert run.rc == 0, run.out
-        assert wait_until(lambda: lab.ping(cx, ip_y, count=1, wait=1) == 1, 15), x.log_text() + y.log_text()
-        yield cx, cy, ip_x, ip_y
-    finally:
-        _plugin("DEL", x.conf(line=line), cx, f"{line}-x")
-        _plugin("DEL", y.conf(line=line), cy, f"{line}-y")
-    assert cluster.claims(line) == []
 
 
 def test_agents_register_their_nodes_and_set_wireguard_peers_from_etcd(cluster: Cluster) -> None:
@@ -109,7 +85,7 @@ def test_three_adds_racing_on_three_nodes_give_two_ends(cluster: Cluster) -> Non
 
     def add(i: int) -> None:
         conf = _agent_of(cluster, i).conf(line="race")
-        runs[i] = _plugin("ADD", conf, ctrs[i], f"race-{i}", cni_args=f"IP={CONTAINERS}.{10 + i}/24")
+        runs[i] = plugin("ADD", conf, ctrs[i], f"race-{i}", cni_args=f"IP={CONTAINERS}.{10 + i}/24")
 
     threads = [threading.Thread(target=add, args=(i,)) for i in range(NODES)]
     for t in threads:
@@ -127,7 +103,7 @@ def test_three_adds_racing_on_three_nodes_give_two_ends(cluster: Cluster) -> Non
     loser_i = next(i for i in runs if i not in won)
     assert devices(_agent_of(cluster, loser_i)) == []  # the loser built nothing
     for i in range(NODES):
-        assert _plugin("DEL", _agent_of(cluster, i).conf(line="race"), ctrs[i], f"race-{i}").rc == 0
+        assert plugin("DEL", _agent_of(cluster, i).conf(line="race"), ctrs[i], f"race-{i}").rc == 0
     assert cluster.claims("race") == []
     assert cluster.vni("race") is None
     assert all(devices(a) == [] for a in cluster.agents)
@@ -137,23 +113,23 @@ def test_a_cross_node_line_is_claimed_on_both_nodes_with_a_tunnel_id(cluster: Cl
     a, b = cluster.agents[:2]
     ca, cb = cluster.container("xa"), cluster.container("xb")
     try:
-        ra = _plugin("ADD", a.conf(line="x1"), ca, "x1-a", cni_args=f"IP={CONTAINERS}.1/24")
+        ra = plugin("ADD", a.conf(line="x1"), ca, "x1-a", cni_args=f"IP={CONTAINERS}.1/24")
         assert ra.rc == 0, ra.out
         [only] = cluster.claims("x1")
         assert (only.node, only.ready, only.end_key) == ("node-0", True, "x1-a/eth0")
-        rb = _plugin("ADD", b.conf(line="x1"), cb, "x1-b", cni_args=f"IP={CONTAINERS}.2/24")
+        rb = plugin("ADD", b.conf(line="x1"), cb, "x1-b", cni_args=f"IP={CONTAINERS}.2/24")
         assert rb.rc == 0, rb.out
         assert sorted((c.node, c.ready) for c in cluster.claims("x1")) == [("node-0", True), ("node-1", True)]
         # Both ends ready on two nodes: the reconcilers allocate the line's tunnel id (one, by transaction).
         assert wait_until(lambda: cluster.vni("x1") is not None, 10)
     except BaseException:
-        _plugin("DEL", a.conf(line="x1"), ca, "x1-a")
-        _plugin("DEL", b.conf(line="x1"), cb, "x1-b")
+        plugin("DEL", a.conf(line="x1"), ca, "x1-a")
+        plugin("DEL", b.conf(line="x1"), cb, "x1-b")
         raise
-    assert _plugin("DEL", a.conf(line="x1"), ca, "x1-a").rc == 0
+    assert plugin("DEL", a.conf(line="x1"), ca, "x1-a").rc == 0
     assert [c.node for c in cluster.claims("x1")] == ["node-1"]
     assert cluster.vni("x1") is not None  # the line still has an end
-    assert _plugin("DEL", b.conf(line="x1"), cb, "x1-b").rc == 0
+    assert plugin("DEL", b.conf(line="x1"), cb, "x1-b").rc == 0
     assert cluster.claims("x1") == []
     assert cluster.vni("x1") is None
 
@@ -165,10 +141,10 @@ def test_ping_and_tcp_across_nodes_hosts_locked_out_and_del_fails_closed(cluster
     ip_a, ip_b = f"{CONTAINERS}.21", f"{CONTAINERS}.22"
     try:
         # No mtu in the config: the pair gets what the tunnel inside WireGuard carries.
-        added = _plugin("ADD", a.conf(line="p1"), ca, "p1-a", cni_args=f"IP={ip_a}/24")
+        added = plugin("ADD", a.conf(line="p1"), ca, "p1-a", cni_args=f"IP={ip_a}/24")
         assert added.rc == 0, added.out
         assert [i.get("mtu") for i in added.out["interfaces"]] == [VXLAN_MTU, VXLAN_MTU]
-        assert _plugin("ADD", b.conf(line="p1"), cb, "p1-b", cni_args=f"IP={ip_b}/24").rc == 0
+        assert plugin("ADD", b.conf(line="p1"), cb, "p1-b", cni_args=f"IP={ip_b}/24").rc == 0
         assert wait_until(lambda: lab.ping(ca, ip_b, count=1, wait=1) == 1, 15), a.log_text() + b.log_text()
         for ctr in (ca, cb):
             [eth0] = json.loads(ctr.run("ip", "-j", "link", "show", "eth0").stdout)
@@ -184,13 +160,13 @@ def test_ping_and_tcp_across_nodes_hosts_locked_out_and_del_fails_closed(cluster
             assert lab.ping(node.netns, ip_a, count=1, wait=1) == 0
             assert lab.ping(node.netns, ip_b, count=1, wait=1) == 0
         # DEL of one end: the other fails closed within a second.
-        assert _plugin("DEL", a.conf(line="p1"), ca, "p1-a").rc == 0
+        assert plugin("DEL", a.conf(line="p1"), ca, "p1-a").rc == 0
         time.sleep(1)
         assert remote_wired(b) == {}  # its agent heard of it and cut its end's wiring
         assert lab.ping(cb, ip_a, count=2, wait=1) == 0
     finally:
-        _plugin("DEL", a.conf(line="p1"), ca, "p1-a")
-        _plugin("DEL", b.conf(line="p1"), cb, "p1-b")
+        plugin("DEL", a.conf(line="p1"), ca, "p1-a")
+        plugin("DEL", b.conf(line="p1"), cb, "p1-b")
     assert cluster.claims("p1") == []
     assert cluster.vni("p1") is None
 
@@ -200,8 +176,8 @@ def test_an_agent_killed_keeps_its_lines_and_resyncs_when_restarted(cluster: Clu
     ca, cb = cluster.container("ka"), cluster.container("kb")
     ip_a, ip_b = f"{CONTAINERS}.51", f"{CONTAINERS}.52"
     try:
-        assert _plugin("ADD", a.conf(line="k1", mtu=VXLAN_MTU), ca, "k1-a", cni_args=f"IP={ip_a}/24").rc == 0
-        assert _plugin("ADD", b.conf(line="k1", mtu=VXLAN_MTU), cb, "k1-b", cni_args=f"IP={ip_b}/24").rc == 0
+        assert plugin("ADD", a.conf(line="k1", mtu=VXLAN_MTU), ca, "k1-a", cni_args=f"IP={ip_a}/24").rc == 0
+        assert plugin("ADD", b.conf(line="k1", mtu=VXLAN_MTU), cb, "k1-b", cni_args=f"IP={ip_b}/24").rc == 0
         assert wait_until(lambda: lab.ping(ca, ip_b, count=1, wait=1) == 1, 15)
         lease = cluster.claims("k1")[0].lease
         replies: list[int] = []
@@ -217,8 +193,8 @@ def test_an_agent_killed_keeps_its_lines_and_resyncs_when_restarted(cluster: Clu
         assert lab.ping(ca, ip_b, count=5, wait=1) == 5
         assert lab.tcp_exchange(cb, ip_b, ca)
     finally:
-        _plugin("DEL", a.conf(line="k1"), ca, "k1-a")
-        _plugin("DEL", b.conf(line="k1"), cb, "k1-b")
+        plugin("DEL", a.conf(line="k1"), ca, "k1-a")
+        plugin("DEL", b.conf(line="k1"), cb, "k1-b")
     assert cluster.claims("k1") == []
 
 
@@ -226,26 +202,26 @@ def test_a_failed_add_leaves_no_claim(cluster: Cluster) -> None:
     a = cluster.agents[0]
     ctr = cluster.container("fail")
     conf = a.conf(line="f1")
-    assert _plugin("ADD", conf, ctr, "f1-a", cni_args=f"IP={CONTAINERS}.31/24").rc == 0
+    assert plugin("ADD", conf, ctr, "f1-a", cni_args=f"IP={CONTAINERS}.31/24").rc == 0
     # Another attachment into the same netns under the same ifname: refused after its claim was made.
-    bad = _plugin("ADD", a.conf(line="f2"), ctr, "f2-a", cni_args=f"IP={CONTAINERS}.32/24")
+    bad = plugin("ADD", a.conf(line="f2"), ctr, "f2-a", cni_args=f"IP={CONTAINERS}.32/24")
     assert bad.rc != 0 and "already exists" in bad.out["msg"], bad.out
     assert cluster.claims("f2") == []
-    assert _plugin("DEL", conf, ctr, "f1-a").rc == 0
+    assert plugin("DEL", conf, ctr, "f1-a").rc == 0
     assert cluster.claims("f1") == []
 
 
 def test_an_mtu_larger_than_the_tunnel_carries_is_refused_before_anything_exists(cluster: Cluster) -> None:
     a = cluster.agents[0]
     ctr = cluster.container("bigmtu")
-    big = _plugin("ADD", a.conf(line="m1", mtu=VXLAN_MTU + 1), ctr, "m1-a", cni_args=f"IP={CONTAINERS}.35/24")
+    big = plugin("ADD", a.conf(line="m1", mtu=VXLAN_MTU + 1), ctr, "m1-a", cni_args=f"IP={CONTAINERS}.35/24")
     assert big.rc != 0 and big.out["code"] == Code.INVALID_CONFIG, big.out
     assert f"at most {VXLAN_MTU}" in big.out["details"], big.out
     assert cluster.claims("m1") == [] and naming.host_ifname("m1-a", "eth0") not in devices(a)
-    smaller = _plugin("ADD", a.conf(line="m1", mtu=1280), ctr, "m1-a", cni_args=f"IP={CONTAINERS}.35/24")
+    smaller = plugin("ADD", a.conf(line="m1", mtu=1280), ctr, "m1-a", cni_args=f"IP={CONTAINERS}.35/24")
     assert smaller.rc == 0, smaller.out
     assert [i.get("mtu") for i in smaller.out["interfaces"]] == [1280, 1280]
-    assert _plugin("DEL", a.conf(line="m1"), ctr, "m1-a").rc == 0
+    assert plugin("DEL", a.conf(line="m1"), ctr, "m1-a").rc == 0
     assert cluster.claims("m1") == []
 
 
@@ -253,12 +229,12 @@ def test_without_the_agent_add_fails_with_11_and_del_still_works(cluster: Cluste
     a = cluster.agents[0]
     conf = a.conf(line="n1") | {"stateDir": str(tmp_path / "no-agent")}
     ctr = cluster.container("noagent")
-    run = _plugin("ADD", conf, ctr, "n1-a")
+    run = plugin("ADD", conf, ctr, "n1-a")
     assert run.rc != 0 and run.out["code"] == Code.TRY_AGAIN_LATER, run.out
     assert "start yogurt agent" in run.out["msg"]
     assert cluster.claims("n1") == []
-    assert _plugin("DEL", conf, ctr, "n1-a").rc == 0
-    status = _plugin("STATUS", conf, None, "")
+    assert plugin("DEL", conf, ctr, "n1-a").rc == 0
+    status = plugin("STATUS", conf, None, "")
     assert status.rc != 0 and status.out["code"] == Code.NOT_AVAILABLE
 
 
@@ -266,24 +242,24 @@ def test_quorum_lost_add_fails_with_11_in_bounded_time_and_status_50(cluster: Cl
     a, b, c = cluster.agents
     ctr = cluster.container("quorum")
     conf = a.conf(line="q1")
-    assert _plugin("STATUS", conf, None, "").rc == 0
-    with _line(cluster, b, c, "q0", 70) as (cb, cc, ip_b, ip_c):
+    assert plugin("STATUS", conf, None, "").rc == 0
+    with line_across(cluster, b, c, "q0", 70) as (cb, cc, ip_b, ip_c):
         cluster.store.kill(1)
         cluster.store.kill(2)
         try:
             started = time.monotonic()
-            run = _plugin("ADD", conf, ctr, "q1-a", cni_args=f"IP={CONTAINERS}.41/24")
+            run = plugin("ADD", conf, ctr, "q1-a", cni_args=f"IP={CONTAINERS}.41/24")
             took = time.monotonic() - started
             assert run.rc != 0 and run.out["code"] == Code.TRY_AGAIN_LATER, run.out
             assert took <= 10.0, took
             assert devices(a) == []  # nothing left on the node
             assert ctr.run("ip", "-j", "link", "show", "eth0").returncode != 0
-            status = _plugin("STATUS", conf, None, "")
+            status = plugin("STATUS", conf, None, "")
             assert status.rc != 0 and status.out["code"] == Code.NOT_AVAILABLE, status.out
             assert lab.ping(cb, ip_c, count=5, wait=1) == 5  # an existing line keeps passing packets
             # DEL does not wait for the store: its local part is done, its claim released later.
             started = time.monotonic()
-            assert _plugin("DEL", c.conf(line="q0"), cc, "q0-y").rc == 0
+            assert plugin("DEL", c.conf(line="q0"), cc, "q0-y").rc == 0
             assert time.monotonic() - started < 6
             assert devices(c) == []
         finally:
@@ -291,21 +267,26 @@ def test_quorum_lost_add_fails_with_11_in_bounded_time_and_status_50(cluster: Cl
             cluster.store.start_member(2)
             cluster.store.wait_healthy()
         assert cluster.claims("q1") == []
-        assert wait_until(lambda: _plugin("STATUS", conf, None, "").rc == 0, 15)
+        assert wait_until(lambda: plugin("STATUS", conf, None, "").rc == 0, 15)
         # The claim of the end DELeted meanwhile: released by its agent once the store is back.
         assert wait_until(lambda: [x.node for x in cluster.claims("q0")] == ["node-1"], 15)
 
 
 def test_a_member_killed_during_traffic_and_adds(cluster: Cluster) -> None:
     a, b, c = cluster.agents
-    with _line(cluster, a, b, "m0", 80) as (ca, cb, ip_a, ip_b):
+    with line_across(cluster, a, b, "m0", 80) as (ca, cb, ip_a, ip_b):
         pinging = threading.Thread(target=lambda: results.append(lab.ping(ca, ip_b, count=20, wait=1)))
         results: list[int] = []
         pinging.start()
         leader = cluster.store.leader()
         cluster.store.kill(leader)
         try:
-            with _line(cluster, a, c, "m1", 90) as (ca1, cc1, ip_a1, ip_c1):  # ADDs through the election
+            with line_across(cluster, a, c, "m1", 90) as (
+                ca1,
+                cc1,
+                ip_a1,
+                ip_c1,
+            ):  # ADDs through the election
                 assert wait_until(lambda: lab.ping(ca1, ip_c1, count=1, wait=1) == 1, 15)
         finally:
             pinging.join()
@@ -351,11 +332,11 @@ def _revision(agent: NodeAgent) -> int:
 
 def test_an_agent_behind_a_compaction_lists_again_and_converges(cluster: Cluster) -> None:
     a, b = cluster.agents[:2]
-    with _line(cluster, a, b, "w1", 100) as (ca, cb, ip_a, ip_b):
+    with line_across(cluster, a, b, "w1", 100) as (ca, cb, ip_a, ip_b):
         assert wait_until(lambda: len(remote_wired(b)) == 1, 10)
         before = _relists(b)
         with _cut_off(b):
-            assert _plugin("DEL", a.conf(line="w1"), ca, "w1-x").rc == 0  # b does not hear of it
+            assert plugin("DEL", a.conf(line="w1"), ca, "w1-x").rc == 0  # b does not hear of it
             assert [c.node for c in cluster.claims("w1")] == ["node-1"]
             time.sleep(1)
             assert len(remote_wired(b)) == 1
@@ -368,7 +349,7 @@ def test_an_agent_behind_a_compaction_lists_again_and_converges(cluster: Cluster
 
 def test_a_node_cut_off_past_its_lease_registers_and_claims_again(cluster: Cluster) -> None:
     a, b = cluster.agents[:2]
-    with _line(cluster, a, b, "r1", 110) as (ca, cb, ip_a, ip_b):
+    with line_across(cluster, a, b, "r1", 110) as (ca, cb, ip_a, ip_b):
         assert wait_until(lambda: lab.ping(ca, ip_b, count=1, wait=1) == 1, 15)
         old = cluster.client.get(cluster.keys.node(a.name))
         assert old is not None
@@ -390,9 +371,9 @@ def test_gc_releases_the_claims_of_ends_the_runtime_no_longer_knows(cluster: Clu
     a = cluster.agents[0]
     ctr = cluster.container("gc")
     conf = a.conf(line="gc1")
-    assert _plugin("ADD", conf, ctr, "gc1-a", cni_args=f"IP={CONTAINERS}.121/24").rc == 0
+    assert plugin("ADD", conf, ctr, "gc1-a", cni_args=f"IP={CONTAINERS}.121/24").rc == 0
     assert [c.node for c in cluster.claims("gc1")] == ["node-0"]
-    assert _plugin("GC", conf | {"cni.dev/valid-attachments": []}, None, "").rc == 0
+    assert plugin("GC", conf | {"cni.dev/valid-attachments": []}, None, "").rc == 0
     assert cluster.claims("gc1") == []
     assert devices(a) == []
 
@@ -403,8 +384,8 @@ def test_a_node_gone_past_its_lease_fails_closed_at_its_partner_and_comes_back(c
     ip_a, ip_c = f"{CONTAINERS}.61", f"{CONTAINERS}.63"
     key = cluster.keys.node(c.name)
     try:
-        assert _plugin("ADD", a.conf(line="g1", mtu=VXLAN_MTU), ca, "g1-a", cni_args=f"IP={ip_a}/24").rc == 0
-        assert _plugin("ADD", c.conf(line="g1", mtu=VXLAN_MTU), cc, "g1-c", cni_args=f"IP={ip_c}/24").rc == 0
+        assert plugin("ADD", a.conf(line="g1", mtu=VXLAN_MTU), ca, "g1-a", cni_args=f"IP={ip_a}/24").rc == 0
+        assert plugin("ADD", c.conf(line="g1", mtu=VXLAN_MTU), cc, "g1-c", cni_args=f"IP={ip_c}/24").rc == 0
         assert wait_until(lambda: lab.ping(ca, ip_c, count=1, wait=1) == 1, 15)
         c.stop(signal.SIGKILL)
         assert cluster.client.get(key) is not None  # alive until the TTL runs out
@@ -416,8 +397,8 @@ def test_a_node_gone_past_its_lease_fails_closed_at_its_partner_and_comes_back(c
         c.start().ready()
         assert wait_until(lambda: cluster.client.get(key) is not None, 10)
     finally:
-        _plugin("DEL", a.conf(line="g1"), ca, "g1-a")
-        _plugin("DEL", c.conf(line="g1"), cc, "g1-c")
+        plugin("DEL", a.conf(line="g1"), ca, "g1-a")
+        plugin("DEL", c.conf(line="g1"), cc, "g1-c")
     assert cluster.claims("g1") == []
     assert cluster.vni("g1") is None
 
@@ -442,12 +423,15 @@ def test_the_agent_names_a_wrong_cluster_configuration_at_start(cluster: Cluster
     )
     # node-1's name, node 0's WireGuard key: another node holds that name.
     assert "is held by another live node" in _agent_start_error(cluster, tmp_path, node="node-1")
-    assert "wireguardDevice 'nope0'" in _agent_start_error(cluster, tmp_path, wireguardDevice="nope0")
     assert "invalid endpoint" in _agent_start_error(cluster, tmp_path, endpoints=["etcd:2379"])
-    # The underlay's veth is no tunnel: the agent will not guard or wire through it.
-    assert "'under0' is not a VXLAN device in external mode" in _agent_start_error(
+    # The underlay's veth is neither WireGuard nor a tunnel: named, and never deleted.
+    assert "wireguardDevice 'under0' exists and is not WireGuard (veth" in _agent_start_error(
+        cluster, tmp_path, wireguardDevice="under0"
+    )
+    assert "tunnelDevice 'under0' exists and is veth, not VXLAN" in _agent_start_error(
         cluster, tmp_path, tunnelDevice="under0"
     )
+    assert "under0" in cluster.agents[0].sh("ip", "-br", "link", "show", "under0")
 
 
 def test_the_agent_names_a_bad_certificate_at_start(cluster: Cluster, tmp_path: Path) -> None:
@@ -503,12 +487,6 @@ def test_doctor_reports_the_store(cluster: Cluster, tmp_path: Path) -> None:
     assert not found["ok"] and "node-9" in found["detail"], found
 
 
-def _send_forged(sender: lab.Netns, packet: bytes, to: str) -> None:
-    """A raw IPv4 packet, its header as given (a forged source), sent from `sender`."""
-    with lab.socket_in(sender, socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW) as sock:
-        sock.sendto(packet, (to, 0))
-
-
 def test_the_agent_keeps_the_tunnel_port_to_wireguard_a_forged_source_never_arrives(cluster: Cluster) -> None:
     """An injector on the underlay forges the partner node's WireGuard address as the outer
     source of a VXLAN frame with the line's tunnel id, sent in clear to the node's underlay
@@ -517,7 +495,7 @@ def test_the_agent_keeps_the_tunnel_port_to_wireguard_a_forged_source_never_arri
     is why the agent puts it there itself.  The lab's own rule is out of the way meanwhile."""
     x, y = cluster.agents[:2]
     node_x, node_y = cluster.nodes.nodes[0], cluster.nodes.nodes[1]
-    with _line(cluster, x, y, "forge", 41) as (cx, _cy, ip_x, ip_y):
+    with line_across(cluster, x, y, "forge", 41) as (cx, _cy, ip_x, ip_y):
         vni = cluster.vni("forge")
         assert vni
         [link] = json.loads(subprocess.run(
@@ -534,14 +512,14 @@ def test_the_agent_keeps_the_tunnel_port_to_wireguard_a_forged_source_never_arri
             )
 
         def send(port: int) -> Callable[[], None]:
-            return lambda: _send_forged(node_y.netns, forged(port), str(node_x.underlay))
+            return lambda: send_forged(node_y.netns, forged(port), str(node_x.underlay))
 
         x.sh("nft", "delete", "table", "inet", NFT_TABLE)
         try:
             assert "tunnel-only-through-wireguard" in x.sh("nft", "list", "table", "inet", firewall.TABLE)
-            before = _guard_drops(x)
+            before = guard_drops(x)
             assert lab.udp_receive(cx, ip_x, 7301, send(7301)) is None
-            assert _guard_drops(x) > before
+            assert guard_drops(x) > before
             # The control: without the agent's rule the forged frame is taken as the partner's.
             x.sh("nft", "delete", "table", "inet", firewall.TABLE)
             assert lab.udp_receive(cx, ip_x, 7302, send(7302)) == b"forged"
@@ -552,14 +530,3 @@ def test_the_agent_keeps_the_tunnel_port_to_wireguard_a_forged_source_never_arri
             )  # fmt: skip
             cluster.nodes._firewall(node_x)  # noqa: SLF001  (the lab's own rules, put back)
         assert lab.udp_receive(cx, ip_x, 7303, send(7303)) is None
-
-
-def _guard_drops(agent: NodeAgent) -> int:
-    table = json.loads(agent.sh("nft", "-j", "list", "table", "inet", firewall.TABLE))
-    return sum(
-        int(e["counter"]["packets"])
-        for item in table["nftables"]
-        if "rule" in item
-        for e in item["rule"]["expr"]
-        if "counter" in e
-    )

@@ -215,7 +215,7 @@ def line_ends(node: Node) -> list[str]:
 
 @pytest.fixture
 def nodes(tmp_path: Path) -> Iterator[tuple[NodeLab, list[Node]]]:
-    with NodeLab(2, wire=False) as made:
+    with NodeLab(2, devices=False) as made:
         found = [
             Node(n.index, n.netns.name, str(n.underlay), tmp_path / f"node{n.index}").make()
             for n in made.nodes

@@ -119,3 +119,19 @@ def test_an_end_s_pod_is_kept_and_files_without_it_still_load(tmp_path: Path) ->
 
 def registry_file(r: Registry, line: str) -> str:
     return os.path.join(r.path, _line_file(line))
+
+
+def test_cluster_is_written_only_for_cluster_ends_and_unknown_fields_are_left_out(tmp_path: Path) -> None:
+    r = Registry(str(tmp_path))
+    local, spanning = _end("c1", "l1"), _end("c2", "l1")
+    spanning.cluster = True
+    with r.transaction("l1") as ends:
+        ends[local.key], ends[spanning.key] = local, spanning
+    written = json.loads(Path(r.path, _line_file("l1")).read_text())["ends"]
+    # A node-local end's record is what earlier releases wrote (and can read: a rollback).
+    assert "cluster" not in written["c1/eth0"] and written["c2/eth0"]["cluster"] is True
+    # A later release's field is left out here, the end loads.
+    written["c1/eth0"]["from_the_future"] = 1
+    Path(r.path, _line_file("l1")).write_text(json.dumps({"line": "l1", "ends": written}))
+    loaded = r.snapshot()
+    assert loaded["c1/eth0"] == local and loaded["c2/eth0"].cluster is True
