@@ -304,12 +304,17 @@ def test_the_image_in_cluster_mode_carries_a_line_across_two_nodes(
                     assert time.monotonic() < deadline, f"no answer across within {PING_WITHIN}s: {logs}"
                 assert lab.ping(ctrs[1], ips[0], count=3, wait=2) == 3
                 assert lab.ping(ctrs[0], ips[1], count=3, wait=2) == 3
-                # Neither node's host reaches either container.
-                for node in made.nodes:
+                # Neither node's host reaches either container: not the other node's (no route
+                # anywhere), nor its own, even with an address and a route on the line's host end.
+                for node, lab_node, own in zip((n0, n1), made.nodes, ips, strict=True):
+                    (end,) = line_ends(node)
+                    ip_netns = ["ip", "-n", node.netns]
+                    subprocess.run([*ip_netns, "addr", "add", "10.219.9.254/32", "dev", end], check=True)
+                    subprocess.run([*ip_netns, "route", "add", f"{own}/32", "dev", end], check=True)
                     for ip in ips:
-                        assert lab.ping(node.netns, ip, count=1, wait=1) == 0, (
-                            f"node {node.index} reached {ip}"
-                        )
+                        assert lab.ping(lab_node.netns, ip, count=2, wait=1) == 0, f"{node.name} reached {ip}"
+                    subprocess.run([*ip_netns, "addr", "del", "10.219.9.254/32", "dev", end], check=True)
+                assert lab.ping(ctrs[1], ips[0], count=1, wait=2) == 1  # the line itself still passes
                 # Both ends claimed in etcd by their nodes' agents, served through the front end.
                 kvs, _ = client.get_prefix(keys.line_ends(line))
                 assert len(kvs) == 2
