@@ -10,7 +10,8 @@
 #   python3-cryptography  the lab's TLS certificates
 #   wireguard-go wireguard-tools nftables  the node lab (cni_yogurt/nodelab.py): userspace
 #       WireGuard between nodes as netns where the kernel has none (and for the test of a
-#       failing start), `wg`, and each node's firewall
+#       failing start), `wg`, and each node's firewall; the agent in cluster mode (its
+#       WireGuard and nftables table); the Kubernetes image copies all three from here
 #   podman containerd crun busybox-static  the runtime end-to-end tests
 #       (busybox-static is their container image, made on the spot)
 set -euo pipefail
