@@ -247,11 +247,13 @@ def test_the_image_in_cluster_mode_carries_a_line_across_two_nodes(
     keys = Keys(f"/yogurt-k8s-{made.tag}")
     # The pods' network namespaces: made before podman's mount namespace, which keeps /run/netns
     # as it is when made (the agents open them there).
-    ctrs = [lab.Netns(f"yk8s-{made.tag}-pod{i}").create() for i in range(2)]
-    store = EtcdLab(tls=True, size=1, netns=made.hub.name, host=str(STORE_ADDRESS), etcd=ETCD).start()
-    client = store.client()
+    ctrs = [lab.Netns(f"yk8s-{made.tag}-pod{i}") for i in range(2)]
+    store = EtcdLab(tls=True, size=1, netns=made.hub.name, host=str(STORE_ADDRESS), etcd=ETCD)
     names = [f"yogurt-agent-{made.tag}-{node.index}" for node in (n0, n1)]
     try:
+        for ctr in ctrs:
+            ctr.create()
+        client = store.start().client()
         volumes = [write_volumes(node, store, keys.prefix) for node in (n0, n1)]
         conflist = {"cniVersion": "1.0.0", "name": f"unused-{made.tag}", "plugins": [{"type": "yogurt"}]}
         with Podman(tmp_path / "podman", conflist, n0.dir / "cni-bin", host_netns=True) as podman:
@@ -294,8 +296,8 @@ def test_the_image_in_cluster_mode_carries_a_line_across_two_nodes(
                 for i, (node, ctr, (conf, ifname, _)) in enumerate(
                     zip((n0, n1), ctrs, requests, strict=True)
                 ):
-                    run = node.plugin("ADD", conf, ctr, f"pod-{i}", ifname)
-                    assert run.rc == 0, f"ADD on {node.name}: {run.out} {run.stderr}"
+                    add = node.plugin("ADD", conf, ctr, f"pod-{i}", ifname)
+                    assert add.rc == 0, f"ADD on {node.name}: {add.out} {add.stderr}"
                     added.append(i)
                 ips = [ip for _, _, ip in requests]
                 logs = "".join(podman("logs", n, check=False).stderr[-2000:] for n in names)
@@ -320,15 +322,15 @@ def test_the_image_in_cluster_mode_carries_a_line_across_two_nodes(
                 assert len(kvs) == 2
                 for node in (n0, n1):
                     assert len(line_ends(node)) == 1
-                    served = frontend.info(str(node.state), timeout=30)
-                    assert served is not None and served["served"] >= 1, served
+                    answer = frontend.info(str(node.state), timeout=30)
+                    assert answer is not None and int(str(answer["served"])) >= 1, answer
             finally:
                 dels = [
                     (i, (n0, n1)[i].plugin("DEL", requests[i][0], ctrs[i], f"pod-{i}", requests[i][1]))
                     for i in added
                 ]
-            for i, run in dels:
-                assert run.rc == 0, f"DEL of pod-{i}: {run.out} {run.stderr}"
+            for i, delete in dels:
+                assert delete.rc == 0, f"DEL of pod-{i}: {delete.out} {delete.stderr}"
 
             # Nothing of the line is left: in etcd, on either node.
             kvs, _ = client.get_prefix(keys.line_ends(line))

@@ -86,7 +86,8 @@ def pod_requests(directory: Path) -> tuple[netconf.NetConf, set[tuple[str, str]]
     (conf,) = delegate_confs(nad)
     env = parse_env({"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c", "CNI_NETNS": "/x", "CNI_IFNAME": "net1",
                      "CNI_PATH": "/opt/cni/bin"})  # fmt: skip
-    lines, addresses = set(), []
+    lines: set[tuple[str, str]] = set()
+    addresses: list[Any] = []
     pods = of_kind("Pod", directory)
     assert len(pods) == 2
     for pod in pods:
