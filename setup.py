@@ -15,10 +15,12 @@ from setuptools.command.build_py import build_py
 class BuildPyWithCommit(build_py):
     def run(self) -> None:
         super().run()
+        here = os.path.dirname(os.path.abspath(__file__))
+        if os.path.exists(os.path.join(here, "cni_yogurt", "_commit")):
+            return  # the source brought its own (build.sh), copied as package data
         target = os.path.join(self.build_lib, "cni_yogurt", "_commit")
         if os.path.exists(target):
-            return
-        here = os.path.dirname(os.path.abspath(__file__))
+            os.unlink(target)  # an earlier build's, in a reused build dir
         if not os.path.exists(os.path.join(here, ".git")):
             return
         try:
