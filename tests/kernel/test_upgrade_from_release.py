@@ -210,3 +210,51 @@ def _one_move(
     assert pinned_link_names(new) == set()
     assert json.loads(yogurt(conf, "status", "--json").stdout)["older_pins"] == []
     return losses, took, attach
+
+
+def test_a_line_moves_back_to_a_real_release_and_forward_again(
+    node: Node, private: dict[str, Any], release: Release, old_release: list[str]
+) -> None:
+    """Rolling back: a line of this release moved onto a real release's programs by that
+    release's `yogurt upgrade`, then forward again by this one's, under UDP both ways."""
+    if release.abi < 4:
+        pytest.skip("ABI 3 cannot take this release's secret: a rollback to it is not in place")
+    conf = private
+    new, old = node.pins, Pins(os.path.join(conf["bpffsDir"], f"v{release.abi}"))
+    one, two = node.netns(), node.netns()
+    r1, r2 = node.add(conf, one), node.add(conf, two)
+    a4, b4 = r1["ips"][0]["address"].split("/")[0], r2["ips"][0]["address"].split("/")[0]
+    assert lab.ping(one, b4) == 2 and lab.ping(two, a4) == 2
+    secret = read_mark(new)
+    streams = [Stream(one, two, b4).start(), Stream(two, one, a4).start()]
+    try:
+        for stream in streams:
+            stream.wait_for(200)
+        back = yogurt(conf, "upgrade", exe=old_release)
+        assert back.returncode == 0 and "2 live ends moved" in back.stdout, back.stdout + back.stderr
+        # It read this release's registry as its own (no healing) and switched every hook: this
+        # release's pins went with the last end on them.
+        assert "healed" not in back.stderr, back.stderr
+        assert not os.path.exists(new.root), back.stdout
+        node.pins = old
+        assert read_mark(old) == secret
+        for stream, count in zip(streams, [len(s.received) for s in streams], strict=True):
+            stream.wait_for(count + 200)
+        forward = yogurt(conf, "upgrade")
+        assert forward.returncode == 0 and "2 live ends moved" in forward.stdout, (
+            forward.stdout + forward.stderr
+        )
+        node.pins = new
+        for stream, count in zip(streams, [len(s.received) for s in streams], strict=True):
+            stream.wait_for(count + 200)
+    finally:
+        for stream in streams:
+            stream.stop()
+    for stream in streams:
+        assert not stream.problems(), stream.problems()
+    assert not os.path.exists(old.root)
+    for ns, result in ((one, r1), (two, r2)):
+        check = node.run("CHECK", {**conf, "prevResult": result}, ns)
+        assert check.rc == 0, check.out
+    for ns in (one, two):
+        node.delete(conf, ns)
