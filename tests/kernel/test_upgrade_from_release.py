@@ -37,9 +37,11 @@ from typing import Any
 
 import pytest
 from conftest import Node, private_dirs
+from test_agent import Agent
 from test_upgrade import Stream, link_programs, sent_by, yogurt
 
-from cni_yogurt import lab
+from cni_yogurt import __version__, lab
+from cni_yogurt import release as this_release
 from cni_yogurt.datapath import ABI, Pins, pinned_link_names, program_id, read_mark
 from cni_yogurt.line.registry import Registry
 
@@ -253,6 +255,48 @@ def test_a_line_moves_back_to_a_real_release_and_forward_again(
     for stream in streams:
         assert not stream.problems(), stream.problems()
     assert not os.path.exists(old.root)
+    for ns, result in ((one, r1), (two, r2)):
+        check = node.run("CHECK", {**conf, "prevResult": result}, ns)
+        assert check.rc == 0, check.out
+    for ns in (one, two):
+        node.delete(conf, ns)
+
+
+def test_the_agent_of_this_release_moves_a_real_release_line_when_it_starts(
+    node: Node, private: dict[str, Any], release: Release, old_release: list[str]
+) -> None:
+    """The node agent as the upgrade's trigger: started on a node whose line an older release
+    made, it moves the line onto this release's programs before it serves, under UDP both ways."""
+    conf = private
+    new, old = node.pins, Pins(os.path.join(conf["bpffsDir"], f"v{release.abi}"))
+    node.pins = old
+    one, two = node.netns(), node.netns()
+    r1, r2 = node.add(conf, one, exe=old_release), node.add(conf, two, exe=old_release)
+    a4, b4 = r1["ips"][0]["address"].split("/")[0], r2["ips"][0]["address"].split("/")[0]
+    assert lab.ping(one, b4) == 2 and lab.ping(two, a4) == 2
+    streams = [Stream(one, two, b4).start(), Stream(two, one, a4).start()]
+    agent = None
+    try:
+        for stream in streams:
+            stream.wait_for(200)
+        agent = Agent(conf, "--pool", "0").ready()
+        node.pins = new
+        info = agent.info()
+        assert info is not None
+        # The agent says which release it is, as `yogurt version` does.
+        assert (info["version"], info["abi"], info["commit"]) == (__version__, ABI, this_release.commit())
+        for stream, count in zip(streams, [len(s.received) for s in streams], strict=True):
+            stream.wait_for(count + 200)
+    finally:
+        for stream in streams:
+            stream.stop()
+        if agent is not None:
+            assert agent.stop() == 0
+    for stream in streams:
+        lost = stream.lost()
+        assert stream.out_of_order() == 0 and len(lost) <= release.max_lost, stream.problems()
+    assert not os.path.exists(old.root), "the older release's pins stayed"
+    assert {e.pins for e in Registry(conf["stateDir"]).snapshot().values()} == {new.root}
     for ns, result in ((one, r1), (two, r2)):
         check = node.run("CHECK", {**conf, "prevResult": result}, ns)
         assert check.rc == 0, check.out
