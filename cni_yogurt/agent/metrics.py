@@ -11,7 +11,7 @@ knows; the verbs' counts and latencies are recorded as the agent serves them.
     yogurt_agent_requests_total{verb,code}         code 0: success, else the CNI error code
     yogurt_agent_request_duration_seconds{verb}    histogram
     yogurt_agent_start_time_seconds
-    yogurt_agent_info{version,abi}                 1
+    yogurt_agent_info{version,abi,commit}          1 (commit "" where unknown)
     yogurt_cluster_ends_lost                       with --cluster: ends whose line two other ends
                                                    took while this node's claims were gone
 """
@@ -108,9 +108,12 @@ def serve(agent: Agent, address: str | None, socket_path: str | None) -> Observe
     start = Gauge("yogurt_agent_start_time_seconds", "When the agent started (Unix time)", registry=registry)
     start.set(agent.started)
     info = Gauge(
-        "yogurt_agent_info", "The agent's release and program ABI", ["version", "abi"], registry=registry
+        "yogurt_agent_info",
+        "The agent's release, program ABI and commit",
+        ["version", "abi", "commit"],
+        registry=registry,
     )
-    info.labels(__version__, str(datapath.ABI)).set(1)
+    info.labels(__version__, str(datapath.ABI), agent.commit).set(1)
     if agent.cluster is not None:
         lost = Gauge(
             "yogurt_cluster_ends_lost",

@@ -20,7 +20,9 @@ def describe(info: dict[str, Any]) -> str:
         else ""
     )
     text = (
-        f"pid {info['pid']}, release {info['version']} (ABI {info['abi']}), since {started}, "
+        f"pid {info['pid']}, release {info['version']} (ABI {info['abi']}"
+        + (f", commit {info['commit']}" if info.get("commit") else "")
+        + f"), since {started}, "
         f"{info['served']} calls served{pooled}"
     )
     cluster = info.get("cluster")

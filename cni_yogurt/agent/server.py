@@ -33,7 +33,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from cni_yogurt import __version__, backend, datapath
+from cni_yogurt import __version__, backend, datapath, release
 from cni_yogurt.agent import protocol
 from cni_yogurt.agent.frontend import DEFAULT_STATE_DIR, peek_config
 from cni_yogurt.cni import skel
@@ -86,6 +86,7 @@ class Agent:
         self.log = log
         self.observe = observe
         self.started = time.time()
+        self.commit = release.commit()  # once: git may be asked (a checkout), never per call
         self.served = 0
         self._stop = threading.Event()
         self._lock_fd = -1
@@ -259,6 +260,7 @@ class Agent:
         return {
             "pid": os.getpid(),
             "version": __version__,
+            "commit": self.commit,
             "abi": datapath.ABI,
             "started": self.started,
             "state_dir": self.state_dir,

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 
-from cni_yogurt import __version__
 from cni_yogurt.cni.netconf import DEFAULT_BPFFS_DIR, DEFAULT_STATE_DIR
-from cni_yogurt.cni.version import SUPPORTED_VERSIONS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -15,8 +14,10 @@ def _parser() -> argparse.ArgumentParser:
         description="cni-yogurt: a private netkit+eBPF wire between two containers. "
         'With CNI_COMMAND set, this executable is the CNI plugin (type "yogurt").',
     )
+    parser.add_argument("--version", action="store_true", help="the release (as `yogurt version`)")
     sub = parser.add_subparsers(dest="cmd", metavar="COMMAND")
-    sub.add_parser("version", help="plugin and CNI spec versions")
+    version = sub.add_parser("version", help="the release, its pin ABI and commit, the CNI spec versions")
+    version.add_argument("--json", action="store_true", help="machine-readable output")
     for name, text in (
         ("doctor", "can this node run the plugin? (netkit, bpffs, bcc, privileges)"),
         ("status", "lines, their ends and whether their programs are attached"),
@@ -73,8 +74,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.cmd == "version":
-        print(f"cni-yogurt {__version__}; CNI spec versions {', '.join(SUPPORTED_VERSIONS)}")
+    if args.cmd == "version" or args.version:
+        from cni_yogurt import release
+
+        as_json = args.cmd == "version" and args.json
+        print(json.dumps(release.describe()) if as_json else release.line())
         return 0
     if args.cmd == "doctor":
         from cni_yogurt.cli.doctor import doctor

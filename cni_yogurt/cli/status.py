@@ -6,7 +6,7 @@ import json
 from collections import defaultdict
 from typing import Any
 
-from cni_yogurt import backend
+from cni_yogurt import backend, release
 from cni_yogurt.agent import frontend
 from cni_yogurt.agent.report import describe
 from cni_yogurt.datapath import CounterMap, PairMap, Partner, Pins
@@ -78,6 +78,7 @@ def collect(bpffs_dir: str, state_dir: str) -> dict[str, Any]:
             }
         )
     return {
+        "release": release.describe(),
         "programs_loaded": pins.loaded(),
         "pins": pins.root,
         "older_pins": [o.root for o in pins.others()],
@@ -92,6 +93,11 @@ def status(bpffs_dir: str, state_dir: str, as_json: bool) -> int:
     if as_json:
         print(json.dumps(report, indent=1))
         return 0
+    built = report["release"]
+    print(
+        f"release: {built['version']} (ABI {built['abi']}"
+        + (f", commit {built['commit']})" if built["commit"] else ")")
+    )
     print(f"programs: {'loaded' if report['programs_loaded'] else 'not loaded'} ({report['pins']})")
     agent = report["agent"]
     print(

@@ -83,11 +83,19 @@ class End:
 
 def _fields(end: End) -> dict[str, Any]:
     """An end as a plain dict: every field is a scalar, so a shallow copy is enough (asdict deep-copies).
-    `cluster` only where it is true: a node-local end's file stays as earlier releases wrote and read it."""
+    The fields later than 0.4.0 only where they are set (`cluster` where true, the pod where one holds
+    the end): a node-local end without a pod is written as 0.4.0 wrote it, and 0.4.0 reads it after
+    a rollback (it refuses a file with a field it does not know, and rebuilds its registry from the
+    kernel: tests/kernel/test_upgrade_from_release.py)."""
     fields = dict(vars(end))
-    if not fields["cluster"]:
-        del fields["cluster"]
+    for name in _LATER_FIELDS:
+        if not fields[name]:
+            del fields[name]
     return fields
+
+
+# Fields 0.4.0 (f9b534a) does not know, left out of the file while empty (see _fields).
+_LATER_FIELDS = ("cluster", "pod_namespace", "pod_name", "pod_uid")
 
 
 def attachment_key(container_id: str, ifname: str) -> str:

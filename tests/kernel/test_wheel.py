@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 from conftest import Node, addresses
 
-from cni_yogurt import lab
+from cni_yogurt import __version__, lab
 from cni_yogurt.datapath import Pins, unload
 
 pytestmark = pytest.mark.runtime
 REPO = Path(__file__).resolve().parents[2]
-SOURCES = ("pyproject.toml", "README.md", "bpf", "cni_yogurt", "packaging/bin")
+SOURCES = ("pyproject.toml", "setup.py", "README.md", "bpf", "cni_yogurt", "packaging/bin")
 
 
 def _sh(*argv: str | Path) -> subprocess.CompletedProcess[str]:
@@ -74,6 +74,9 @@ def test_the_wheel_carries_the_bpf_source_and_doctor_checks_it(installed: Path) 
         cwd="/",
     )
     assert f"ok  source     BPF source {source}" in doctor.stdout, doctor.stdout
+    # The version pyproject.toml read from the package; no commit: the copy is no git checkout.
+    version = _sh(installed / "bin" / "yogurt", "version")
+    assert version.stdout.startswith(f"cni-yogurt {__version__}; pin ABI "), version.stdout
 
 
 def test_add_check_del_through_the_installed_entry_point(node: Node, installed: Path) -> None:

@@ -130,8 +130,35 @@ def test_cluster_is_written_only_for_cluster_ends_and_unknown_fields_are_left_ou
     written = json.loads(Path(r.path, _line_file("l1")).read_text())["ends"]
     # A node-local end's record is what earlier releases wrote (and can read: a rollback).
     assert "cluster" not in written["c1/eth0"] and written["c2/eth0"]["cluster"] is True
+    assert set(written["c1/eth0"]) <= _release_end_fields("abi4-f9b534a")
     # A later release's field is left out here, the end loads.
     written["c1/eth0"]["from_the_future"] = 1
     Path(r.path, _line_file("l1")).write_text(json.dumps({"line": "l1", "ends": written}))
     loaded = r.snapshot()
     assert loaded["c1/eth0"] == local and loaded["c2/eth0"].cluster is True
+
+
+def _release_end_fields(kept: str) -> set[str]:
+    """The fields of End in a kept release's wheel (tests/kernel/releases/), read, not imported."""
+    import ast
+    import zipfile
+
+    (wheel,) = (Path(__file__).parents[1] / "kernel" / "releases" / kept).glob("*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        tree = ast.parse(z.read("cni_yogurt/line/registry.py"))
+    (end,) = (n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "End")
+    return {n.target.id for n in end.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
+
+
+def test_an_end_without_a_pod_is_written_as_the_0_4_0_release_reads_it(tmp_path: Path) -> None:
+    r = Registry(str(tmp_path))
+    plain, held = _end("c1", "l1"), _end("c2", "l1")
+    held.pod_namespace, held.pod_name, held.pod_uid = "shop", "web-0", "u1"
+    with r.transaction("l1") as ends:
+        ends[plain.key], ends[held.key] = plain, held
+    written = json.loads(Path(r.path, _line_file("l1")).read_text())["ends"]
+    known = _release_end_fields("abi4-f9b534a")
+    assert "pod_name" not in known  # else this test no longer tests anything
+    assert set(written["c1/eth0"]) <= known
+    assert written["c2/eth0"]["pod_name"] == "web-0"
+    assert r.snapshot() == {plain.key: plain, held.key: held}

@@ -9,10 +9,12 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../../.." && pwd)
 commit=$(git -C "$REPO" rev-parse --short=7 "${1:?usage: $0 COMMIT}")
-abi=$(git -C "$REPO" show "$commit:cni_yogurt/datapath.py" | sed -n 's/^ABI = \([0-9]*\).*/\1/p')
+abi=$(git -C "$REPO" show "$commit:cni_yogurt/datapath.py" | sed -n 's/^ABI = \(test_abi() or \)\{0,1\}\([0-9]*\).*/\2/p')
 [ -n "$abi" ] || { echo "$commit: no ABI in cni_yogurt/datapath.py" >&2; exit 1; }
 src=$(mktemp -d) && trap 'rm -rf "$src"' EXIT
 git -C "$REPO" archive "$commit" | tar -x -C "$src"
+# The commit, for releases that report it (`yogurt version`: cni_yogurt/release.py); older ones ignore it.
+echo "$commit" > "$src/cni_yogurt/_commit"
 out="$HERE/abi$abi-$commit"
 rm -rf "$out" && mkdir -p "$out"
 "$REPO/.venv/bin/pip" wheel -q --no-deps --no-build-isolation --no-index -w "$out" "$src"
