@@ -6,7 +6,6 @@ brings its own _commit.  cni_yogurt/release.py reads it.
 """
 
 import os
-import subprocess
 
 from setuptools import setup
 from setuptools.command.build_py import build_py
@@ -21,28 +20,25 @@ class BuildPyWithCommit(build_py):
         target = os.path.join(self.build_lib, "cni_yogurt", "_commit")
         if os.path.exists(target):
             os.unlink(target)  # an earlier build's, in a reused build dir
-        if not os.path.exists(os.path.join(here, ".git")):
-            return
-        try:
-            head = subprocess.run(
-                ["git", "-C", here, "rev-parse", "--short=7", "HEAD"],
-                capture_output=True,
-                text=True,
-                check=True,
-                timeout=10,
-            ).stdout.strip()
-            dirty = subprocess.run(
-                ["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
-                capture_output=True,
-                text=True,
-                check=True,
-                timeout=10,
-            ).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return
+        head = _git_commit(here)
         if head:
             with open(target, "w", encoding="ascii") as f:
-                f.write(f"{head}-dirty\n" if dirty else f"{head}\n")
+                f.write(head + "\n")
+
+
+def _git_commit(here: str) -> str:
+    """The checkout's commit, as cni_yogurt/release.py reads it (one implementation: loaded
+    from its file, without importing the package)."""
+    import importlib.util
+    import sys
+
+    sys.path.insert(0, here)  # release.py reads the version from the package's __init__ (one line)
+    spec = importlib.util.spec_from_file_location("_yogurt_release", os.path.join(here, "cni_yogurt", "release.py"))
+    if spec is None or spec.loader is None:
+        return ""
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return str(module._git_commit(here))
 
 
 setup(cmdclass={"build_py": BuildPyWithCommit})
