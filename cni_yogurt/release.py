@@ -45,21 +45,14 @@ def _git_commit(checkout: str) -> str:
         return ""
     import subprocess  # only here: an admin command, never a verb
 
+    def git(*argv: str) -> str:
+        return subprocess.run(
+            ["git", "-C", checkout, *argv], capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+
     try:
-        head = subprocess.run(
-            ["git", "-C", checkout, "rev-parse", "--short=7", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", checkout, "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
+        head = git("rev-parse", "--short=7", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return ""
     return f"{head}-dirty" if head and dirty else head
