@@ -53,7 +53,7 @@ cluster: venv
 
 # A cluster on one machine: nodes as netns on an underlay, WireGuard between them (the kernel's where
 # it has one, else wireguard-go: here, on a kernel without it), a VXLAN device in external mode over it
-# (cni_yogurt/nodelab.py), and lines across it through the tunnel programs, per backend the kernel offers.  Root; about 5 s, then about 40 s per backend.  test_cnitool_across.py
+# (cni_yogurt/lab/nodes.py), and lines across it through the tunnel programs, per backend the kernel offers.  Root; about 5 s, then about 40 s per backend.  test_cnitool_across.py
 # drives dist/yogurt with cnitool on two nodes: both built here first.  test_agent_owned.py: nodes with
 # an underlay only, a TLS etcd, agents that make their own devices, their outages and restarts.
 cluster-net: venv binary cnitool

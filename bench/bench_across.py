@@ -1,7 +1,7 @@
 """Across nodes: a line between two lab nodes against the bare WireGuard path between the same nodes;
 ADD of a cross-node end against a node-local ADD, both through the agent on the same node.
 
-The cluster is cni_yogurt/clusterlab.py's (as `yogurt demo --nodes 2` and the cluster tests build
+The cluster is cni_yogurt/lab/cluster.py's (as `yogurt demo --nodes 2` and the cluster tests build
 it): two nodes of the node lab (network namespaces on an underlay bridge, WireGuard between them --
 the kernel's, else wireguard-go -- and an external VXLAN device each), a three-member etcd on the
 underlay, a `yogurt agent --cluster` per node.  Every verb is one exec of the plugin (the venv's
@@ -32,8 +32,8 @@ from bench_verbs import BPFFS, BenchError, Plugin, Samples, log, run
 from bench_wire import Wire, measure, tools_missing
 
 from cni_yogurt import lab
-from cni_yogurt.clusterlab import ClusterLabError, NodeAgent, agents_on_nodes
-from cni_yogurt.nodelab import NodeLabError, missing_tools
+from cni_yogurt.lab.cluster import ClusterLabError, NodeAgent, agents_on_nodes
+from cni_yogurt.lab.nodes import NodeLabError, missing_tools
 
 WIRE_ADDRESSES = ("10.206.0.1", "10.206.0.2")  # the line's two containers, node 0 and node 1
 CROSS = "cross-node end"
@@ -43,7 +43,7 @@ NETWORKS = {CROSS: "ybench-across", LOCAL: "ybench-local"}
 
 def missing() -> str | None:
     """Why the section cannot run here (None: it can)."""
-    from cni_yogurt import etcdlab
+    from cni_yogurt.lab import etcd as etcdlab
 
     if tools := missing_tools(extra=("nsenter",)):
         return f"{', '.join(tools)} missing (packaging/install-deps.sh)"

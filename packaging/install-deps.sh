@@ -8,7 +8,7 @@
 #   containernetworking-plugins  host-local IPAM (and ptp for the benchmark)
 #   iproute2 iputils-ping  netns and ping for the demo and the tests
 #   python3-cryptography  the lab's TLS certificates
-#   wireguard-go wireguard-tools nftables  the node lab (cni_yogurt/nodelab.py): userspace
+#   wireguard-go wireguard-tools nftables  the node lab (cni_yogurt/lab/nodes.py): userspace
 #       WireGuard between nodes as netns where the kernel has none (and for the test of a
 #       failing start), `wg`, and each node's firewall; the agent in cluster mode (its
 #       WireGuard and nftables table); the Kubernetes image copies all three from here

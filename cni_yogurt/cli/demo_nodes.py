@@ -1,8 +1,8 @@
 """`yogurt demo --nodes 2`: one line across two nodes, on one machine.
 
-clusterlab.py's cluster: the node lab (nodelab.py: nodes as network namespaces on an underlay,
+lab/cluster.py's cluster: the node lab (lab/nodes.py: nodes as network namespaces on an underlay,
 WireGuard -- the kernel's, else wireguard-go -- and an external VXLAN device each) without WireGuard
-peers; a three-member etcd on the underlay, in the hub's namespace (etcdlab.py); on each node a
+peers; a three-member etcd on the underlay, in the hub's namespace (lab/etcd.py); on each node a
 `yogurt agent --cluster`, entered into the node's network namespace only, with its own stateDir and
 bpffsDir; one container per node, ADDed to one line through the CNI protocol.  Then: ping and TCP
 across, both ways; neither node's host reaches either container; a VXLAN frame with the line's tunnel
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from cni_yogurt import lab
 from cni_yogurt.cli.demo import Report
-from cni_yogurt.nodelab import (
+from cni_yogurt.lab.nodes import (
     STORE_ADDRESS,
     VXLAN_PORT,
     NodeLabError,
@@ -32,7 +32,7 @@ from cni_yogurt.nodelab import (
 )
 
 if TYPE_CHECKING:
-    from cni_yogurt.clusterlab import Cluster, NodeAgent
+    from cni_yogurt.lab.cluster import Cluster, NodeAgent
 
 LINE = "yogurt-across"
 ADDRESSES = ("10.219.0.1", "10.219.0.2")  # the two containers (no test uses 10.219)
@@ -48,7 +48,7 @@ def _missing() -> str | None:
         wireguard_kind()  # YOGURT_LAB_WIREGUARD: a kind this kernel can run
     except NodeLabError as e:
         return str(e)
-    from cni_yogurt import etcdlab
+    from cni_yogurt.lab import etcd as etcdlab
 
     if not etcdlab.ETCD:
         return "no etcd: set YOGURT_ETCD to an etcd >= 3.4, or run packaging/fetch-etcd.sh in a checkout"
@@ -60,8 +60,8 @@ def demo_nodes(n: int = 2) -> int:
     if why is not None:
         print(why)
         return 1
-    from cni_yogurt import etcdlab
-    from cni_yogurt.clusterlab import agents_on_nodes
+    from cni_yogurt.lab import etcd as etcdlab
+    from cni_yogurt.lab.cluster import agents_on_nodes
 
     wireguard = "kernel WireGuard" if wireguard_kind() == "kernel" else "wireguard-go"
     print(f"yogurt demo across {n} nodes: netns nodes, {wireguard}, etcd {etcdlab.ETCD_FROM}")

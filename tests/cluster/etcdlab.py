@@ -1,4 +1,4 @@
-"""The tests' etcd lab: cni_yogurt/etcdlab.py (in the package, for `yogurt demo --nodes 2` too), with
+"""The tests' etcd lab: cni_yogurt/lab/etcd.py (in the package, for `yogurt demo --nodes 2` too), with
 the etcd this module names (a test may replace ETCD), and `python tests/cluster/etcdlab.py [--tls]`."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import contextlib
 import signal
 from typing import Any
 
-from cni_yogurt import etcdlab as _lab
-from cni_yogurt.etcdlab import ETCD, ETCD_FROM, TLSFiles, etcd_version, find_etcd, free_ports, make_tls
+from cni_yogurt.lab import etcd as _lab
+from cni_yogurt.lab.etcd import ETCD, ETCD_FROM, TLSFiles, etcd_version, find_etcd, free_ports, make_tls
 
 __all__ = ["ETCD", "ETCD_FROM", "EtcdLab", "TLSFiles", "etcd_version", "find_etcd", "free_ports", "make_tls"]
 

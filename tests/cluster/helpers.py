@@ -1,5 +1,5 @@
 """Small helpers shared by the cluster tests, and the agents-on-the-node-lab cluster of the root ones
-(test_cluster_lines.py, test_cnitool_across.py): cni_yogurt/clusterlab.py, with the tests' etcd."""
+(test_cluster_lines.py, test_cnitool_across.py): cni_yogurt/lab/cluster.py, with the tests' etcd."""
 
 from __future__ import annotations
 
@@ -15,13 +15,14 @@ from typing import Any
 import etcdlab
 import pytest
 
-from cni_yogurt import clusterlab, lab
+from cni_yogurt import lab
 from cni_yogurt.agent import firewall
 from cni_yogurt.cluster.client import Client
 from cni_yogurt.cluster.watch import Watcher
-from cni_yogurt.clusterlab import Cluster, NodeAgent
+from cni_yogurt.lab import cluster as clusterlab
+from cni_yogurt.lab.cluster import Cluster, NodeAgent
+from cni_yogurt.lab.nodes import VXLAN_MTU, missing_tools
 from cni_yogurt.line import naming
-from cni_yogurt.nodelab import VXLAN_MTU, missing_tools
 
 __all__ = [
     "CONTAINERS",
@@ -89,7 +90,7 @@ def require_node_lab(*artefacts: tuple[Path, str]) -> None:
 
 @contextlib.contextmanager
 def agents_on_nodes(top: Path, count: int, command: list[str] | None = None, **kw: Any) -> Iterator[Cluster]:
-    """cni_yogurt.clusterlab's cluster with the tests' etcd and pins of this checkout's run
+    """cni_yogurt.lab.cluster's cluster with the tests' etcd and pins of this checkout's run
     (YOGURT_TEST_NODE_DIRS); asserts at the end that the lab left nothing.  `kw`: clusterlab's
     (owned, tls, cluster file keys)."""
     with clusterlab.agents_on_nodes(

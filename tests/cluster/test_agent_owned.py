@@ -38,7 +38,7 @@ from helpers import (
 from cni_yogurt import lab
 from cni_yogurt.agent import devices, firewall, frontend
 from cni_yogurt.cluster.nodes import NodeInfo
-from cni_yogurt.nodelab import (
+from cni_yogurt.lab.nodes import (
     VXLAN_IF,
     VXLAN_MTU,
     VXLAN_PORT,

@@ -1,4 +1,4 @@
-"""Lines across nodes, end to end: nodes of cni_yogurt/nodelab.py (netns, wireguard-go), a
+"""Lines across nodes, end to end: nodes of cni_yogurt/lab/nodes.py (netns, wireguard-go), a
 three-member etcd on the lab's underlay (in the hub's netns, tests/cluster/etcdlab.py), and on each
 node a real `yogurt agent --cluster`, entered into the node's network namespace only (nsenter --net:
 `ip netns exec` would remount /sys and hide bpffs), with its own stateDir and bpffsDir.  The plugin
@@ -41,8 +41,8 @@ from cni_yogurt import lab
 from cni_yogurt.agent import firewall, frontend
 from cni_yogurt.cluster.nodes import NodeInfo
 from cni_yogurt.cni.errors import Code
+from cni_yogurt.lab.nodes import NFT_TABLE, STORE_ADDRESS, VXLAN_MTU, VXLAN_PORT, ipv4_udp, vxlan_packet
 from cni_yogurt.line import naming
-from cni_yogurt.nodelab import NFT_TABLE, STORE_ADDRESS, VXLAN_MTU, VXLAN_PORT, ipv4_udp, vxlan_packet
 
 NODES = 3
 

@@ -27,8 +27,8 @@ from helpers import Cluster, NodeAgent, agents_on_nodes, devices, remote_wired, 
 
 from cni_yogurt import lab
 from cni_yogurt.datapath import PairMap, Pins, pinned_link_names
+from cni_yogurt.lab.nodes import VXLAN_MTU
 from cni_yogurt.line.registry import Registry
-from cni_yogurt.nodelab import VXLAN_MTU
 
 ROOT = Path(__file__).resolve().parents[2]
 BINARY = ROOT / "dist" / "yogurt"

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from cni_yogurt import lab
-from cni_yogurt.nodelab import missing_tools
+from cni_yogurt.lab.nodes import missing_tools
 
 
 def _missing() -> str | None:

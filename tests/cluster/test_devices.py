@@ -21,7 +21,7 @@ from helpers import require_node_lab
 
 from cni_yogurt import lab
 from cni_yogurt.agent import devices
-from cni_yogurt.nodelab import kernel_wireguard
+from cni_yogurt.lab.nodes import kernel_wireguard
 
 require_node_lab()
 

@@ -1,4 +1,4 @@
-"""A cluster on one machine (cni_yogurt/nodelab.py): nodes as netns on an underlay, WireGuard
+"""A cluster on one machine (cni_yogurt/lab/nodes.py): nodes as netns on an underlay, WireGuard
 (the kernel's where it has one, else wireguard-go) between them, a VXLAN device in external mode over it.
 
 Needs root, wg, nft and wireguard-go (`make cluster-net`, with YOGURT_REQUIRE_KERNEL=1: anything missing
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from cni_yogurt.lab import ping, socket_in
-from cni_yogurt.nodelab import (
+from cni_yogurt.lab.nodes import (
     UNDERLAY,
     VXLAN_IF,
     VXLAN_PORT,

@@ -1,4 +1,4 @@
-"""Lines across nodes: the two ends of a line on two nodes of a node lab (cni_yogurt/nodelab.py),
+"""Lines across nodes: the two ends of a line on two nodes of a node lab (cni_yogurt/lab/nodes.py),
 joined by the tunnel programs (bpf/yogurt.bpf.c) through an external VXLAN device inside WireGuard.
 
 Each node runs the real plugin inside its own netns, on its own bpffsDir and stateDir, as a node
@@ -36,9 +36,7 @@ from cni_yogurt.datapath import CounterMap, Pins, RemoteMap, program_id, tunnel_
 from cni_yogurt.kernel import bpf, tc
 from cni_yogurt.kernel.netlink import Rtnl
 from cni_yogurt.kernel.netns import create_in, open_netns
-from cni_yogurt.line import remote
-from cni_yogurt.line.remote import RemotePartner
-from cni_yogurt.nodelab import (
+from cni_yogurt.lab.nodes import (
     NFT_TABLE,
     VXLAN_IF,
     VXLAN_MTU,
@@ -51,6 +49,8 @@ from cni_yogurt.nodelab import (
     missing_tools,
     vxlan_packet,
 )
+from cni_yogurt.line import remote
+from cni_yogurt.line.remote import RemotePartner
 
 T = TypeVar("T")
 _SUFFIX = os.environ.get("YOGURT_TEST_NODE_DIRS", "")

@@ -57,7 +57,7 @@ def test_the_binary_speaks_tls_to_etcd(tmp_path: Path) -> None:
     the store answers it (its verdict is about the node, never registered here), where a build
     without ssl said "this build has no TLS".  The agent's TLS is the same client's
     (tests/kernel/test_image_cluster.py runs it)."""
-    from cni_yogurt.etcdlab import ETCD, EtcdLab
+    from cni_yogurt.lab.etcd import ETCD, EtcdLab
 
     assert ETCD, "no etcd: packaging/fetch-etcd.sh (make kernel-native runs it)"
     with EtcdLab(tls=True) as store:

@@ -49,10 +49,10 @@ from cni_yogurt.agent import frontend
 from cni_yogurt.agent.firewall import TABLE as FIREWALL_TABLE
 from cni_yogurt.cluster.config import DEFAULT_TUNNEL_DEVICE, DEFAULT_WIREGUARD_DEVICE
 from cni_yogurt.cluster.keys import Keys
-from cni_yogurt.etcdlab import ETCD, EtcdLab
+from cni_yogurt.lab.etcd import ETCD, EtcdLab
+from cni_yogurt.lab.nodes import STORE_ADDRESS, NodeLab
 from cni_yogurt.line import naming
 from cni_yogurt.line.registry import Registry
-from cni_yogurt.nodelab import STORE_ADDRESS, NodeLab
 
 pytestmark = pytest.mark.runtime
 require_binary(

@@ -1,4 +1,4 @@
-"""Which WireGuard the node lab runs (cni_yogurt/nodelab.py), as far as that is decided without a
+"""Which WireGuard the node lab runs (cni_yogurt/lab/nodes.py), as far as that is decided without a
 kernel: the kinds asked for by name or by YOGURT_LAB_WIREGUARD, and the tools each needs.  Whether
 the kernel has WireGuard, and the lab on it, are root tests (tests/cluster/test_nodelab.py)."""
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cni_yogurt.nodelab import WIREGUARD_ENV, NodeLabError, missing_tools, wireguard_kind
+from cni_yogurt.lab.nodes import WIREGUARD_ENV, NodeLabError, missing_tools, wireguard_kind
 
 
 def test_go_is_taken_when_asked_for_by_name_or_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,7 +3,7 @@ WireGuard (the kernel's where the kernel has it, else userspace wireguard-go) an
 external (metadata) mode whose outer packets go over the WireGuard addresses.
 
 Groundwork for the wire between nodes (lines across nodes) and for `yogurt demo --nodes 2`, which is
-why it lives in the package (as lab.py does for the one-node demo) and not under tests/.  Nothing here
+why it lives in the package (as lab/__init__.py does for the demo) and not under tests/.  Nothing here
 knows about lines: tests/cluster/test_wire_across.py runs the plugin on these nodes and wires lines
 across them with line/remote.py (the tunnel programs then send through yvx0); test_nodelab.py steers
 frames into the VXLAN device itself.

@@ -1,4 +1,9 @@
-"""Throw-away network namespaces and the plugin driven as a runtime drives it.
+"""The labs: what exists for the demo, the tests and the benchmark, not for the plugin itself.
+
+This module: throw-away network namespaces and the plugin driven as a runtime drives it.  Beside it,
+nodes.py (a cluster of nodes as network namespaces on one machine), etcd.py (a three-member etcd)
+and cluster.py (an agent per node on those, with that etcd).  The verbs never import this package;
+only `yogurt demo` does.
 
 Shared by `yogurt demo` and the kernel tests: exec the plugin with CNI_*
 variables and the config on stdin, then measure what crosses the wire.
@@ -33,7 +38,7 @@ def self_command() -> list[str]:
 
 def build_front(out: str, *defines: str) -> str:
     """Compile agent/frontend.c (static, as `make front` does) into `out`; `defines`: -D names."""
-    source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "agent", "frontend.c")
+    source = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "agent", "frontend.c")
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         raise RuntimeError("no C compiler for the compiled front end (`make deps` installs gcc)")

@@ -1,9 +1,9 @@
-"""Agents on the node lab: the node lab (nodelab.py), a three-member etcd on its underlay (in the hub's
-netns, etcdlab.py), and on each node a `yogurt agent --cluster`, entered into the node's network
+"""Agents on the node lab: the node lab (lab/nodes.py), a three-member etcd on its underlay (in the hub's
+netns, lab/etcd.py), and on each node a `yogurt agent --cluster`, entered into the node's network
 namespace only (nsenter --net: `ip netns exec` would remount /sys and hide bpffs), with a stateDir
 and bpffsDir of its own.
 
-In the package, beside nodelab.py and etcdlab.py, because three callers build this same cluster:
+In the package, beside lab/nodes.py and lab/etcd.py, because three callers build this same cluster:
 the root cluster tests (tests/cluster/helpers.py), `yogurt demo --nodes 2` and `make bench`'s
 section across nodes (bench/bench_across.py).
 """
@@ -26,8 +26,8 @@ from cni_yogurt.agent import frontend
 from cni_yogurt.cluster.claims import Claim
 from cni_yogurt.cluster.client import Client
 from cni_yogurt.cluster.keys import Keys
-from cni_yogurt.etcdlab import EtcdLab
-from cni_yogurt.nodelab import STORE_ADDRESS, VXLAN_IF, VXLAN_PORT, WG_PORT, WIREGUARD, Node, NodeLab
+from cni_yogurt.lab.etcd import EtcdLab
+from cni_yogurt.lab.nodes import STORE_ADDRESS, VXLAN_IF, VXLAN_PORT, WG_PORT, WIREGUARD, Node, NodeLab
 
 AGENT_START = 180.0  # seconds: the first agent on a machine compiles the programs (bcc)
 

@@ -25,7 +25,7 @@ from cni_yogurt.cluster.config import Endpoint
 from cni_yogurt.cluster.errors import StoreError
 
 START_TIMEOUT = 20.0
-REPO = Path(__file__).resolve().parents[1]  # a checkout's (editable install): its .cache/etcd
+REPO = Path(__file__).resolve().parents[2]  # a checkout's (editable install): its .cache/etcd
 MIN_VERSION = (3, 4)  # the v3 JSON gateway under /v3/
 
 
