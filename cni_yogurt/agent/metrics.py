@@ -23,12 +23,14 @@ import os
 import socketserver
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cni_yogurt import __version__, datapath
-from cni_yogurt.agent.server import Agent, Observer
 from cni_yogurt.datapath import CounterMap, Pins
 from cni_yogurt.line.registry import Registry
+
+if TYPE_CHECKING:  # server.py imports this module (when asked for metrics): no cycle at run time
+    from cni_yogurt.agent.server import Agent, Observer
 
 DROP_REASONS = {
     "drop_not_wired": "not_wired",
