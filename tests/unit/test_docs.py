@@ -107,3 +107,26 @@ def test_every_json_example_parses_with_the_projects_own_parser(where: str, body
         assert fails and fails in f"{e.msg}: {e.details}", f"{where}: {e.msg}: {e.details}"
         return
     assert not fails, f"{where} is marked invalid ({fails}) but parses"
+
+
+def test_the_architecture_tree_names_every_module() -> None:
+    """docs/architecture.md's tree keeps in step with cni_yogurt/: every module, C file and package of it
+    is named there (a package as `name/`, a subpackage's __init__.py only where it holds code of its own)."""
+    text = (TOP / "docs" / "architecture.md").read_text()
+    tree = next(body for lang, body in FENCE.findall(text) if body.startswith("cni_yogurt/\n"))
+    package = TOP / "cni_yogurt"
+    missing = []
+    for path in sorted(package.rglob("*")):
+        if "__pycache__" in path.parts or path.parent.name == "_bpf":
+            continue
+        if path.is_dir() or path.is_symlink():
+            name = rf"{re.escape(path.name)}/"
+        elif path.suffix in (".py", ".c"):
+            if path.name == "__init__.py" and len(path.read_text().splitlines()) < 30:
+                continue
+            name = rf"{re.escape(path.name)}\b"
+        else:
+            continue
+        if not re.search(rf"(?<![\w/.]){name}", tree):
+            missing.append(str(path.relative_to(TOP)))
+    assert missing == []
