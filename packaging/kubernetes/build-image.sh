@@ -14,7 +14,7 @@
 # wireguard-go (where the node's kernel has no WireGuard) and nft (nftables), with the libraries
 # they link. All at their Debian paths: the loader's built-in multiarch dirs find them without an
 # ld.so.cache. Kernel headers are NOT in the image: the DaemonSet mounts the node's /usr/src and
-# /lib/modules (README, "Use it on Kubernetes").
+# /lib/modules (docs/kubernetes.md).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/../.." && pwd)

@@ -149,7 +149,7 @@ def test_devices_of_another_kind_or_hand_made_settings_are_named_and_left(
 
 
 def test_a_hand_made_wireguard_device_keeps_its_key_and_port(node: tuple[lab.Netns, dict[str, Any]]) -> None:
-    """Today's setups (README: devices made by hand) are adopted as they are."""
+    """Today's setups (docs/across-nodes.md: devices made by hand) are adopted as they are."""
     ns, cfg = node
     wg_if = cfg["wireguardDevice"]
     made = ensure(ns, cfg)  # a device to stand for the operator's, made with its own key below

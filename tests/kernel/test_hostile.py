@@ -1,6 +1,6 @@
 """Hostile input through the real executable, and what a non-root user can reach of the node's state.
 
-Every hostile name gets its spec code (README, "The CNI protocol"), a non-zero exit, error JSON on
+Every hostile name gets its spec code (docs/configuration.md, CNI protocol), a non-zero exit, error JSON on
 stdout, no traceback, and leaves nothing: no device (on the host or in the container's netns), no link
 pin, no map entry, no line end, no IP lease.  Names at the limit (a 15-byte CNI_IFNAME, a 1000-byte
 container id) are valid: ADD works and DEL takes everything away again.
@@ -172,7 +172,7 @@ BAD_LINES = {
 
 @pytest.mark.parametrize("line", list(BAD_LINES.values()), ids=list(BAD_LINES))
 def test_a_hostile_yogurt_line_is_refused_and_leaves_nothing(node: Node, line: str) -> None:
-    """README: a bad line name is code 7 (invalid config), wherever it comes from."""
+    """docs/configuration.md: a bad line name is code 7 (invalid config), wherever it comes from."""
     conf = node.conf()
     one = node.netns()
     refused(node.run("ADD", conf, one, cni_args=f"YOGURT_LINE={line}"), 7)

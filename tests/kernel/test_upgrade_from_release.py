@@ -6,7 +6,7 @@ its own.  It makes a line; two containers stream sequenced UDP both ways across 
 datagram per millisecond; then this release's `yogurt upgrade` moves the line onto its
 programs.  YOGURT_RELEASE_MOVES (default 1: about 5 s per release and attach mode natively)
 makes that many lines in a row, one after the other, each made by the old release and moved
-by this one; the README's counts come from YOGURT_RELEASE_MOVES=20 and more.
+by this one; the counts in docs/releases.md come from YOGURT_RELEASE_MOVES=20 and more.
 
 ABI >= 4 (the secret in a map, handed on): not one datagram may be lost or reordered, and the
 new programs must mark with the old ones' secret.
@@ -16,7 +16,7 @@ ones': a datagram sent between the switch of one end's sender and the switch of 
 sends to is dropped.  The move switches those two back to back, so each direction loses at most
 the datagrams of one such window.  Measured on veth natively (Linux 6.18, 2 cores shared with
 other work, load 5 to 34), 17 moves each: 0-1 datagrams per direction with tcx, 0-8 with tc
-(README, "Upgrade in place").  The bound below is that plus margin for a busier machine: a
+(docs/releases.md, "Upgrade in place").  The bound below is that plus margin for a busier machine: a
 window grown to tens of milliseconds (the two switches no longer back to back, say) fails it,
 and a line the move broke fails the wait for datagrams after it.
 """
@@ -139,7 +139,7 @@ def test_a_line_of_a_real_release_moves_in_place(
     for move in range(MOVES):
         losses, took, attach = _one_move(node, private, release, old_release, new, first=move == 0)
         report.append(losses)
-        # What the README's figures come from: run with -s to see them.
+        # What docs/releases.md's figures come from: run with -s to see them.
         print(
             f"\nmove {move + 1}/{MOVES} from ABI {release.abi} ({release.commit}) on {attach}"
             f" took {took:.2f} s; lost both ways: {losses}"
