@@ -22,15 +22,28 @@ import contextlib
 import os
 import socketserver
 import threading
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 from cni_yogurt import __version__, datapath
 from cni_yogurt.datapath import CounterMap, Pins
 from cni_yogurt.line.registry import Registry
 
-if TYPE_CHECKING:  # server.py imports this module (when asked for metrics): no cycle at run time
-    from cni_yogurt.agent.server import Agent, Observer
+# (verb, CNI result code: 0 if it succeeded, seconds): what the agent tells the metrics per call.
+Observer = Callable[[str, int, float], None]
+
+
+class Served(Protocol):
+    """What the metrics read of the agent that serves them (agent/server.py's Agent): named here so
+    that this module needs nothing of the server's (which imports it)."""
+
+    state_dir: str
+    bpffs_dir: str
+    started: float
+    commit: str
+    owned_paths: list[str]
+    cluster: Any
+
 
 DROP_REASONS = {
     "drop_not_wired": "not_wired",
@@ -88,7 +101,7 @@ class EndCounters:
                         yield end, counts
 
 
-def serve(agent: Agent, address: str | None, socket_path: str | None) -> Observer:
+def serve(agent: Served, address: str | None, socket_path: str | None) -> Observer:
     """Register the metrics, serve them where asked; the observer the agent calls per request."""
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 

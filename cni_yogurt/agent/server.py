@@ -29,7 +29,6 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -42,15 +41,13 @@ from cni_yogurt.line import moving, recovery
 from cni_yogurt.line.registry import Registry
 
 if TYPE_CHECKING:
+    from cni_yogurt.agent.metrics import Observer  # imported for real only when metrics are asked for
     from cni_yogurt.agent.pool import Pool
 
 READ_TIMEOUT = 10.0  # a client that sends half a request is dropped after this
 WRITE_TIMEOUT = 10.0  # and one that never reads its answer
 STOP_GRACE = 30.0  # SIGTERM: how long calls in flight may take to finish
 _UCRED = struct.Struct("3i")  # SO_PEERCRED: pid, uid, gid
-
-# (verb, CNI result code: 0 if it succeeded, seconds) -> the metrics' business
-Observer = Callable[[str, int, float], None]
 
 
 def _load_verbs() -> ModuleType:

@@ -88,9 +88,10 @@ class NodeAgent:
         self.cluster_file.write_text(json.dumps(cfg | extra))
         return self
 
-    def start(self) -> NodeAgent:
+    def start(self, *extra: str) -> NodeAgent:
+        """Start the agent (`extra`: more of its arguments, e.g. --metrics-socket)."""
         argv = [*self.command, "agent", "--state-dir", self.state_dir, "--bpffs-dir", self.bpffs_dir]
-        argv += ["--cluster", str(self.cluster_file)]
+        argv += ["--cluster", str(self.cluster_file), *extra]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 ["nsenter", f"--net=/run/netns/{self.netns}", *argv],

@@ -13,6 +13,7 @@ import ipaddress
 import json
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -220,6 +221,17 @@ def test_an_agent_down_twice_its_lease_brings_its_lines_back_by_itself(cluster: 
         assert "claimed again" in a.log_text()
 
 
+def _lost_metric(path: Path) -> float:
+    """yogurt_cluster_ends_lost as the agent's metrics socket serves it."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(str(path))
+        s.sendall(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        text = b"".join(iter(lambda: s.recv(65536), b"")).decode()
+    [value] = [line.split()[1] for line in text.splitlines() if line.startswith("yogurt_cluster_ends_lost ")]
+    return float(value)
+
+
 def test_an_end_whose_line_was_taken_meanwhile_stays_closed_and_is_named(cluster: Cluster) -> None:
     a, b, c = cluster.agents
     ca, cb, cc = cluster.container("lost-a"), cluster.container("lost-b"), cluster.container("lost-c")
@@ -233,9 +245,11 @@ def test_an_end_whose_line_was_taken_meanwhile_stays_closed_and_is_named(cluster
         # While node a is away its place on the line is free: a third end takes it.
         taken = plugin("ADD", c.conf(line="own4"), cc, "own4-c", cni_args=f"IP={ip_c}/24")
         assert taken.rc == 0, taken.out
-        a.start().ready()
+        metrics = a.dir / "metrics.sock"
+        a.start("--metrics-socket", str(metrics)).ready()
         info = frontend.info(a.state_dir)
         assert info is not None
+        assert _lost_metric(metrics) == 1
         [lost] = info["cluster"]["lost"]
         assert lost["end"] == "own4-a/eth0" and lost["line"] == "own4"
         assert sorted(h.split(" on ")[1] for h in lost["holders"]) == [b.name, c.name]
@@ -255,6 +269,7 @@ def test_an_end_whose_line_was_taken_meanwhile_stays_closed_and_is_named(cluster
         assert plugin("DEL", a.conf(line="own4"), ca, "own4-a").rc == 0
         info = frontend.info(a.state_dir)
         assert info is not None and info["cluster"]["lost"] == []
+        assert _lost_metric(metrics) == 0
     finally:
         plugin("DEL", a.conf(line="own4"), ca, "own4-a")
         plugin("DEL", b.conf(line="own4"), cb, "own4-b")
