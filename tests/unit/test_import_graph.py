@@ -113,7 +113,7 @@ def test_the_graph_sees_the_package() -> None:
     edges = graph()
     assert "cni_yogurt.agent.server" in edges and "cni_yogurt.lab.cluster" in edges
     assert "cni_yogurt.agent.metrics" in edges["cni_yogurt.agent.server"]  # a function-level import
-    assert "cni_yogurt.agent.server" not in edges["cni_yogurt.agent.metrics"]  # TYPE_CHECKING only
+    assert "cni_yogurt.agent.server" not in edges["cni_yogurt.agent.metrics"]  # not even for types
     assert "cni_yogurt.lab.nodes" in edges["cni_yogurt.lab.cluster"]
 
 
