@@ -91,19 +91,22 @@ class LineClaims:
         kvs, _ = self.client.get_prefix(self.keys.line_ends(line))
         return self._decode_all(kvs)
 
+    def all_ends(self) -> list[Claim]:
+        """Every end of every line, in one read."""
+        kvs, _ = self.client.get_prefix(self.keys.lines())
+        return self._decode_all([kv for kv in kvs if b"/ends/" in kv.key])
+
     def by_line(self) -> dict[str, list[Claim]]:
         """Every line's ends, in one read."""
-        kvs, _ = self.client.get_prefix(self.keys.lines())
         out: dict[str, list[Claim]] = {}
-        for c in self._decode_all([kv for kv in kvs if b"/ends/" in kv.key]):
+        for c in self.all_ends():
             out.setdefault(c.line, []).append(c)
         return out
 
     def ends_on_node(self, node: str | None = None) -> list[Claim]:
         """Every end this node (or `node`) holds, on every line: what its GC compares with the runtime's."""
-        kvs, _ = self.client.get_prefix(self.keys.lines())
         node = self.node if node is None else node
-        return [c for c in self._decode_all([kv for kv in kvs if b"/ends/" in kv.key]) if c.node == node]
+        return [c for c in self.all_ends() if c.node == node]
 
     def claim(self, line: str, end_key: str, lease: Lease, network: str = "") -> Claim:
         """Reserve a place on the line for this node's end, under `lease`.  Code 100 if the line has two
