@@ -25,24 +25,23 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
-import sys
-import sysconfig
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import Node, private_dirs
 from test_agent import Agent
-from test_upgrade import Stream, link_programs, sent_by, yogurt
+from test_upgrade import link_programs, sent_by, yogurt
 
 from cni_yogurt import __version__, lab
 from cni_yogurt import release as this_release
 from cni_yogurt.datapath import ABI, Pins, pinned_link_names, program_id, read_mark
+from cni_yogurt.lab import releases
+from cni_yogurt.lab.releases import Release
+from cni_yogurt.lab.stream import Stream
 from cni_yogurt.line.registry import Registry
 
 RELEASES_DIR = Path(__file__).parent / "releases"
@@ -52,27 +51,12 @@ MAX_LOST_ABI_3 = 30
 MOVES = int(os.environ.get("YOGURT_RELEASE_MOVES", "1"))
 
 
-@dataclass(frozen=True)
-class Release:
-    abi: int
-    commit: str
-    wheel: Path
-
-    @property
-    def max_lost(self) -> int:
-        return MAX_LOST_ABI_3 if self.abi < 4 else 0
-
-
 def kept_releases() -> list[Release]:
-    """Every release wheel kept under releases/, oldest first."""
-    found = []
-    for folder in sorted(RELEASES_DIR.iterdir()):
-        named = re.fullmatch(r"abi(\d+)-([0-9a-f]{7,})", folder.name)
-        if named:
-            wheels = sorted(folder.glob("*.whl"))
-            assert len(wheels) == 1, f"{folder}: one wheel wanted, found {wheels}"
-            found.append(Release(int(named.group(1)), named.group(2), wheels[0]))
-    return sorted(found, key=lambda r: r.abi)
+    return releases.kept(RELEASES_DIR)
+
+
+def max_lost(release: Release) -> int:
+    return MAX_LOST_ABI_3 if release.abi < 4 else 0
 
 
 # A kept release of this release's ABI (the last one cut) shares its pins: nothing moves, so
@@ -83,7 +67,7 @@ ROLLBACK_TO = [r for r in RELEASES if r.abi >= 4]
 
 
 def _release_id(r: Release) -> str:
-    return f"abi{r.abi}-{r.commit}"
+    return r.name
 
 
 @pytest.fixture(scope="module", params=RELEASES, ids=_release_id)
@@ -93,38 +77,10 @@ def release(request: pytest.FixtureRequest) -> Release:
 
 @pytest.fixture(scope="module")
 def old_release(release: Release, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    """The old release's `yogurt`, installed from its wheel into a venv of its own.
-
-    The venv sees the system's bcc (--system-site-packages) and, through a .pth, the
-    dependencies of this checkout's venv (pyroute2, structlog: offline, no index), which come
-    after its own site-packages: its cni_yogurt is the old one.
-    """
-    assert release.wheel.is_file(), (
-        f"{release.wheel} is missing: tests/kernel/releases/build.sh {release.commit}"
-    )
-    venv = tmp_path_factory.mktemp(f"release-{release.commit}") / "venv"
-    subprocess.run(
-        ["/usr/bin/python3", "-m", "venv", "--system-site-packages", "--without-pip", venv], check=True
-    )
-    target = subprocess.run(
-        [venv / "bin/python", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    Path(target, "current-deps.pth").write_text(sysconfig.get_path("purelib") + "\n")
-    pip = [sys.executable, "-m", "pip", "--python", str(venv / "bin/python"), "install", "-q"]
-    subprocess.run([*pip, "--no-deps", "--no-index", str(release.wheel)], check=True, capture_output=True)
-    exe = [str(venv / "bin/yogurt")]
+    """The old release's `yogurt`, installed from its wheel into a venv of its own (lab/releases.py)."""
+    exe = releases.install(release, tmp_path_factory.mktemp(f"release-{release.commit}") / "venv")
     version = subprocess.run([*exe, "version"], capture_output=True, text=True, check=False)
     assert version.returncode == 0, version.stdout + version.stderr
-    where = subprocess.run(  # -P: not from the current dir (this checkout), as its `yogurt` script
-        [venv / "bin/python", "-P", "-c", "import cni_yogurt.datapath as d; print(d.ABI, d.__file__)"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    assert where[0] == str(release.abi) and where[1].startswith(target), where  # the old code, not ours
     return exe
 
 
@@ -195,9 +151,9 @@ def _one_move(
     attach = r1["yogurt"]["attach"]
     for stream, lost in zip(streams, losses, strict=True):
         assert stream.out_of_order() == 0, stream.problems()
-        assert len(lost) <= release.max_lost, stream.problems()
+        assert len(lost) <= max_lost(release), stream.problems()
         # One window per direction: what was lost was sent in one run, not scattered.
-        assert not lost or lost[-1] - lost[0] < release.max_lost, stream.problems()
+        assert not lost or lost[-1] - lost[0] < max_lost(release), stream.problems()
 
     assert not os.path.exists(old.root), "the older release's pins stayed"
     assert {e.pins for e in Registry(conf["stateDir"]).snapshot().values()} == {new.root}
@@ -300,7 +256,7 @@ def test_the_agent_of_this_release_moves_a_real_release_line_when_it_starts(
             assert agent.stop() == 0
     for stream in streams:
         lost = stream.lost()
-        assert stream.out_of_order() == 0 and len(lost) <= release.max_lost, stream.problems()
+        assert stream.out_of_order() == 0 and len(lost) <= max_lost(release), stream.problems()
     assert not os.path.exists(old.root), "the older release's pins stayed"
     assert {e.pins for e in Registry(conf["stateDir"]).snapshot().values()} == {new.root}
     for ns, result in ((one, r1), (two, r2)):
