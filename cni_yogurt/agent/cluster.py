@@ -26,6 +26,9 @@ the reconciler that keeps the node's maps and WireGuard peers equal to what etcd
   longer than the node's lease (a rolling update, a crash loop, a reboot of the agent alone) thus
   brings its lines back by itself.  Only an end whose line two other ends took meanwhile stays
   closed: it is "lost" (status, metrics and the log name the holders) until its DEL.
+- Mixed releases (cluster/compat.py): the agent publishes its release beside the node's record;
+  an end whose partner's node speaks another cluster protocol is never wired to it, an ADD that
+  would make such a line fails (code 106), and status, metrics and the log name the node.
 """
 
 from __future__ import annotations
@@ -36,9 +39,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cni_yogurt.agent import devices
+from cni_yogurt.cluster import compat, nodes, vni, wgaddress
 from cni_yogurt.cluster import gateway as gw
 from cni_yogurt.cluster import lease as leases
-from cni_yogurt.cluster import nodes, vni, wgaddress
 from cni_yogurt.cluster.claims import Claim, LineClaims
 from cni_yogurt.cluster.client import Client
 from cni_yogurt.cluster.config import ClusterConfig
@@ -79,17 +82,20 @@ class View:
     nodes: dict[str, nodes.NodeInfo] = field(default_factory=dict)
     ends: dict[str, list[Claim]] = field(default_factory=dict)  # by line
     vnis: dict[str, int] = field(default_factory=dict)  # by line
+    releases: dict[str, compat.NodeRelease] = field(default_factory=dict)  # by node
 
 
 def parse_view(keys: Keys, snap: Snapshot) -> View:
     """The mirror's keys as nodes, claims by line and tunnel ids; what does not parse is left out."""
     view = View()
-    node_head, lines_head = keys.nodes(), keys.lines()
+    node_head, lines_head, releases_head = keys.nodes(), keys.lines(), keys.releases()
     for key, kv in sorted(snap.items()):
         try:
             if key.startswith(node_head):
                 info = nodes.NodeInfo.decode(kv.value)
                 view.nodes[info.name] = info
+            elif key.startswith(releases_head):
+                view.releases[keys.node_of_release(key)] = compat.NodeRelease.decode(kv.value)
             elif key.startswith(lines_head):
                 line = keys.line_of(key)
                 if line is None:
@@ -108,12 +114,14 @@ class Plan:
     wire: dict[int, tuple[str, str]]  # host-side ifindex -> (line, partner's node)
     orphans: list[Claim]  # this node's ready claims whose end is not on the node
     peers: dict[str, nodes.NodeInfo]  # every other node
+    refused: dict[str, list[str]] = field(default_factory=dict)  # node of another protocol -> lines
 
 
 def plan(view: View, me: str, local: dict[str, End]) -> Plan:
     """What the node should look like, given what etcd says and the ends the node has."""
     wire: dict[int, tuple[str, str]] = {}
     orphans: list[Claim] = []
+    refused: dict[str, list[str]] = {}
     for line, claims in view.ends.items():
         for c in claims:
             if c.node != me or not c.ready:
@@ -128,10 +136,14 @@ def plan(view: View, me: str, local: dict[str, End]) -> Plan:
                 (o for o in claims if o.node != me and o.ready and o.node in view.nodes),
                 None,
             )
-            if partner is not None and view.nodes[partner.node].wg_address:
-                wire[end.host_ifindex] = (line, partner.node)
+            if partner is None or not view.nodes[partner.node].wg_address:
+                continue
+            if not compat.of(view.releases, partner.node).compatible:
+                refused.setdefault(partner.node, []).append(line)
+                continue
+            wire[end.host_ifindex] = (line, partner.node)
     peers = {name: info for name, info in view.nodes.items() if name != me}
-    return Plan(wire, orphans, peers)
+    return Plan(wire, orphans, peers, refused)
 
 
 # -- WireGuard ----------------------------------------------------------------------------------
@@ -172,6 +184,14 @@ def sync_peers(dev: str, want: dict[str, tuple[str, str]]) -> list[str]:
 # -- the node -----------------------------------------------------------------------------------
 
 
+def this_release() -> compat.NodeRelease:
+    """What this node publishes of its release (cluster/compat.py)."""
+    from cni_yogurt import release
+    from cni_yogurt.datapath import ABI
+
+    return compat.NodeRelease(release.VERSION, ABI, compat.PROTOCOL, release.commit())
+
+
 class ClusterNode:
     def __init__(self, cfg: ClusterConfig, state_dir: str, bpffs_dir: str, log: Any) -> None:
         self.cfg, self.state_dir, self.log = cfg, state_dir, log
@@ -196,6 +216,10 @@ class ClusterNode:
         # releases nothing meanwhile.
         self._reclaim = threading.Event()
         self.lost: dict[str, LostEnd] = {}  # by end key
+        self.own_release = this_release()
+        # Nodes of another cluster protocol that partner ends of this node: (their release, lines).
+        self.refused: dict[str, tuple[compat.NodeRelease, tuple[str, ...]]] = {}
+        self._view = View()  # the last reconcile's
         self._thread = threading.Thread(target=self._run, name="reconcile", daemon=True)
 
     # -- start and stop ---------------------------------------------------------------------
@@ -299,7 +323,7 @@ class ClusterNode:
                 mine = leases.Lease(kv.lease, self.cfg.lease_seconds)
                 try:
                     leases.keep_alive_once(self.client, mine)
-                    nodes.register(self.client, self.keys, info, mine)
+                    self._publish(info, mine)
                     self.log.info(
                         "cluster: node lease adopted from the agent's earlier life", lease=f"{kv.lease:x}"
                     )
@@ -307,8 +331,13 @@ class ClusterNode:
                 except leases.LeaseLost:
                     pass
         fresh = leases.grant(self.client, self.cfg.lease_seconds)
-        nodes.register(self.client, self.keys, info, fresh)
+        self._publish(info, fresh)
         return fresh
+
+    def _publish(self, info: nodes.NodeInfo, lease: leases.Lease) -> None:
+        """The node's record and its release's, both under the node's lease."""
+        nodes.register(self.client, self.keys, info, lease)
+        self.client.put(self.keys.release(self.me), self.own_release.encode(), lease.id)
 
     def _on_lease_lost(self) -> None:
         self._lease_lost.set()
@@ -320,7 +349,7 @@ class ClusterNode:
         assert self.info is not None
         self._reclaim.set()
         self.lease = leases.grant(self.client, self.cfg.lease_seconds)
-        nodes.register(self.client, self.keys, self.info, self.lease)
+        self._publish(self.info, self.lease)
         if self.keepalive is not None:
             self.keepalive.stop()
         self.keepalive = leases.KeepAlive(self.client, self.lease, on_lost=self._on_lease_lost).start()
@@ -389,10 +418,32 @@ class ClusterNode:
         with self.client.deadline():
             lease = leases.grant(self.client, CLAIM_TTL)
             try:
-                return self.claims.claim(line, end_key, lease, network)
+                claim = self.claims.claim(line, end_key, lease, network)
             except BaseException:
                 self._revoke(lease.id)
                 raise
+        try:
+            self._refuse_partner_of_other_protocol(claim)
+        except CNIError:
+            self.abandon(claim)
+            raise
+        return claim
+
+    def _refuse_partner_of_other_protocol(self, claim: Claim) -> None:
+        """Code 106 if the line's other end is on a node whose release cannot carry the line with
+        this one's (as the mirror says: a partner that comes later is refused by the reconciler)."""
+        if self.watcher is None:
+            return
+        view = parse_view(self.keys, self.watcher.snapshot())
+        for other in view.ends.get(claim.line, []):
+            theirs = compat.of(view.releases, other.node)
+            if other.node != self.me and not theirs.compatible:
+                raise CNIError(
+                    Code.INCOMPATIBLE_RELEASE,
+                    f"line {claim.line!r}: its other end is on node {other.node}, whose release "
+                    "cannot carry a line with this node's",
+                    compat.refusal(other.node, theirs, self.own_release),
+                )
 
     def ready(self, claim: Claim) -> Claim:
         """The end is built: from now on it lives with the node's lease."""
@@ -478,6 +529,28 @@ class ClusterNode:
             "last_error": self.last_error,
             "lease_seconds": self.cfg.lease_seconds,
             "lost": [lost.describe() for lost in self.lost.values()],
+            "release": self._describe_release(self.me, self.own_release),
+            "nodes": [
+                self._describe_release(node, compat.of(self._view.releases, node))
+                for node in sorted(self._view.nodes)
+                if node != self.me
+            ],
+            "refused": [
+                {"node": node, "lines": list(lines), "why": compat.refusal(node, theirs, self.own_release)}
+                for node, (theirs, lines) in sorted(self.refused.items())
+            ],
+        }
+
+    @staticmethod
+    def _describe_release(node: str, r: compat.NodeRelease) -> dict[str, Any]:
+        return {
+            "node": node,
+            "version": r.version,
+            "abi": r.abi,
+            "protocol": r.protocol,
+            "commit": r.commit,
+            "published": r.published,
+            "compatible": r.compatible,
         }
 
     # -- the reconciler ------------------------------------------------------------------------
@@ -515,6 +588,8 @@ class ClusterNode:
             view = parse_view(self.keys, self.watcher.snapshot())
             local = Registry(self.state_dir).snapshot()
             todo = plan(view, self.me, local)
+            self._view = view
+            self._note_refused(view, todo.refused)
             self._cut_stale(todo)  # first: failing closed must not wait for wg(8) or the store
             changed = sync_peers(self.cfg.wireguard_device, wanted_peers(todo.peers))
             if changed:
@@ -525,6 +600,21 @@ class ClusterNode:
                 )
                 self._release_orphan(c)
             self._wire(view, todo)
+
+    def _note_refused(self, view: View, refused: dict[str, list[str]]) -> None:
+        """Keep and log (once per change) the nodes whose lines this node does not carry."""
+        now = {
+            node: (compat.of(view.releases, node), tuple(sorted(lines))) for node, lines in refused.items()
+        }
+        for node, (theirs, lines) in now.items():
+            if self.refused.get(node) != (theirs, lines):
+                self.log.error(
+                    "cluster: lines to a node of another cluster protocol stay closed",
+                    node=node,
+                    lines=list(lines),
+                    why=compat.refusal(node, theirs, self.own_release),
+                )
+        self.refused = now
 
     def _cut_stale(self, todo: Plan) -> None:
         """Cut every remote wiring the view no longer wants (the partner's DEL, its node gone)."""

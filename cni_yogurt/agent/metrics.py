@@ -14,6 +14,8 @@ knows; the verbs' counts and latencies are recorded as the agent serves them.
     yogurt_agent_info{version,abi,commit}          1 (commit "" where unknown)
     yogurt_cluster_ends_lost                       with --cluster: ends whose line two other ends
                                                    took while this node's claims were gone
+    yogurt_cluster_nodes_refused                   with --cluster: nodes of another cluster protocol
+                                                   that partner ends of this node (not wired)
 """
 
 from __future__ import annotations
@@ -136,6 +138,12 @@ def serve(agent: Served, address: str | None, socket_path: str | None) -> Observ
             registry=registry,
         )
         lost.set_function(lambda: len(agent.cluster.lost) if agent.cluster is not None else 0)
+        refused = Gauge(
+            "yogurt_cluster_nodes_refused",
+            "Nodes whose release speaks another cluster protocol, partnering ends of this node (not wired)",
+            registry=registry,
+        )
+        refused.set_function(lambda: len(agent.cluster.refused) if agent.cluster is not None else 0)
 
     if address:
         host, _, port = address.rpartition(":")

@@ -109,6 +109,12 @@ def status(bpffs_dir: str, state_dir: str, as_json: bool) -> int:
             f"LOST: end {lost['end']} of line {lost['line']} stays closed: while this node's claims were "
             f"gone the line was taken by {', '.join(lost['holders'])} (DEL it; a new ADD works as usual)"
         )
+    for refused in cluster.get("refused") or []:
+        print(f"REFUSED: lines {', '.join(refused['lines'])} stay closed: {refused['why']}")
+    for node in cluster.get("nodes") or []:
+        other = "" if node["compatible"] else ": another protocol, no line to it is wired"
+        runs = f"{node['version']} (ABI {node['abi']}, cluster protocol {node['protocol']}{other})"
+        print(f"node {node['node']}: {runs}")
     if report["older_pins"]:
         print(f"older release's pins: {', '.join(report['older_pins'])} (`yogurt upgrade` moves their ends)")
     if report["registry_damage"]:

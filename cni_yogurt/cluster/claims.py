@@ -24,6 +24,7 @@ import secrets
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from cni_yogurt.cluster import compat
 from cni_yogurt.cluster import gateway as gw
 from cni_yogurt.cluster.client import Client
 from cni_yogurt.cluster.keys import Keys, prefix_end
@@ -57,7 +58,8 @@ class Claim:
         raw: Any = json.loads(kv.value)
         if not isinstance(raw, dict):
             raise ValueError("a claim is an object")
-        return cls(**raw, lease=kv.lease, revision=kv.create_revision)
+        fields = compat.known_fields(cls, raw, besides=("lease", "revision"))
+        return cls(**fields, lease=kv.lease, revision=kv.create_revision)
 
     def holder(self) -> str:
         net = f" ({self.network})" if self.network else ""

@@ -4,6 +4,8 @@
     <prefix>/lines/<line>/ends/<end key>  an end of a line (the claim's lease, then its node's)
     <prefix>/lines/<line>/vni             the line's tunnel id, once it spans nodes
     <prefix>/vni/<n>                      who holds tunnel id n (the line's name)
+    <prefix>/wireguard/<ip>               who holds a WireGuard address of the cluster's range
+    <prefix>/releases/<node>              the release a node's agent runs (its lease; compat.py)
 
 Names are percent-encoded into one path segment each, so that no name can reach into another's
 keys ("a" never prefixes "a/b": the end key "ctr/eth0" becomes "ctr%2Feth0").
@@ -63,6 +65,19 @@ class Keys:
 
     def wireguard_addresses(self) -> bytes:
         return f"{self.prefix}/wireguard/".encode()
+
+    def release(self, node: str) -> bytes:
+        return f"{self.prefix}/releases/{segment(node)}".encode()
+
+    def releases(self) -> bytes:
+        return f"{self.prefix}/releases/".encode()
+
+    def node_of_release(self, key: bytes) -> str:
+        """The node a key under releases() is of."""
+        head = self.releases()
+        if not key.startswith(head) or b"/" in key[len(head) :]:
+            raise ValueError(f"{key!r} is not a node's release record")
+        return unquote(key[len(head) :].decode())
 
     def all(self) -> bytes:
         return f"{self.prefix}/".encode()

@@ -13,6 +13,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from cni_yogurt.cluster import compat
 from cni_yogurt.cluster.client import Client
 from cni_yogurt.cluster.config import NODE_RE
 from cni_yogurt.cluster.keys import Keys
@@ -51,7 +52,7 @@ class NodeInfo:
         raw: Any = json.loads(data)
         if not isinstance(raw, dict):
             raise ValueError("a node record is an object")
-        return cls(**raw)
+        return cls(**compat.known_fields(cls, raw))
 
 
 def register(client: Client, keys: Keys, info: NodeInfo, lease: Lease) -> int:
@@ -64,7 +65,8 @@ def deregister(client: Client, keys: Keys, name: str) -> None:
 
 
 def nodes(client: Client, keys: Keys) -> dict[str, NodeInfo]:
-    """Every live node; a record that does not parse is left out (a newer release's, or damage)."""
+    """Every live node; a record that does not parse is left out (damage; the fields a later
+    release adds are ignored, compat.known_fields)."""
     found, _ = client.get_prefix(keys.nodes())
     out: dict[str, NodeInfo] = {}
     for kv in found:

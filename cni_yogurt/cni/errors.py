@@ -24,6 +24,8 @@ class Code(IntEnum):
     CHECK_FAILED = 103
     IPAM_FAILED = 104
     ALREADY_ATTACHED = 105
+    # The line's other end is on a node whose release cannot carry a line with this one's.
+    INCOMPATIBLE_RELEASE = 106
     # Like the reference plugins' skel: an unexpected failure.
     INTERNAL = 999
 
