@@ -201,6 +201,7 @@ def add(inv: Invocation) -> Result:
     wanted_ips = attachment.requested_ips(conf.args, conf.runtime_config, env.args)
     wanted_mac = attachment.requested_mac(conf.args, conf.runtime_config, env.args)
     pod = attachment.pod_of(env.args)
+    starts_down = conf.starts_down()
     kind = backend.resolve(conf.mode, conf.veth_attach, conf.state_dir)
     attachment.refuse_mac_on(kind.device, wanted_mac)
     cluster = _cluster(inv)
@@ -214,6 +215,7 @@ def add(inv: Invocation) -> Result:
     )  # fmt: skip
     if pod is not None:
         end.pod_namespace, end.pod_name, end.pod_uid = pod.namespace, pod.name, pod.uid
+    end.down = "line" if starts_down else ""
     undo: list[tuple[str, Callable[[], object]]] = []
     # Both sockets outlive the rollback below, which needs them.
     host, cont = Rtnl(), Rtnl.in_netns(netns_fd)
@@ -269,7 +271,10 @@ def add(inv: Invocation) -> Result:
         except OSError as exc:
             raise _kernel_error(f"cannot attach programs to {host_ifname} ({kind.attach})", exc) from exc
         _no_ipv6_on_host_side(host_ifname)
-        host.set_up(end.host_ifindex)
+        if end.down:  # no carrier in the container until `yogurt link up` (a pooled pair was up)
+            host.set_down(end.host_ifindex)
+        else:
+            host.set_up(end.host_ifindex)
 
         ipam_result = Result(ips=[IPConfig(ip) for ip in wanted_ips])  # set as asked, without IPAM
         if ipam is not None and ipam_done is not None:

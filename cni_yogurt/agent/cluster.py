@@ -130,8 +130,8 @@ def plan(view: View, me: str, local: dict[str, End]) -> Plan:
             if end is None or end.line != line:
                 orphans.append(c)
                 continue
-            if not end.ready or end.leaving or not end.host_ifindex:
-                continue  # DEL is taking it down
+            if not end.ready or end.leaving or not end.host_ifindex or end.down:
+                continue  # DEL is taking it down, or it is set down (`yogurt link`)
             partner = next(
                 (o for o in claims if o.node != me and o.ready and o.node in view.nodes),
                 None,
@@ -586,6 +586,7 @@ class ClusterNode:
         with self._lock:
             self.reconciles += 1
             view = parse_view(self.keys, self.watcher.snapshot())
+            self._follow_link_state(view)
             local = Registry(self.state_dir).snapshot()
             todo = plan(view, self.me, local)
             self._view = view
@@ -600,6 +601,42 @@ class ClusterNode:
                 )
                 self._release_orphan(c)
             self._wire(view, todo)
+
+    def _follow_link_state(self, view: View) -> None:
+        """Lines set down across nodes (line/linkstate.py): publish in its claim the state of each
+        end of this node set down for its whole line, and follow the far ends that are: an end
+        whose partner on another node is down for the line goes down too ("partner"), and comes
+        up again when that one does (or goes)."""
+        from cni_yogurt.line import linkstate
+
+        assert self.lease is not None
+        registry = Registry(self.state_dir)
+        local = registry.snapshot()
+        follow: dict[str, list[str]] = {"partner": [], "": []}
+        for line, claims in view.ends.items():
+            for c in claims:
+                end = local.get(c.end_key) if c.node == self.me and c.ready else None
+                if end is None or end.line != line or not end.ready or end.leaving:
+                    continue
+                if c.down != (end.down == "line"):
+                    self.claims.set_down(c, end.down == "line", self.lease)
+                far = next((o for o in claims if o.node != self.me and o.ready), None)
+                if far is not None and far.down and not end.down:
+                    follow["partner"].append(end.key)
+                elif not (far is not None and far.down) and end.down == "partner":
+                    follow[""].append(end.key)
+        for down, keys in follow.items():
+            if keys:
+                linkstate.apply(registry, self.pins, keys, down)
+                self.log.info(
+                    "cluster: ends follow their line's state on another node",
+                    ends=keys,
+                    state="down" if down else "up",
+                )
+
+    def wake(self) -> None:
+        """Reconcile now (the admin CLI changed an end's link state)."""
+        self._wake.set()
 
     def _note_refused(self, view: View, refused: dict[str, list[str]]) -> None:
         """Keep and log (once per change) the nodes whose lines this node does not carry."""

@@ -220,6 +220,8 @@ class Agent:
         conn.settimeout(READ_TIMEOUT)
         request = protocol.decode_request(protocol.read_frame(conn.recv, protocol.MAX_REQUEST))
         if request.kind == protocol.INFO:
+            if self.cluster is not None:
+                self.cluster.wake()  # asked after an admin change (`yogurt link`): reconcile now
             answer = protocol.Answer(protocol.INFO, stdout=json.dumps(self.info()).encode())
         else:
             answer = self.call(request)

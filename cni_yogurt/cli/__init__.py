@@ -53,6 +53,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="veth pairs kept made and attached ahead, for ADDs on veth + tcx (0: none)",
     )
+    link = sub.add_parser("link", help="set a line, or one end, down (no carrier, nothing passes) or up")
+    link.add_argument("state", choices=("down", "up"))
+    which = link.add_mutually_exclusive_group(required=True)
+    which.add_argument("--line", metavar="LINE", help="every end of this line on this node")
+    which.add_argument("--end", metavar="CONTAINER/IFNAME", help="one end (as `yogurt status` names it)")
+    link.add_argument("--bpffs-dir", default=DEFAULT_BPFFS_DIR)
+    link.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
+    link.add_argument("--json", action="store_true", help="machine-readable output")
     leave = sub.add_parser("leave", help="take this node out of the cluster: its record, devices, firewall")
     leave.add_argument("--cluster", metavar="FILE", required=True, help="the agent's cluster file")
     leave.add_argument("--node", metavar="NAME", default="", help="the node's name (replaces the file's)")
@@ -105,6 +113,10 @@ def main(argv: list[str]) -> int:
             node_name=args.node,
             node_address=args.address,
         )
+    if args.cmd == "link":
+        from cni_yogurt.cli.link import link as set_link
+
+        return set_link(args.state, args.line, args.end, args.state_dir, args.bpffs_dir, args.json)
     if args.cmd == "leave":
         from cni_yogurt.cli.leave import leave
 

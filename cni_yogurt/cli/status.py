@@ -70,6 +70,7 @@ def collect(bpffs_dir: str, state_dir: str) -> dict[str, Any]:
                 "backend": end.device,
                 "attach": end.attach,
                 "ready": end.ready,
+                "down": end.down,
                 "pins": own.root,
                 "attached": not problems and own.loaded(),
                 "problems": problems,
@@ -127,9 +128,10 @@ def status(bpffs_dir: str, state_dir: str, as_json: bool) -> int:
         for e in ends:
             attach = "attached" if e["attached"] else "NOT attached: " + "; ".join(e["problems"])
             older = "" if e["pins"] == report["pins"] else f", still on {e['pins']}"
+            down = ", DOWN (yogurt link up)" if e["down"] else ""
             print(
                 f"  {e['end']:<40} {e['host_ifname']} (ifindex {e['host_ifindex']}, "
-                f"{e['backend']}/{e['attach']}{older}) {attach}"
+                f"{e['backend']}/{e['attach']}{older}) {attach}{down}"
             )
             if e["pod"]:
                 pod = e["pod"]

@@ -44,6 +44,9 @@ class Claim:
     network: str = ""
     ready: bool = False
     nonce: str = ""
+    # Its end is set down for the whole line (`yogurt link down --line`): the far end follows.
+    # Written only when true (0.5.0 reads a claim without it; one with it, it skips).
+    down: bool = False
     # From the store, not in the value:
     lease: int = 0
     revision: int = 0  # the key's create_revision: which claim this is
@@ -51,6 +54,8 @@ class Claim:
     def encode(self) -> bytes:
         fields = asdict(self)
         del fields["lease"], fields["revision"]
+        if not self.down:
+            del fields["down"]
         return json.dumps(fields, sort_keys=True).encode()
 
     @classmethod
@@ -199,6 +204,16 @@ class LineClaims:
                 "the ADD took longer than the claim's lease; retry it",
             )
         return now
+
+    def set_down(self, claim: Claim, down: bool, node_lease: Lease) -> bool:
+        """Publish an end's line state in its claim (kept under the node's lease); False if the
+        claim is not this one any more (the next view has the new one)."""
+        key = self.keys.line_end(claim.line, claim.end_key)
+        resp = self.client.txn(
+            [gw.compare(key, "CREATE", "EQUAL", claim.revision)],
+            [gw.op_put(key, replace(claim, down=down).encode(), node_lease.id)],
+        )
+        return gw.succeeded(resp)
 
     def release(self, line: str, end_key: str) -> bool:
         """Remove an end (DEL, GC); True if it was there.  Deleting what is gone is no error."""

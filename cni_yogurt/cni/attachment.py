@@ -51,6 +51,20 @@ class Pod:
         return f"{self.namespace}/{self.name}" if self.namespace else self.name
 
 
+LINK_STATES = ("up", "down")
+
+
+def link_state(args: Mapping[str, Any], configured: str) -> str:
+    """ "down" if the end starts down (its container without carrier, nothing passing, until
+    `yogurt link up`): args.cni.linkState, else the config's linkState."""
+    value = _cni_args(args).get("linkState", configured)
+    if value not in LINK_STATES:
+        raise CNIError(
+            Code.INVALID_CONFIG, "invalid network config: args.cni.linkState", f"{value!r} is not up or down"
+        )
+    return str(value)
+
+
 def _cni_args(args: Mapping[str, Any]) -> Mapping[str, Any]:
     cni = args.get("cni")
     if cni is None:

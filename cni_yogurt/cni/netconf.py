@@ -13,6 +13,9 @@ Our keys (all optional):
              else veth), "netkit" or "veth"
   vethAttach how veth programs attach: "auto" (tcx links where the kernel has
              them, >= 6.6, else clsact + cls_bpf), "tcx" or "tc"
+  linkState  "up" (default) or "down": an end starts down (no carrier in the
+             container, nothing passes) until `yogurt link up`; args.cni.linkState
+             sets it per attachment
   cluster    true: this network's lines span nodes (claimed in etcd, wired
              through the tunnel); served by the node agent started with
              `--cluster <file>`, which holds the store's configuration
@@ -25,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cni_yogurt.cni import version as versions
-from cni_yogurt.cni.attachment import ADDRESS_ARGS, K8S_ARGS, line_for
+from cni_yogurt.cni.attachment import ADDRESS_ARGS, K8S_ARGS, LINK_STATES, line_for, link_state
 from cni_yogurt.cni.env import CniEnv
 from cni_yogurt.cni.errors import CNIError, Code
 from cni_yogurt.cni.result import Result, parse_result
@@ -68,6 +71,7 @@ class NetConf:
     mode: str = "auto"
     veth_attach: str = "auto"
     cluster: bool = False
+    link_state: str = "up"
     # GC only: the attachments the runtime still knows, as (containerID, ifname).
     valid_attachments: tuple[tuple[str, str], ...] | None = None
 
@@ -75,6 +79,10 @@ class NetConf:
         """The line a container joins: args.cni.line, CNI_ARGS YOGURT_LINE, the config's
         line, the network name (the first that names one)."""
         return line_for(self.args, env.args, self.line, self.name)[0]
+
+    def starts_down(self) -> bool:
+        """The new end starts down: args.cni.linkState, else the config's linkState."""
+        return link_state(self.args, self.link_state) == "down"
 
 
 def decode(data: bytes) -> dict[str, Any]:
@@ -143,6 +151,7 @@ def parse(obj: dict[str, Any]) -> NetConf:
         mode=_choice(obj, "mode", MODES),
         veth_attach=_choice(obj, "vethAttach", VETH_ATTACH),
         cluster=_typed(obj, "cluster", bool, False),
+        link_state=_choice(obj, "linkState", LINK_STATES),
         valid_attachments=_valid_attachments(obj),
     )
 

@@ -184,6 +184,13 @@ class Rtnl:
             msg["attrs"] = [("IFLA_MTU", mtu)]
         self.request(msg, RTM_NEWLINK)
 
+    def set_down(self, index: int) -> None:
+        msg = ifinfmsg()
+        msg["index"] = index
+        msg["flags"] = 0
+        msg["change"] = IFF_UP
+        self.request(msg, RTM_NEWLINK)
+
     def set_link(
         self, index: int, name: str | None = None, mtu: int | None = None, mac: str | None = None
     ) -> None:

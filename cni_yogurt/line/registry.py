@@ -55,6 +55,11 @@ class End:
     # Claimed in the cluster store (a network with "cluster": true): what the node agent claims
     # again at its start and after a lost lease (agent/cluster.py).
     cluster: bool = False
+    # Link state (line/linkstate.py): "" up; else down — its host device is down, so its container
+    # sees no carrier, and it is wired to no partner, so nothing passes either way — and why:
+    # "end" (this end alone), "line" (the whole line: a partner on another node follows), or
+    # "partner" (following its line's end on another node, which is "line").
+    down: str = ""
 
     @property
     def key(self) -> str:
@@ -95,7 +100,7 @@ def _fields(end: End) -> dict[str, Any]:
 
 
 # Fields 0.4.0 (f9b534a) does not know, left out of the file while empty (see _fields).
-_LATER_FIELDS = ("cluster", "pod_namespace", "pod_name", "pod_uid")
+_LATER_FIELDS = ("cluster", "pod_namespace", "pod_name", "pod_uid", "down")
 
 
 def attachment_key(container_id: str, ifname: str) -> str:

@@ -35,15 +35,42 @@ def reserve(registry: Registry, end: End) -> None:
 
 
 def connect(registry: Registry, pins: Pins, end: End) -> End | None:
-    """Mark an end ready; wire it to its partner if that one is ready too."""
+    """Mark an end ready; wire it to its partner if that one is ready too (and neither is down)."""
     end.ready = True
     with registry.transaction(end.line) as ends:
         ends[end.key] = end
         partner = next((o for o in others_on_line(ends, end) if o.ready), None)
-        if partner is not None:
+        if partner is not None and not (end.down or partner.down):
             with PairMap(pins) as pairs:
                 pairs.wire(end.wire, partner.wire)
         return partner
+
+
+def set_down(registry: Registry, pins: Pins, keys: list[str], down: str) -> list[End]:
+    """Link state (line/linkstate.py): mark ends down (`down`: why, see End.down), cut from their
+    partners, local or on another node: nothing passes either way; or up again (`down` ""),
+    wired back to a ready partner that is not down (one on another node is wired back by the
+    agent's reconciler).  Their devices are the caller's: down after the cut, up before the
+    wiring.  The ends as they are now."""
+    with registry.transaction() as ends:
+        chosen = [ends[key] for key in keys if key in ends]
+        for end in chosen:
+            end.down = down
+            own = end.pin_dir(pins)
+            if not end.ready or not end.host_ifindex or not own.loaded():
+                continue
+            if down:
+                with PairMap(own) as pairs:
+                    pairs.cut(end.host_ifindex)
+                if own.has_remote():
+                    with RemoteMap(own) as remotes:
+                        remotes.cut(end.host_ifindex)
+                continue
+            partner = next((o for o in others_on_line(ends, end) if o.ready and not o.down), None)
+            if partner is not None and partner.pin_dir(pins) == own:
+                with PairMap(own) as pairs:
+                    pairs.wire(end.wire, partner.wire)
+        return chosen
 
 
 def hang_up(registry: Registry, pins: Pins, container_id: str, ifname: str, host_ifindex: int = 0) -> Pins:

@@ -530,3 +530,51 @@ def test_the_agent_keeps_the_tunnel_port_to_wireguard_a_forged_source_never_arri
             )  # fmt: skip
             cluster.nodes._firewall(node_x)  # noqa: SLF001  (the lab's own rules, put back)
         assert lab.udp_receive(cx, ip_x, 7303, send(7303)) is None
+
+
+def _link(agent: NodeAgent, *argv: str) -> subprocess.CompletedProcess[str]:
+    """`yogurt link …` on the node, on its agent's dirs."""
+    return subprocess.run(
+        ["nsenter", f"--net=/run/netns/{agent.netns}", *lab.self_command(), "link", *argv,
+         "--state-dir", agent.state_dir, "--bpffs-dir", agent.bpffs_dir],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+
+
+def _carrier(ctr: lab.Netns) -> bool:
+    [link] = json.loads(ctr.run("ip", "-j", "link", "show", "eth0").stdout)
+    return "NO-CARRIER" not in link["flags"]
+
+
+def _delivered(src: lab.Netns, dst: lab.Netns, address: str) -> bool:
+    send = lambda: lab.udp_send(src, b"far-end", address, 4344)  # noqa: E731
+    return lab.udp_receive(dst, address, 4344, send, wait=1.0) == b"far-end"
+
+
+def test_a_line_set_down_on_one_node_goes_down_on_the_other_and_comes_back(cluster: Cluster) -> None:
+    """Link state across nodes (line/linkstate.py): the line's state travels in the end's claim,
+    and the far node's agent sets its end the same; one end alone leaves the far end's carrier."""
+    a, b = _agent_of(cluster, 0), _agent_of(cluster, 1)
+    with line_across(cluster, a, b, "lk1", 61) as (cx, cy, ip_x, ip_y):
+        run = _link(a, "down", "--line", "lk1")
+        assert run.returncode == 0, run.stderr
+        assert not _carrier(cx)
+        assert wait_until(lambda: not _carrier(cy), 10), b.log_text()  # the far end follows
+        assert not _delivered(cy, cx, ip_x) and not _delivered(cx, cy, ip_y)
+        assert [c.down for c in cluster.claims("lk1") if c.node == a.name] == [True]
+        refused = _link(b, "up", "--line", "lk1")  # it was set down on a: up there
+        assert refused.returncode == 1 and "set it up there" in refused.stderr, refused.stderr
+        run = _link(a, "up", "--line", "lk1")
+        assert run.returncode == 0, run.stderr
+        assert _carrier(cx) and wait_until(lambda: _carrier(cy), 10), b.log_text()
+        assert wait_until(lambda: lab.ping(cx, ip_y, count=1, wait=1) == 1, 10), a.log_text()
+        assert lab.ping(cy, ip_x, count=1, wait=1) == 1
+        assert [c.down for c in cluster.claims("lk1")] == [False, False]
+        # One end alone: the far end keeps carrier, and nothing passes either way.
+        run = _link(a, "down", "--end", "lk1-x/eth0")
+        assert run.returncode == 0, run.stderr
+        assert not _carrier(cx) and _carrier(cy)
+        assert not _delivered(cy, cx, ip_x) and not _delivered(cx, cy, ip_y)
+        assert _carrier(cy)  # still, after the agents' reconciles
+        assert _link(a, "up", "--end", "lk1-x/eth0").returncode == 0
+        assert wait_until(lambda: lab.ping(cx, ip_y, count=1, wait=1) == 1, 10), a.log_text()

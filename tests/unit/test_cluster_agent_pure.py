@@ -211,3 +211,11 @@ def test_a_partner_whose_node_is_gone_is_not_wired() -> None:
 def test_wireguard_peers_come_from_the_other_nodes() -> None:
     peers = wanted_peers({"node-b": _node("node-b", 2)})
     assert peers == {_key(2): ("10.215.0.2:51820", "10.216.0.2/32")}
+
+
+def test_a_claim_carries_its_lines_down_state_only_when_set() -> None:
+    up = Claim("l", "c/eth0", "node-a", "net", True)
+    assert "down" not in json.loads(up.encode())  # as 0.5.0 writes and reads it
+    down = Claim("l", "c/eth0", "node-a", "net", True, down=True)
+    assert json.loads(down.encode())["down"] is True
+    assert Claim.decode(_kv(KEYS.line_end("l", "c/eth0"), down.encode(), lease=7)).down

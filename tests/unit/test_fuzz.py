@@ -236,6 +236,7 @@ def confs(draw: st.DrawFn, log_dir: Path, version: Any = None) -> dict[str, Any]
         "mtu": st.one_of(st.integers(0, 70000), json_scalars),
         "mode": st.one_of(st.sampled_from(["auto", "netkit", "veth", "Veth", ""]), json_scalars),
         "vethAttach": st.one_of(st.sampled_from(["auto", "tcx", "tc", "xdp"]), json_scalars),
+        "linkState": st.one_of(st.sampled_from(["up", "down", "Down", ""]), json_scalars),
         "cni.dev/valid-attachments": st.one_of(
             st.lists(
                 st.fixed_dictionaries({"containerID": json_scalars, "ifname": json_scalars}), max_size=3
@@ -408,7 +409,7 @@ def test_every_verb_and_version_with_valid_input(
     conf = minimal_conf(log_dir, version)
     reserved = set(conf) | {"ipam", "prevResult", "dns", "args", "runtimeConfig", "cniVersions", "mtu"}
     reserved |= {"line", "bpffsDir", "stateDir", "mode", "vethAttach", "cni.dev/valid-attachments"}
-    reserved |= {"cni.dev/attachments"}
+    reserved |= {"cni.dev/attachments", "linkState"}
     extra = data.draw(st.dictionaries(st.text(max_size=12), json_values, max_size=4), label="extra")
     conf.update({k: v for k, v in extra.items() if k not in reserved})
     environ = data.draw(environs(command, hostile=False), label="environ")

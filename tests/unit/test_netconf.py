@@ -425,3 +425,33 @@ def test_peek_version(ver: str) -> None:
 )
 def test_peek_version_unreadable(data: bytes) -> None:
     assert versions.peek_version(data) is None
+
+
+@pytest.mark.parametrize("ver", SUPPORTED_VERSIONS)
+@pytest.mark.parametrize(
+    ("configured", "args", "down"),
+    [
+        (None, {}, False),
+        ("up", {}, False),
+        ("down", {}, True),
+        ("down", {"cni": {"linkState": "up"}}, False),  # per attachment (Multus's cni-args) wins
+        (None, {"cni": {"linkState": "down"}}, True),
+    ],
+)
+def test_link_state_from_the_config_and_per_attachment(
+    ver: str, configured: str | None, args: dict[str, Any], down: bool
+) -> None:
+    extra: dict[str, Any] = {"args": args}
+    if configured is not None:
+        extra["linkState"] = configured
+    assert netconf.parse(conf(ver, **extra)).starts_down() is down
+
+
+@pytest.mark.parametrize("value", ["Down", "", 0, True, None])
+def test_a_bad_link_state_is_named(value: Any) -> None:
+    err = parse_error(conf(linkState=value))
+    assert err.code == Code.INVALID_CONFIG and "linkState" in err.msg
+    nc = netconf.parse(conf(args={"cni": {"linkState": value}}))
+    with pytest.raises(CNIError) as e:
+        nc.starts_down()
+    assert e.value.code == Code.INVALID_CONFIG and "linkState" in e.value.msg
