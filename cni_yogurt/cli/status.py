@@ -128,7 +128,9 @@ def status(bpffs_dir: str, state_dir: str, as_json: bool) -> int:
         for e in ends:
             attach = "attached" if e["attached"] else "NOT attached: " + "; ".join(e["problems"])
             older = "" if e["pins"] == report["pins"] else f", still on {e['pins']}"
-            down = ", DOWN (yogurt link up)" if e["down"] else ""
+            down = {"": "", "partner": ", DOWN (its line, set down on its other end's node)"}.get(
+                e["down"], ", DOWN (yogurt link up)"
+            )
             print(
                 f"  {e['end']:<40} {e['host_ifname']} (ifindex {e['host_ifindex']}, "
                 f"{e['backend']}/{e['attach']}{older}) {attach}{down}"
