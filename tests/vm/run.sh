@@ -64,17 +64,32 @@ vng_args=(-r "$vmlinuz" --cpus "${YOGURT_VM_CPUS:-2}" --memory "${YOGURT_VM_MEMO
 # shellcheck disable=SC2206  # word splitting of extra args is intended
 vng_args+=(${YOGURT_VM_VNG_ARGS:-})
 
-log "booting ${vmlinuz##*/vmlinuz-} ($([ "$kvm" = 1 ] && echo kvm || echo emulated)), results in $RES"
+boot() {
+    : >"$RES/log"
+    log "booting ${vmlinuz##*/vmlinuz-} ($([ "$kvm" = 1 ] && echo kvm || echo emulated)), results in $RES"
+    # timeout signals vng's whole process group, qemu included.
+    # vng calls virtme-run via PATH, so its venv goes first, for vng only (the
+    # venv's python3 must not shadow the guest command's).
+    PATH="$VENV/bin:$PATH" timeout -k 15 "${YOGURT_VM_TIMEOUT:-2700}" vng "${vng_args[@]}" </dev/null >"$RES/console.log" 2>&1 &
+    vpid=$!
+    trap 'kill "$vpid" 2>/dev/null || true' INT TERM
+    # Stream the guest's output live; --pid makes tail do a last read once vng exits.
+    tail -n +1 -f --pid="$vpid" "$RES/log"
+    wait "$vpid" && vrc=0 || vrc=$?
+}
+
 start=$SECONDS
-# timeout signals vng's whole process group, qemu included.
-# vng calls virtme-run via PATH, so its venv goes first, for vng only (the
-# venv's python3 must not shadow the guest command's).
-PATH="$VENV/bin:$PATH" timeout -k 15 "${YOGURT_VM_TIMEOUT:-2700}" vng "${vng_args[@]}" </dev/null >"$RES/console.log" 2>&1 &
-vpid=$!
-trap 'kill "$vpid" 2>/dev/null || true' INT TERM
-# Stream the guest's output live; --pid makes tail do a last read once vng exits.
-tail -n +1 -f --pid="$vpid" "$RES/log"
-wait "$vpid" && vrc=0 || vrc=$?
+boot
+# The emulator's cross-modifying-code race (see cgroup.memory above and guest.sh) can still hit a
+# static key this project does not know to hold: a guest that died of exactly that, an int3 trap
+# at a patched site, is the emulator's failure, not the command's. It is booted once more, and
+# says so; any other death of the guest, or a second one, fails the run.
+if [ ! -s "$RES/rc" ] && grep -qa 'Oops: int3' "$RES/console.log"; then
+    mv "$RES/console.log" "$RES/console.int3.log"
+    log "the guest died of the emulator's int3 race (kept in $RES/console.int3.log): booting once more"
+    keep=1
+    boot
+fi
 
 if [ ! -s "$RES/rc" ]; then
     log "no exit code from the guest after $((SECONDS - start))s (vng exit $vrc$([ "$vrc" = 124 ] && echo ', timed out')); console:"
