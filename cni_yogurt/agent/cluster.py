@@ -13,7 +13,8 @@ the reconciler that keeps the node's maps and WireGuard peers equal to what etcd
   once it is, `abandon` undoes a failed ADD, `release` is DEL's (and frees the line's tunnel id with
   its last end).
 - A watch mirrors the prefix (cluster/watch.py); every change, every re-list and a periodic tick
-  wake one reconciling thread, which compares the whole view with the node, idempotently: peers
+  wake one reconciling thread, which compares the whole view with the node (agent/plan.py, pure;
+  agent/peers.py), idempotently: peers
   from the nodes registered; for each end of this node whose partner is ready on another node, the
   line's tunnel id (allocated on first need) and that node's WireGuard address, wired through
   line/remote.py; whatever is wired that etcd no longer says is cut (the partner's DEL, its node's
@@ -35,10 +36,12 @@ from __future__ import annotations
 
 import ipaddress
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from cni_yogurt.agent import devices
+from cni_yogurt.agent.peers import sync_peers, wanted_peers
+from cni_yogurt.agent.plan import Plan, View, parse_view, plan
 from cni_yogurt.cluster import compat, nodes, vni, wgaddress
 from cni_yogurt.cluster import gateway as gw
 from cni_yogurt.cluster import lease as leases
@@ -47,10 +50,10 @@ from cni_yogurt.cluster.client import Client
 from cni_yogurt.cluster.config import ClusterConfig
 from cni_yogurt.cluster.errors import StoreError
 from cni_yogurt.cluster.keys import Keys
-from cni_yogurt.cluster.watch import Snapshot, Watcher
+from cni_yogurt.cluster.watch import Watcher
 from cni_yogurt.cni.errors import CNIError, Code
 from cni_yogurt.datapath import Pins
-from cni_yogurt.line.registry import End, Registry
+from cni_yogurt.line.registry import Registry
 
 CLAIM_TTL = 30  # an ADD's own lease: a claim of an ADD killed half-way ages out after this
 TICK = 5.0  # the reconciler runs at least this often (a failed step is retried)
@@ -72,113 +75,6 @@ class LostEnd:
 
     def describe(self) -> dict[str, Any]:
         return {"end": self.end_key, "line": self.line, "holders": list(self.holders)}
-
-
-# -- the view: what etcd says, parsed (pure) ----------------------------------------------------
-
-
-@dataclass
-class View:
-    nodes: dict[str, nodes.NodeInfo] = field(default_factory=dict)
-    ends: dict[str, list[Claim]] = field(default_factory=dict)  # by line
-    vnis: dict[str, int] = field(default_factory=dict)  # by line
-    releases: dict[str, compat.NodeRelease] = field(default_factory=dict)  # by node
-
-
-def parse_view(keys: Keys, snap: Snapshot) -> View:
-    """The mirror's keys as nodes, claims by line and tunnel ids; what does not parse is left out."""
-    view = View()
-    node_head, lines_head, releases_head = keys.nodes(), keys.lines(), keys.releases()
-    for key, kv in sorted(snap.items()):
-        try:
-            if key.startswith(node_head):
-                info = nodes.NodeInfo.decode(kv.value)
-                view.nodes[info.name] = info
-            elif key.startswith(releases_head):
-                view.releases[keys.node_of_release(key)] = compat.NodeRelease.decode(kv.value)
-            elif key.startswith(lines_head):
-                line = keys.line_of(key)
-                if line is None:
-                    continue
-                if key == keys.line_vni(line):
-                    view.vnis[line] = int(kv.value)
-                elif key.startswith(keys.line_ends(line)):
-                    view.ends.setdefault(line, []).append(Claim.decode(kv))
-        except (ValueError, TypeError):
-            continue
-    return view
-
-
-@dataclass
-class Plan:
-    wire: dict[int, tuple[str, str]]  # host-side ifindex -> (line, partner's node)
-    orphans: list[Claim]  # this node's ready claims whose end is not on the node
-    peers: dict[str, nodes.NodeInfo]  # every other node
-    refused: dict[str, list[str]] = field(default_factory=dict)  # node of another protocol -> lines
-
-
-def plan(view: View, me: str, local: dict[str, End]) -> Plan:
-    """What the node should look like, given what etcd says and the ends the node has."""
-    wire: dict[int, tuple[str, str]] = {}
-    orphans: list[Claim] = []
-    refused: dict[str, list[str]] = {}
-    for line, claims in view.ends.items():
-        for c in claims:
-            if c.node != me or not c.ready:
-                continue
-            end = local.get(c.end_key)
-            if end is None or end.line != line:
-                orphans.append(c)
-                continue
-            if not end.ready or end.leaving or not end.host_ifindex or end.down:
-                continue  # DEL is taking it down, or it is set down (`yogurt link`)
-            partner = next(
-                (o for o in claims if o.node != me and o.ready and o.node in view.nodes),
-                None,
-            )
-            if partner is None or not view.nodes[partner.node].wg_address:
-                continue
-            if not compat.of(view.releases, partner.node).compatible:
-                refused.setdefault(partner.node, []).append(line)
-                continue
-            wire[end.host_ifindex] = (line, partner.node)
-    peers = {name: info for name, info in view.nodes.items() if name != me}
-    return Plan(wire, orphans, peers, refused)
-
-
-# -- WireGuard ----------------------------------------------------------------------------------
-
-
-def wg_peers(dev: str) -> dict[str, tuple[str, str]]:
-    """The device's peers: public key -> (endpoint, allowed ips), as `wg show dump` says."""
-    out: dict[str, tuple[str, str]] = {}
-    for line in devices.wg("show", dev, "dump").splitlines()[1:]:  # the first line is the device itself
-        fields = line.split("\t")
-        if len(fields) >= 4:
-            out[fields[0]] = (fields[2], fields[3])
-    return out
-
-
-def wanted_peers(others: dict[str, nodes.NodeInfo]) -> dict[str, tuple[str, str]]:
-    return {
-        info.wg_public_key: (info.tunnel_endpoint, f"{info.wg_address}/32")
-        for info in others.values()
-        if info.wg_address
-    }
-
-
-def sync_peers(dev: str, want: dict[str, tuple[str, str]]) -> list[str]:
-    """Make the device's peers `want`; what changed."""
-    have = wg_peers(dev)
-    changed = []
-    for key in sorted(set(have) - set(want)):
-        devices.wg("set", dev, "peer", key, "remove")
-        changed.append(f"-{key}")
-    for key, (endpoint, allowed) in sorted(want.items()):
-        if have.get(key) != (endpoint, allowed):
-            devices.wg("set", dev, "peer", key, "endpoint", endpoint, "allowed-ips", allowed)
-            changed.append(f"+{key}")
-    return changed
 
 
 # -- the node -----------------------------------------------------------------------------------

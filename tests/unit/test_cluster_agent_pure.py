@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from cni_yogurt.agent.cluster import View, parse_view, plan, wanted_peers
+from cni_yogurt.agent.peers import wanted_peers
+from cni_yogurt.agent.plan import View, parse_view, plan
 from cni_yogurt.cluster import gateway as gw
 from cni_yogurt.cluster.claims import Claim
 from cni_yogurt.cluster.config import for_agent, load, parse

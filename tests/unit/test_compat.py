@@ -11,7 +11,8 @@ import pytest
 from test_cluster_agent_pure import KEYS, _claim, _end, _kv, _node, _snapshot
 
 from cni_yogurt import __version__
-from cni_yogurt.agent.cluster import parse_view, plan, this_release
+from cni_yogurt.agent.cluster import this_release
+from cni_yogurt.agent.plan import parse_view, plan
 from cni_yogurt.cluster import compat
 from cni_yogurt.cluster.compat import NodeRelease
 from cni_yogurt.datapath import ABI
