@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import ipaddress
 import threading
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from cni_yogurt.agent import devices
@@ -53,7 +53,7 @@ from cni_yogurt.cluster.keys import Keys
 from cni_yogurt.cluster.watch import Watcher
 from cni_yogurt.cni.errors import CNIError, Code
 from cni_yogurt.datapath import Pins
-from cni_yogurt.line.registry import Registry
+from cni_yogurt.line.registry import End, Registry
 
 CLAIM_TTL = 30  # an ADD's own lease: a claim of an ADD killed half-way ages out after this
 TICK = 5.0  # the reconciler runs at least this often (a failed step is retried)
@@ -330,7 +330,10 @@ class ClusterNode:
         this one's (as the mirror says: a partner that comes later is refused by the reconciler)."""
         if self.watcher is None:
             return
-        view = parse_view(self.keys, self.watcher.snapshot())
+        wanted = (self.keys.line_ends(claim.line), self.keys.releases())  # not the whole cluster's
+        view = parse_view(
+            self.keys, {k: kv for k, kv in self.watcher.snapshot().items() if k.startswith(wanted)}
+        )
         for other in view.ends.get(claim.line, []):
             theirs = compat.of(view.releases, other.node)
             if other.node != self.me and not theirs.compatible:
@@ -439,15 +442,7 @@ class ClusterNode:
 
     @staticmethod
     def _describe_release(node: str, r: compat.NodeRelease) -> dict[str, Any]:
-        return {
-            "node": node,
-            "version": r.version,
-            "abi": r.abi,
-            "protocol": r.protocol,
-            "commit": r.commit,
-            "published": r.published,
-            "compatible": r.compatible,
-        }
+        return {"node": node, **asdict(r), "compatible": r.compatible}
 
     # -- the reconciler ------------------------------------------------------------------------
 
@@ -482,8 +477,10 @@ class ClusterNode:
         with self._lock:
             self.reconciles += 1
             view = parse_view(self.keys, self.watcher.snapshot())
-            self._follow_link_state(view)
-            local = Registry(self.state_dir).snapshot()
+            registry = Registry(self.state_dir)
+            local = registry.snapshot()
+            if self._follow_link_state(view, registry, local):
+                local = registry.snapshot()  # ends went down or up: plan from what they are now
             todo = plan(view, self.me, local)
             self._view = view
             self._note_refused(view, todo.refused)
@@ -498,16 +495,14 @@ class ClusterNode:
                 self._release_orphan(c)
             self._wire(view, todo)
 
-    def _follow_link_state(self, view: View) -> None:
+    def _follow_link_state(self, view: View, registry: Registry, local: dict[str, End]) -> bool:
         """Lines set down across nodes (line/linkstate.py): publish in its claim the state of each
         end of this node set down for its whole line, and follow the far ends that are: an end
         whose partner on another node is down for the line goes down too ("partner"), and comes
-        up again when that one does (or goes)."""
+        up again when that one does (or goes).  True if an end of the node changed."""
         from cni_yogurt.line import linkstate
 
         assert self.lease is not None
-        registry = Registry(self.state_dir)
-        local = registry.snapshot()
         follow: dict[str, list[str]] = {"partner": [], "": []}
         for line, claims in view.ends.items():
             for c in claims:
@@ -529,6 +524,7 @@ class ClusterNode:
                     ends=keys,
                     state="down" if down else "up",
                 )
+        return any(follow.values())
 
     def wake(self) -> None:
         """Reconcile now (the admin CLI changed an end's link state)."""

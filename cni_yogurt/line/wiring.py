@@ -56,15 +56,12 @@ def set_down(registry: Registry, pins: Pins, keys: list[str], down: str) -> list
         chosen = [ends[key] for key in keys if key in ends]
         for end in chosen:
             end.down = down
+        if down:
+            _cut(pins, [end for end in chosen if end.ready], keep_counts=True)
+            return chosen
+        for end in chosen:
             own = end.pin_dir(pins)
             if not end.ready or not end.host_ifindex or not own.loaded():
-                continue
-            if down:
-                with PairMap(own) as pairs:
-                    pairs.cut(end.host_ifindex)
-                if own.has_remote():
-                    with RemoteMap(own) as remotes:
-                        remotes.cut(end.host_ifindex)
                 continue
             partner = next((o for o in others_on_line(ends, end) if o.ready and not o.down), None)
             if partner is not None and partner.pin_dir(pins) == own:
@@ -110,10 +107,16 @@ def leave_all(registry: Registry, pins: Pins, keys: list[str]) -> list[End]:
         return gone
 
 
-def _cut(current: Pins, ends: list[End], indexes: Iterable[int] = (), thorough: bool = False) -> None:
+def _cut(
+    current: Pins,
+    ends: list[End],
+    indexes: Iterable[int] = (),
+    thorough: bool = False,
+    keep_counts: bool = False,
+) -> None:
     """Take ends out of the maps: pairing (both directions), wiring to a remote partner
-    (both directions) and counters; out of this release's maps too, which a move to them
-    that was cut short may have filled."""
+    (both directions) and counters (`keep_counts`: not those, the end stays: link state); out
+    of this release's maps too, which a move to them that was cut short may have filled."""
     where: dict[Pins, set[int]] = {current: set(indexes)}
     for end in ends:
         for pins in (end.pin_dir(current), current):
@@ -126,6 +129,8 @@ def _cut(current: Pins, ends: list[End], indexes: Iterable[int] = (), thorough: 
             if pins.has_remote():
                 with RemoteMap(pins) as remotes:
                     remotes.cut(*found, thorough=thorough)
+            if keep_counts:
+                continue
             with CounterMap(pins) as counters:
                 for index in found:
                     counters.stop(index)
