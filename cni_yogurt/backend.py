@@ -12,7 +12,13 @@ where it does.
 netkit (Linux >= 6.7) is the default wherever the kernel can create one.
 veth programs attach with tcx links (Linux >= 6.6), pinned like netkit's;
 older kernels get clsact + direct-action cls_bpf filters, which live and die
-with the device and need no pins.  The mode is resolved once per ADD
+with the device and need no pins.  "split" puts the sender on a cls_bpf
+filter and the guard on a tcx link: every tcx attach waits for an RCU grace
+period under the rtnl lock (most of a veth ADD), a filter waits for none, and
+the sender sits on the host-side device, which no container can reach, while
+the guard's link is out of reach of a container's `tc` (a filter in the
+container's netns is not: CAP_NET_ADMIN there can delete it).  What each mode
+costs per ADD and DEL is in docs/performance.md.  The mode is resolved once per ADD
 (`resolve`) and recorded with the end; every later verb works from that
 record or from the device itself.
 """
@@ -20,6 +26,7 @@ record or from the device itself.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import functools
 import os
@@ -43,17 +50,19 @@ class Hook:
     program: str  # pinned program, a key of datapath.PROGRAMS
     on_container_side: bool  # attached to the device inside the container's netns
     attach_type: int  # netkit / tcx attach type (the tc path: ingress, like tcx)
+    linked: bool = True  # by a bpf link, pinned (netkit, tcx); else a cls_bpf filter on clsact
 
 
 @dataclass(frozen=True)
 class Backend:
     device: str  # link kind: "netkit" | "veth"
-    attach: str  # "netkit" | "tcx" | "tc"
+    attach: str  # "netkit" | "tcx" | "tc" | "split"
     hooks: tuple[Hook, ...]
 
     @property
     def pins_links(self) -> bool:
-        return self.attach != "tc"
+        """Whether any of its hooks is a pinned link (whether it needs tcx, on veth)."""
+        return any(hook.linked for hook in self.hooks)
 
 
 NETKIT = Backend(
@@ -66,8 +75,9 @@ _VETH_HOOKS = (
     Hook("primary", "primary", True, bpf.TCX_INGRESS),
 )
 VETH_TCX = Backend("veth", "tcx", _VETH_HOOKS)
-VETH_TC = Backend("veth", "tc", _VETH_HOOKS)
-BY_ATTACH = {b.attach: b for b in (NETKIT, VETH_TCX, VETH_TC)}
+VETH_TC = Backend("veth", "tc", tuple(dataclasses.replace(h, linked=False) for h in _VETH_HOOKS))
+VETH_SPLIT = Backend("veth", "split", (dataclasses.replace(_VETH_HOOKS[0], linked=False), _VETH_HOOKS[1]))
+BY_ATTACH = {b.attach: b for b in (NETKIT, VETH_TCX, VETH_TC, VETH_SPLIT)}
 
 
 @dataclass
@@ -218,7 +228,7 @@ def attach_hook(backend: Backend, pins: Pins, pair: Pair, hook: Hook, pinned: st
     program or the new one, never neither.  A tc filter is replaced in place the same way."""
     prog_fd = bpf.obj_get(pins.prog(hook.program))
     try:
-        if not backend.pins_links:
+        if not hook.linked:
             rtnl, index = pair.rtnl(hook), pair.ifindex(hook)
             rtnl.add_clsact(index)
             rtnl.add_bpf_filter(index, tc.INGRESS, prog_fd, f"yogurt_{hook.program}")
@@ -233,7 +243,7 @@ def attach_hook(backend: Backend, pins: Pins, pair: Pair, hook: Hook, pinned: st
 def attach_held(backend: Backend, pins: Pins, pair: Pair) -> dict[str, int]:
     """Attach the sender and the guard with links that are not pinned: the caller holds
     their fds (hook name -> link fd), and they detach when it closes them or dies."""
-    assert backend.pins_links
+    assert all(hook.linked for hook in backend.hooks)
     held: dict[str, int] = {}
     try:
         for hook in backend.hooks:
@@ -306,6 +316,6 @@ def attach_problems(backend: Backend, pins: Pins, pair: Pair) -> list[str]:
 def attached_ids(backend: Backend, pair: Pair, hook: Hook) -> list[int]:
     """IDs of the programs at a hook's place, as the kernel reports them."""
     index = pair.ifindex(hook)
-    if backend.pins_links:
+    if hook.linked:
         return pair.on_side(hook, lambda: bpf.prog_query(index, hook.attach_type))
     return pair.rtnl(hook).bpf_filter_ids(index, tc.INGRESS)

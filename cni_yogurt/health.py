@@ -52,14 +52,18 @@ def check_backend(state_dir: str, mode: str, veth_attach: str, cached: bool = Tr
             f'"mode": "netkit" but Linux {release} cannot create netkit devices',
             'boot a kernel >= 6.7 with CONFIG_NETKIT, or set "mode" to "auto" or "veth"',
         )
-    if kind is backend.VETH_TCX and not backend.tcx_supported():
+    if kind.pins_links and not backend.tcx_supported():
         return Finding(
             "backend",
             False,
-            f"veth with tcx, but Linux {release} has no tcx",
+            f'veth with tcx ("vethAttach": "{kind.attach}"), but Linux {release} has no tcx',
             'set "vethAttach" to "auto" or "tc"',
         )
-    how = "tcx links" if kind is backend.VETH_TCX else "clsact + cls_bpf"
+    how = {
+        "tcx": "tcx links",
+        "tc": "clsact + cls_bpf",
+        "split": "clsact + cls_bpf (the sender) and a tcx link (the guard)",
+    }[kind.attach]
     why = "" if mode == "veth" else f"; no netkit in Linux {release}"
     return Finding("backend", True, f"veth, programs attached with {how}{why}")
 

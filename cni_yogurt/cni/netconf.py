@@ -12,7 +12,9 @@ Our keys (all optional):
   mode       device backend: "auto" (netkit where the kernel can create one,
              else veth), "netkit" or "veth"
   vethAttach how veth programs attach: "auto" (tcx links where the kernel has
-             them, >= 6.6, else clsact + cls_bpf), "tcx" or "tc"
+             them, >= 6.6, else clsact + cls_bpf), "tcx", "tc", or "split"
+             (the sender by cls_bpf, the guard by a tcx link: one grace
+             period less per ADD, the guard still out of a container's reach)
   linkState  "up" (default) or "down": an end starts down (no carrier in the
              container, nothing passes) until `yogurt link up`; args.cni.linkState
              sets it per attachment
@@ -40,7 +42,7 @@ DEFAULT_LOG_FILE = "/var/log/cni-yogurt.log"
 # CNI_ARGS keys meant for this plugin alone (kept from IPAM delegates).
 OUR_ARGS = frozenset({"YOGURT_LINE"})
 MODES = ("auto", "netkit", "veth")
-VETH_ATTACH = ("auto", "tcx", "tc")
+VETH_ATTACH = ("auto", "tcx", "tc", "split")
 # CNI_ARGS keys this plugin understands; others need IgnoreUnknown.
 KNOWN_ARGS = OUR_ARGS | K8S_ARGS | ADDRESS_ARGS | {"IgnoreUnknown"}
 

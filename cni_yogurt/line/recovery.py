@@ -92,7 +92,6 @@ def _end_of(link: Any, pins: Pins, wired: set[int], tag: str) -> End | None:
         return None  # not ours, or made before ADD labelled it: GC's business
     if ident.get("d") != tag:
         return None  # another registry's
-    pinned = os.path.exists(pins.link(name, "peer"))
     container_id, ifname = ident.get("c"), ident.get("i", "")
     if container_id is None or naming.host_ifname(container_id, ifname) != name:
         container_id, ifname = ANONYMOUS, name
@@ -111,9 +110,19 @@ def _end_of(link: Any, pins: Pins, wired: set[int], tag: str) -> End | None:
         # Labelled before IPAM: a wired end is surely complete, an unwired one is taken to be.
         ready=True if link["index"] in wired else bool(link["flags"] & 1),
         device=kind,
-        attach="netkit" if kind == "netkit" else ("tcx" if pinned else "tc"),
+        attach=_attach_of(kind, pins, name),
         pins=pins.root,
     )
+
+
+def _attach_of(kind: str, pins: Pins, name: str) -> str:
+    """How a found end's programs attach, from its pins: links for both hooks (netkit, tcx),
+    for the guard only (split), or none (tc filters, which live with the device)."""
+    if kind == "netkit":
+        return "netkit"
+    if os.path.exists(pins.link(name, "peer")):
+        return "tcx"
+    return "split" if os.path.exists(pins.link(name, "primary")) else "tc"
 
 
 def adopt(ends: dict[str, End], container_id: str, ifname: str) -> End | None:

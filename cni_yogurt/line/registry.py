@@ -45,7 +45,7 @@ class End:
     ready: bool = False  # device, programs and addresses are in place
     leaving: bool = False  # DEL has hung it up and is tearing it down
     device: str = "netkit"  # backend: the pair's link kind, "netkit" | "veth"
-    attach: str = "netkit"  # how its programs attach: "netkit" | "tcx" | "tc"
+    attach: str = "netkit"  # how its programs attach: "netkit" | "tcx" | "tc" | "split"
     pins: str = ""  # the pin dir (<bpffsDir>/v<ABI>) of its programs and map
     # The Kubernetes pod that holds it, as its CRI runtime named it in CNI_ARGS ("" if none);
     # files written before these fields load with the defaults.

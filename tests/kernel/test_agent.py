@@ -235,8 +235,9 @@ def test_the_compiled_front_end_relays_to_the_agent_and_falls_back_without_it(
     assert agent.stop() == 0
 
 
-def _ended_killed(agent: Agent) -> None:
-    assert agent.proc.wait(60) == -signal.SIGKILL, "the agent did not die at its crash point"
+def _ended_killed(agent: Agent, run: lab.PluginRun | None = None) -> None:
+    """The agent died at its crash point (`run`: the call that should have reached it, said if not)."""
+    assert agent.proc.wait(60) == -signal.SIGKILL, f"the agent did not die at its crash point: {run}"
     agent.proc.stderr.close()
 
 
@@ -257,7 +258,7 @@ def test_agent_killed_at_each_step_of_add(node: Node, conf: dict[str, Any], poin
     else:
         dying.ready()
         run = node.run("ADD", conf, crashed)
-        _ended_killed(dying)
+        _ended_killed(dying, run)
         assert run.rc == 1 and run.out["code"] == Code.TRY_AGAIN_LATER, run
         assert "agent.sock" in run.out["msg"]
     # The runtime retries: through a restarted agent, or the plugin's own path if none is back.
@@ -286,7 +287,7 @@ def test_agent_killed_at_each_step_of_del(node: Node, conf: dict[str, Any], poin
     assert first.stop() == 0
     dying = Agent(conf, crash_at=point).ready()
     run = node.run("DEL", conf, two)
-    _ended_killed(dying)
+    _ended_killed(dying, run)
     # The agent died mid-DEL: the exec finished it on its own path. A DEL never fails for the agent.
     assert run.rc == 0, run
     assert lab.ping(one, b4, count=1) == 0
@@ -313,7 +314,7 @@ def test_an_ipam_plugin_does_not_outlive_an_agent_killed_mid_add(
     ns = node.netns()
     dying = Agent(slow_conf, crash_at="add:device").ready()
     run = lab.run_plugin("ADD", slow_conf, container_id=ns.name, netns=ns.path, cni_path=cni_path)
-    _ended_killed(dying)
+    _ended_killed(dying, run)
     assert run.rc == 1 and run.out["code"] == Code.TRY_AGAIN_LATER, run
     retry = lab.run_plugin("DEL", slow_conf, container_id=ns.name, netns=ns.path, cni_path=cni_path)
     assert retry.rc == 0, retry

@@ -71,7 +71,7 @@ def test_our_keys(ver: str) -> None:
 
 @pytest.mark.parametrize("ver", SUPPORTED_VERSIONS)
 @pytest.mark.parametrize("mode", ["auto", "netkit", "veth"])
-@pytest.mark.parametrize("attach", ["auto", "tcx", "tc"])
+@pytest.mark.parametrize("attach", ["auto", "tcx", "tc", "split"])
 def test_backend_keys(ver: str, mode: str, attach: str) -> None:
     nc = netconf.parse(conf(ver, mode=mode, vethAttach=attach))
     assert (nc.mode, nc.veth_attach) == (mode, attach)
