@@ -17,6 +17,9 @@ runtime does it, plugins taking turns in every round):
   ADD/DEL with N lines (2N ends) already up on the node;  GC with those 2N stale ends;
   200 ADDs for 100 lines, 20 at a time (wired right? leftovers after 200 DELs?), against ptp, also
   through the agent (the entry point, the compiled front end);
+  modes: ADD/DEL through the compiled front end and the agent for netkit (where the kernel has it)
+  and each veth attach mode (tcx, split, tc), pod pairs back to back and spaced out (0.6 s apart),
+  and the 200-ADD burst per mode, against ptp in the same rounds;
   the wire: iperf3 + sockperf between two containers on a line vs two ptp containers;
   across nodes (bench_across.py; needs wireguard-go and an etcd, else left out unless asked for): two
   lab nodes, etcd, an agent per node; a line's wire across them vs the bare WireGuard path between the
@@ -24,7 +27,7 @@ runtime does it, plugins taking turns in every round):
 
 Writes bench.md, bench.json and bench.png into --out (docs/bench by default).
 Everything it makes (netns `ybn*`, networks `ybench-*`, its own bpffs/state dirs,
-subnets 10.201-207.0.0/16, the node lab's netns `yn-*`) is removed at the end, even after a failure.
+subnets 10.201-211.0.0/16, the node lab's netns `yn-*`) is removed at the end, even after a failure.
 """
 
 from __future__ import annotations
@@ -52,7 +55,8 @@ from bench_verbs import BenchError, Plugin, Samples, log, timed  # noqa: E402
 
 from cni_yogurt import backend, health, lab  # noqa: E402
 
-SECTIONS = ("version", "verbs", "scale", "burst", "wire", "across")
+SECTIONS = ("version", "verbs", "modes", "scale", "burst", "wire", "across")
+PAUSE = 0.6  # seconds between pod pairs when "spaced out" (the pool refills after 0.25 s idle)
 
 
 def machine() -> dict[str, Any]:
@@ -170,7 +174,7 @@ def main() -> int:
     log(f"{report['machine']}")
     with contextlib.ExitStack() as stack:
         s = stack.enter_context(bench_verbs.scratch())
-        if agent_plugin is not None and only & {"verbs", "burst"}:
+        if agent_plugin is not None and only & {"verbs", "burst", "modes"}:
             report["agent_start_s"] = stack.enter_context(
                 bench_agent.running(yogurts[0].exe, f"{s.tmp}/agent.log")
             )
@@ -182,6 +186,8 @@ def main() -> int:
                 lambda: bench_verbs.verbs(found, args.rounds, s, samples, cni_path),
             )
             timed("DEL of nothing", lambda: bench_verbs.del_nothing(found, args.rounds, s, samples, cni_path))
+        if "modes" in only:
+            modes(found, ptp, args, s, samples, report, cni_path)
         if "scale" in only:
             conf, fill_s = timed(
                 f"{args.lines} lines up", lambda: bench_verbs.fill(yogurts[0], s, args.lines)
@@ -259,6 +265,40 @@ def main() -> int:
     render(args.out, report)
     log(f"done in {report['elapsed_s']} s: {args.out}/bench.md, bench.png, bench.json")
     return 0
+
+
+def modes(
+    found: list[Plugin],
+    ptp: Plugin,
+    args: argparse.Namespace,
+    s: bench_verbs.Scratch,
+    samples: Samples,
+    report: dict[str, Any],
+    cni_path: str,
+) -> None:
+    """Each veth attach mode through the compiled front end and the agent, against ptp in the
+    same rounds: pod pairs back to back, then spaced out, then the burst."""
+    front = next((p for p in found if p.key == "front"), None)
+    if front is None:
+        raise BenchError("modes: needs the agent and the compiled front end (`make front`)")
+    moded = bench_agent.per_mode(front, netkit=health.probe_netkit().ok)
+    report["labels"].update({p.key: p.label for p in moded})
+    report["modes"] = {"keys": [p.key for p in moded], "pause_s": PAUSE, "bursts": {}}
+    both = [*moded, ptp]
+    timed(
+        f"per attach mode, back to back x{args.rounds}",
+        lambda: bench_verbs.verbs(both, args.rounds, s, samples, cni_path, " back to back"),
+    )
+    timed(
+        f"per attach mode, {PAUSE} s apart x{args.rounds}",
+        lambda: bench_verbs.verbs(both, args.rounds, s, samples, cni_path, " spaced", pause=PAUSE),
+    )
+    for plugin in both:
+        b = timed(
+            f"{plugin.label}: {args.burst} ADDs, 20 at a time",
+            lambda p=plugin: bench_verbs.burst(p, s, cni_path, args.burst),
+        )
+        report["modes"]["bursts"][plugin.key] = vars(b)
 
 
 def render(out: Path, report: dict[str, Any]) -> None:

@@ -24,6 +24,9 @@ from cni_yogurt.agent import frontend
 SUBNETS = {"venv": "10.204.0.0/16", "bin": "10.205.0.0/16"}
 KEYS = {"venv": "agent", "bin": "agentbin"}
 FRONT_SUBNET = "10.207.0.0/16"  # 10.206: bench_across
+# The veth attach modes, each through the compiled front end: "modes" in bench.py.
+MODES = {"tcx": "10.208.0.0/16", "split": "10.209.0.0/16", "tc": "10.210.0.0/16"}
+NETKIT_SUBNET = "10.211.0.0/16"
 
 
 def through_agent(plugins: list[Plugin]) -> list[Plugin]:
@@ -57,6 +60,28 @@ def compiled_front(front: Path, plugins: list[Plugin]) -> Plugin | None:
         front.stat().st_size,
         via_agent=True,
     )
+
+
+def per_mode(front: Plugin, netkit: bool) -> list[Plugin]:
+    """The compiled front end once per veth attach mode (backend.py: what each attaches how),
+    and for netkit first where the kernel has it."""
+    on_netkit = dataclasses.replace(
+        front, key="front-netkit", label="front end → agent, netkit", subnet=NETKIT_SUBNET,
+        conf_keys={"mode": "netkit"},
+    )  # fmt: skip
+    return [
+        *([on_netkit] if netkit else []),
+        *[
+            dataclasses.replace(
+                front,
+                key=f"front-{mode}",
+                label=f'front end → agent, "vethAttach": "{mode}"',
+                subnet=subnet,
+                conf_keys={"mode": "veth", "vethAttach": mode},
+            )
+            for mode, subnet in MODES.items()
+        ],
+    ]
 
 
 @contextlib.contextmanager

@@ -47,11 +47,52 @@ def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}×" if a and b else "—"
 
 
+def modes(report: dict[str, Any]) -> list[str]:
+    """The veth attach modes through the agent: ADD and DEL back to back and spaced out, the
+    burst; each with its ratio to ptp's figure of the same rounds."""
+    section = report.get("modes")
+    if not section:
+        return []
+    figs, labels = report["figures"], report["labels"]
+    bursts = section["bursts"]
+    adds = next(iter(bursts.values()))["adds"] if bursts else 0
+    ptp, ptp_burst = figs.get("ptp", {}), bursts.get("ptp", {})
+    out = [
+        "",
+        f"Per veth attach mode, through the compiled front end and the agent (p50 ms, ÷ ptp in the "
+        f"same rounds; spaced: {section['pause_s']} s between pod pairs; burst: {adds} ADDs, 20 at a "
+        "time, wall time):",
+        "",
+        "| | ADD back to back | ADD spaced | DEL back to back | DEL spaced | burst ADDs | burst DELs |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key in [*section["keys"], "ptp"]:
+        cells = []
+        for row in ("ADD back to back", "ADD spaced", "DEL back to back", "DEL spaced"):
+            mine = figs.get(key, {}).get(row, {}).get("p50")
+            theirs = ptp.get(row, {}).get("p50")
+            cells.append(f"{_ms(mine)} ({ratio(mine, theirs)})" if mine and key != "ptp" else _ms(mine or 0))
+        for field in ("wall_s", "dels_wall_s"):
+            mine, theirs = bursts.get(key, {}).get(field), ptp_burst.get(field)
+            wall = f"{mine or 0:.2f} s"
+            cells.append(f"{wall} ({ratio(mine, theirs)})" if mine and key != "ptp" else wall)
+        out.append(f"| {labels.get(key, key)} | " + " | ".join(cells) + " |")
+    broken = [k for k, b in bursts.items() if b["leftovers"] or (k != "ptp" and b["wired"] != b["adds"] // 2)]
+    if broken:
+        out.append(f"\nBursts with a line not wired or something left behind: {', '.join(broken)}.")
+    return out
+
+
 def markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     figs: dict[str, dict[str, dict[str, float]]] = report["figures"]
     labels: dict[str, str] = report["labels"]
-    keys = [k for k in ("venv", "bin", "agent", "agentbin", "front", "ptp") if k in figs]
+    main_rows = ("VERSION", "ADD", "CHECK", "DEL")
+    keys = [
+        k
+        for k in ("venv", "bin", "agent", "agentbin", "front", "ptp")
+        if k in figs and any(row in figs[k] for row in main_rows)
+    ]
     rounds = f" {report['rounds']} interleaved rounds (two containers each), p50 / p95 / p99 in ms."
     out = [
         f"Machine: {m['cpu']}, {m['cores']} cores; {m['os']}; Linux {m['kernel']}; "
@@ -96,6 +137,7 @@ def markdown(report: dict[str, Any]) -> str:
             + f"{burst['reached']}/{burst['adds'] // 2} first ends ping their partner; "
             + f"leftovers after DEL: {len(burst['leftovers']) or 'none'}"
         )
+    out += modes(report)
     if "gc" in report:
         gc = report["gc"]
         out.append(f"- GC with {gc['stale']} stale ends: {gc['seconds']:.2f} s (one exec).")

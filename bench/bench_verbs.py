@@ -63,6 +63,7 @@ class Plugin:
     subnet: str
     size: int | None = None  # bytes on disk (None: the venv entry point)
     via_agent: bool = False  # its configs name the node agent's stateDir: the exec forwards
+    conf_keys: dict[str, str] = field(default_factory=dict)  # more netconf keys (the veth attach mode)
 
     @property
     def state(self) -> str:
@@ -117,6 +118,7 @@ class Scratch:
         }
         if plugin.is_yogurt:
             conf.update(bpffsDir=plugin.bpffs, stateDir=plugin.state, logFile=f"{self.tmp}/yogurt.log")
+        conf.update(plugin.conf_keys)
         return conf
 
     def ns(self, name: str) -> lab.Netns:
@@ -212,11 +214,19 @@ def version(plugins: list[Plugin], rounds: int, samples: Samples) -> None:
 
 
 def verbs(
-    plugins: list[Plugin], rounds: int, s: Scratch, samples: Samples, cni_path: str, figure: str = ""
+    plugins: list[Plugin],
+    rounds: int,
+    s: Scratch,
+    samples: Samples,
+    cni_path: str,
+    figure: str = "",
+    pause: float = 0.0,
 ) -> None:
     """ADD, CHECK, DEL of two containers (for yogurt both ends of one line), `rounds` times, interleaved.
 
-    `figure` suffixes the figure names (" @500 lines" when 500 lines are already up)."""
+    `figure` suffixes the figure names (" @500 lines" when 500 lines are already up; then no
+    CHECK).  `pause`: seconds without a call before each plugin's turn (pods spaced out, as
+    against back to back)."""
     tag = "".join(c for c in figure if c.isalnum())
     confs = {p.key: s.conf(p, f"{p.key}{tag or '1'}") for p in plugins}
     for i in range(1 + rounds):  # round 0 warms up (yogurt: the first ADD compiles the programs)
@@ -224,6 +234,7 @@ def verbs(
             conf = confs[plugin.key]
             pair = [s.ns(f"{plugin.key}{tag}{j}") for j in (1, 2)]
             results = []
+            time.sleep(pause)
             for ns in pair:
                 cid = f"ybench-{plugin.key}{tag}-{ns.name}"
                 s.track(plugin, conf, cid, ns.path, "eth0")
