@@ -24,6 +24,11 @@ class Release:
     def name(self) -> str:
         return f"abi{self.abi}-{self.commit}"
 
+    @property
+    def version(self) -> str:
+        """The version its wheel carries (every release before 0.5.0 called itself 0.1.0)."""
+        return self.wheel.name.split("-")[1]
+
 
 def kept(folder: Path) -> list[Release]:
     """Every release wheel kept under `folder` (`abi<N>-<commit>/<one wheel>`), oldest ABI first."""

@@ -44,10 +44,15 @@ require_node_lab()
 
 
 @pytest.fixture(scope="module", params=ACROSS, ids=lambda r: r.name)
-def older(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+def older_release(request: pytest.FixtureRequest) -> releases.Release:
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def older(older_release: releases.Release, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     """The older release's `yogurt` (plugin and agent alike)."""
-    release: releases.Release = request.param
-    return releases.install(release, tmp_path_factory.mktemp(f"release-{release.commit}") / "venv")
+    venv = tmp_path_factory.mktemp(f"release-{older_release.commit}") / "venv"
+    return releases.install(older_release, venv)
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +99,7 @@ def _peers(agent: NodeAgent) -> dict[str, dict[str, Any]]:
 
 
 def test_an_agent_upgraded_under_live_lines_loses_no_datagram_and_runs_mixed(
-    cluster: Cluster, older: list[str]
+    cluster: Cluster, older: list[str], older_release: releases.Release
 ) -> None:
     a, b = cluster.agents
     assert a.command == b.command == older
@@ -136,10 +141,14 @@ def test_an_agent_upgraded_under_live_lines_loses_no_datagram_and_runs_mixed(
     _add(b, mixed[1], "rel3", "rel3-b", ip["mb"])
     assert wait_until(lambda: lab.ping(mixed[0], ip["mb"], count=1, wait=1) == 1, 15), a.log_text()
     assert lab.ping(mixed[1], ip["ma"], count=2, wait=1) == 2
-    # This release's agent knows which release the other node runs (it published none: the
-    # only earlier release with lines across nodes, whose cluster protocol is this one's).
+    # This release's agent knows which release the other node runs: 0.5.0 published none (the
+    # first release with lines across nodes, whose cluster protocol is this one's), later ones do.
     peer = _peers(a)[b.name]
-    assert (peer["published"], peer["protocol"], peer["compatible"]) == (False, compat.PROTOCOL, True), peer
+    published = older_release.version != compat.UNPUBLISHED.version
+    assert (peer["published"], peer["protocol"], peer["compatible"]) == (published, compat.PROTOCOL, True), (
+        peer
+    )
+    assert peer["version"] == older_release.version, peer
     _delete(a, mixed[0], "rel3", "rel3-a")
     _delete(b, mixed[1], "rel3", "rel3-b")
     assert cluster.claims("rel3") == []
