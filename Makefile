@@ -20,7 +20,9 @@ VM_TESTS = tests/kernel/test_wire.py tests/kernel/test_counters.py tests/kernel/
 	'tests/kernel/test_upgrade.py::test_live_line_moves_to_the_next_release_without_losing_a_packet[netkit-ADD]' \
 	'tests/kernel/test_upgrade_from_release.py::test_a_line_of_a_real_release_moves_in_place[abi4-f9b534a-netkit]' \
 	'tests/kernel/test_link_state.py::test_a_line_set_down_loses_carrier_and_passes_nothing_until_up[netkit]' \
-	'tests/kernel/test_link_state.py::test_one_end_down_passes_nothing_either_way_and_only_it_loses_carrier[netkit]'
+	'tests/kernel/test_link_state.py::test_one_end_down_passes_nothing_either_way_and_only_it_loses_carrier[netkit]' \
+	'tests/kernel/test_capture.py::test_a_capture_holds_exactly_what_the_two_ends_sent_each_way' \
+	'tests/kernel/test_capture.py::test_visible_while_it_runs_and_nothing_left_after_sigkill'
 
 # The veth backend on Debian 12's 6.1 (no netkit, no tcx) in a second VM, in auto mode: every ADD must
 # pick veth + clsact by itself. The wire, the verbs, counters, a live line moving to the next release.

@@ -21,6 +21,7 @@ runtime does it, plugins taking turns in every round):
   and each veth attach mode (tcx, split, tc), pod pairs back to back and spaced out (0.6 s apart),
   and the 200-ADD burst per mode, against ptp in the same rounds;
   the wire: iperf3 + sockperf between two containers on a line vs two ptp containers;
+  capture: the same over one line with no capture and with `yogurt capture` running (bench_capture.py);
   across nodes (bench_across.py; needs wireguard-go and an etcd, else left out unless asked for): two
   lab nodes, etcd, an agent per node; a line's wire across them vs the bare WireGuard path between the
   same nodes, and ADD/DEL of a cross-node end vs a node-local end through the same agent.
@@ -48,6 +49,7 @@ sys.path[:0] = [str(REPO), str(HERE)]  # the checkout's cni_yogurt; the bench_* 
 
 import bench_across  # noqa: E402
 import bench_agent  # noqa: E402
+import bench_capture  # noqa: E402
 import bench_report  # noqa: E402
 import bench_verbs  # noqa: E402
 import bench_wire  # noqa: E402
@@ -55,7 +57,7 @@ from bench_verbs import BenchError, Plugin, Samples, log, timed  # noqa: E402
 
 from cni_yogurt import backend, health, lab  # noqa: E402
 
-SECTIONS = ("version", "verbs", "modes", "scale", "burst", "wire", "across")
+SECTIONS = ("version", "verbs", "modes", "scale", "burst", "wire", "capture", "across")
 PAUSE = 0.6  # seconds between pod pairs when "spaced out" (the pool refills after 0.25 s idle)
 
 
@@ -235,6 +237,28 @@ def main() -> int:
                         "rr_p99_us": w.rr_p99_us,
                     }
                     for i, w in enumerate(wires)
+                ],
+            }
+        if "capture" in only:
+            wires = timed(
+                "capture",
+                lambda: bench_capture.bench(
+                    yogurts[0], s, cni_path, args.wire_rounds, args.wire_seconds, args.rr_seconds
+                ),
+            )
+            report["capture"] = {
+                "rounds": args.wire_rounds,
+                "seconds": args.wire_seconds,
+                "rr_seconds": args.rr_seconds,
+                "links": [
+                    {
+                        "label": w.label,
+                        "gbps": w.gbps,
+                        "cpu_s_per_gb": w.cpu_s_per_gb,
+                        "rr_us": w.rr_us,
+                        "rr_p99_us": w.rr_p99_us,
+                    }
+                    for w in wires
                 ],
             }
         if "across" in only:

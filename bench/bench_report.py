@@ -169,6 +169,27 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{ratio(_med(a['rr_us']), _med(b['rr_us']))} | "
                 f"{ratio(_med(a['rr_p99_us']), _med(b['rr_p99_us']))} |"
             )
+    capture = report.get("capture")
+    if capture:
+        off = capture["links"][0]
+        out += [
+            "",
+            f"A line with `yogurt capture` running ({capture['rounds']} rounds, in turns; iperf3 one TCP "
+            f"stream {capture['seconds']} s, sockperf {capture['rr_seconds']} s; medians, [min–max], "
+            "÷ no capture):",
+            "",
+            "| | throughput Gbit/s | CPU s per GB | RR latency µs (avg) | RR p99 µs |",
+            "|---|---|---|---|---|",
+        ]
+        for w in capture["links"]:
+            rel = [
+                f" ({ratio(_med(w[k]), _med(off[k]))})" if w is not off else ""
+                for k in ("gbps", "cpu_s_per_gb", "rr_us", "rr_p99_us")
+            ]
+            out.append(
+                f"| {w['label']} | {_spread(w['gbps'])}{rel[0]} | {_spread(w['cpu_s_per_gb'], 2)}{rel[1]} | "
+                f"{_spread(w['rr_us'])}{rel[2]} | {_spread(w['rr_p99_us'])}{rel[3]} |"
+            )
     if "across" in report:
         out += _across(report["across"], figs.get("across", {}))
     for note in report.get("notes", []):

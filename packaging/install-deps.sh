@@ -12,11 +12,12 @@
 #       WireGuard between nodes as netns where the kernel has none (and for the test of a
 #       failing start), `wg`, and each node's firewall; the agent in cluster mode (its
 #       WireGuard and nftables table); the Kubernetes image copies all three from here
+#   tcpdump  reads what `yogurt capture` writes, in the tests (and for the admin who captures)
 #   podman containerd crun busybox-static  the runtime end-to-end tests
 #       (busybox-static is their container image, made on the spot)
 set -euo pipefail
 pkgs=(python3-venv python3-bpfcc gcc libc6-dev python3-prometheus-client containernetworking-plugins iproute2 iputils-ping
-    kmod containerd crun busybox-static python3-cryptography nftables)
+    kmod containerd crun busybox-static python3-cryptography nftables tcpdump)
 # podman without its recommends: podman 4 uses its CNI backend, which the test
 # needs, only as long as netavark is not installed.  No etcd-server: installing it starts a
 # system etcd on 2379; the cluster tests unpack its .deb instead (packaging/fetch-etcd.sh).

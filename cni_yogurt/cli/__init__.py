@@ -61,6 +61,19 @@ def _parser() -> argparse.ArgumentParser:
     link.add_argument("--bpffs-dir", default=DEFAULT_BPFFS_DIR)
     link.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
     link.add_argument("--json", action="store_true", help="machine-readable output")
+    cap = sub.add_parser("capture", help="copy a line's packets (both ways) into pcapng or pcap; root only")
+    which = cap.add_mutually_exclusive_group(required=True)
+    which.add_argument("--line", metavar="LINE", help="the line, seen from its first end on this node")
+    which.add_argument("--end", metavar="CONTAINER/IFNAME", help="one end (as `yogurt status` names it)")
+    which.add_argument("--device", metavar="HOST_IFNAME", help="the end whose host-side device this is")
+    which.add_argument("--pod", metavar="NAMESPACE/NAME", help="the end a pod holds")
+    cap.add_argument("-w", "--write", metavar="FILE", required=True, help="the capture file, or - for stdout")
+    cap.add_argument("--format", choices=("pcapng", "pcap"), default="pcapng")
+    cap.add_argument("-s", "--snaplen", type=int, default=262144, help="bytes kept of each packet")
+    cap.add_argument("-c", "--count", type=int, help="stop after this many packets")
+    cap.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
+    cap.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
+    cap.add_argument("--bpffs-dir", default=DEFAULT_BPFFS_DIR)
     leave = sub.add_parser("leave", help="take this node out of the cluster: its record, devices, firewall")
     leave.add_argument("--cluster", metavar="FILE", required=True, help="the agent's cluster file")
     leave.add_argument("--node", metavar="NAME", default="", help="the node's name (replaces the file's)")
@@ -117,6 +130,24 @@ def main(argv: list[str]) -> int:
         from cni_yogurt.cli.link import link as set_link
 
         return set_link(args.state, args.line, args.end, args.state_dir, args.bpffs_dir, args.json)
+    if args.cmd == "capture":
+        from cni_yogurt.cli.capture import capture
+
+        if args.snaplen < 1 or (args.count is not None and args.count < 1):
+            parser.error("--snaplen and --count are at least 1")
+        return capture(
+            line=args.line,
+            end=args.end,
+            device=args.device,
+            pod=args.pod,
+            write=args.write,
+            fmt=args.format,
+            snaplen=args.snaplen,
+            count=args.count,
+            duration=args.duration,
+            state_dir=args.state_dir,
+            bpffs_dir=args.bpffs_dir,
+        )
     if args.cmd == "leave":
         from cni_yogurt.cli.leave import leave
 

@@ -39,6 +39,17 @@ def _maps(pins: Pins, ends: list[End]) -> tuple[dict[int, Partner], dict[int, di
     return pairs, counts
 
 
+def _captured(end: End) -> bool:
+    """Whether `yogurt capture` copies what this end sends (a capture's program at its sender)."""
+    from cni_yogurt.capture.tap import CaptureError, captured, tap_of
+
+    try:
+        tap = tap_of(end, outbound=True)
+    except CaptureError:
+        return False
+    return captured(tap.host_ifindex, tap.attach_type)
+
+
 def collect(bpffs_dir: str, state_dir: str) -> dict[str, Any]:
     pins = Pins.under(bpffs_dir)
     registry = Registry(state_dir)  # read only: a damaged file reads as empty, and says so
@@ -75,6 +86,7 @@ def collect(bpffs_dir: str, state_dir: str) -> dict[str, Any]:
                 "attached": not problems and own.loaded(),
                 "problems": problems,
                 "wired_to_ifindex": partner.host_ifindex if partner else None,
+                "captured": _captured(end),
                 "counters": counts.get(end.host_ifindex),
             }
         )
@@ -124,7 +136,11 @@ def status(bpffs_dir: str, state_dir: str, as_json: bool) -> int:
         print("no lines")
     for line, ends in sorted(report["lines"].items()):
         state = "wired" if len(ends) == 2 and all(e["wired_to_ifindex"] for e in ends) else "open"
-        print(f"line {line}: {len(ends)}/2 ends, {state}")
+        copied = [e["end"] for e in ends if e["captured"]]
+        captured = (
+            f", CAPTURED (what {', '.join(copied)} sends is copied to root on this node)" if copied else ""
+        )
+        print(f"line {line}: {len(ends)}/2 ends, {state}{captured}")
         for e in ends:
             attach = "attached" if e["attached"] else "NOT attached: " + "; ".join(e["problems"])
             older = "" if e["pins"] == report["pins"] else f", still on {e['pins']}"

@@ -20,12 +20,14 @@ MAP_DELETE_ELEM = 3
 MAP_GET_NEXT_KEY = 4
 OBJ_PIN = 6
 OBJ_GET = 7
+PROG_GET_FD_BY_ID = 13
 OBJ_GET_INFO_BY_FD = 15
 PROG_QUERY = 16
 LINK_CREATE = 28
 LINK_UPDATE = 29
 
 # enum bpf_attach_type
+F_BEFORE = 1 << 3  # BPF_F_BEFORE: first at its hook (no relative program given)
 TCX_INGRESS = 46
 TCX_EGRESS = 47
 NETKIT_PRIMARY = 54
@@ -48,9 +50,10 @@ def obj_attr(path_ptr: int, fd: int = 0) -> bytes:
     return _pad(struct.pack("=QII", path_ptr, fd, 0))
 
 
-def link_create_attr(prog_fd: int, ifindex: int, attach_type: int) -> bytes:
-    """LINK_CREATE for netkit and tcx (same layout): appended last (no relative_fd, no expected_revision)."""
-    return _pad(struct.pack("=IIII", prog_fd, ifindex, attach_type, 0))
+def link_create_attr(prog_fd: int, ifindex: int, attach_type: int, flags: int = 0) -> bytes:
+    """LINK_CREATE for netkit and tcx (same layout): appended last, or first with F_BEFORE (no
+    relative_fd, no expected_revision)."""
+    return _pad(struct.pack("=IIII", prog_fd, ifindex, attach_type, flags))
 
 
 def link_update_attr(link_fd: int, new_prog_fd: int) -> bytes:
@@ -100,8 +103,8 @@ def obj_pin(fd: int, path: str) -> None:
     _call(OBJ_PIN, obj_attr(_addr(cpath), fd))
 
 
-def link_create(prog_fd: int, ifindex: int, attach_type: int) -> int:
-    return _call(LINK_CREATE, link_create_attr(prog_fd, ifindex, attach_type))[0]
+def link_create(prog_fd: int, ifindex: int, attach_type: int, flags: int = 0) -> int:
+    return _call(LINK_CREATE, link_create_attr(prog_fd, ifindex, attach_type, flags))[0]
 
 
 def link_update(link_fd: int, new_prog_fd: int) -> None:
@@ -122,6 +125,21 @@ def object_id(fd: int) -> int:
     info = ctypes.create_string_buffer(64)
     _call(OBJ_GET_INFO_BY_FD, info_attr(fd, ctypes.addressof(info), 64))
     return int(struct.unpack_from("=I", info.raw, 4)[0])
+
+
+def prog_name(prog_id: int) -> str:
+    """A loaded program's name (bpf_prog_info.name, at offset 64: the function's, cut at 15 bytes);
+    "" if it is gone."""
+    try:
+        fd = _call(PROG_GET_FD_BY_ID, _pad(struct.pack("=I", prog_id)))[0]
+    except OSError:
+        return ""
+    try:
+        info = ctypes.create_string_buffer(96)
+        _call(OBJ_GET_INFO_BY_FD, info_attr(fd, ctypes.addressof(info), 96))
+        return info.raw[64:80].split(b"\0", 1)[0].decode(errors="replace")
+    finally:
+        os.close(fd)
 
 
 def link_prog_id(fd: int) -> int:

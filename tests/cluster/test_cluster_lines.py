@@ -39,6 +39,7 @@ from helpers import (
 
 from cni_yogurt import lab
 from cni_yogurt.agent import firewall, frontend
+from cni_yogurt.capture import pcap
 from cni_yogurt.cluster.nodes import NodeInfo
 from cni_yogurt.cni.errors import Code
 from cni_yogurt.lab.nodes import NFT_TABLE, STORE_ADDRESS, VXLAN_MTU, VXLAN_PORT, ipv4_udp, vxlan_packet
@@ -578,3 +579,42 @@ def test_a_line_set_down_on_one_node_goes_down_on_the_other_and_comes_back(clust
         assert _carrier(cy)  # still, after the agents' reconciles
         assert _link(a, "up", "--end", "lk1-x/eth0").returncode == 0
         assert wait_until(lambda: lab.ping(cx, ip_y, count=1, wait=1) == 1, 10), a.log_text()
+
+
+def _on_node(agent: NodeAgent, *argv: str, **kw: Any) -> subprocess.Popen[str]:
+    """`yogurt …` run on the node (its netns), on its agent's dirs."""
+    return subprocess.Popen(
+        ["nsenter", f"--net=/run/netns/{agent.netns}", *lab.self_command(), *argv,
+         "--state-dir", agent.state_dir, "--bpffs-dir", agent.bpffs_dir],
+        text=True, **kw,
+    )  # fmt: skip
+
+
+def test_a_capture_on_one_node_holds_both_ways_of_a_line_across(cluster: Cluster, tmp_path: Path) -> None:
+    """`yogurt capture` of an end whose partner is on the other node: what it sends, copied at its
+    sender, and what arrives for it, copied at the node's tunnel device (capture/tap.py)."""
+    a, b = _agent_of(cluster, 0), _agent_of(cluster, 1)
+    path = tmp_path / "across.pcapng"
+    with line_across(cluster, a, b, "cp1", 63) as (cx, cy, ip_x, ip_y):
+        proc = _on_node(a, "capture", "--end", "cp1-x/eth0", "-w", str(path), stderr=subprocess.PIPE)
+        try:
+
+            def started() -> bool:
+                status = _on_node(a, "status", stdout=subprocess.PIPE)
+                out, _ = status.communicate(timeout=60)
+                return any(line.startswith("line cp1:") and "CAPTURED" in line for line in out.splitlines())
+
+            assert wait_until(started, 120), "the capture did not start"
+            lab.udp_send(cx, b"capture across: x to y", ip_y, 7311)
+            lab.udp_send(cy, b"capture across: y to x", ip_x, 7312)
+            time.sleep(1)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, errors = proc.communicate(timeout=30)
+        assert proc.returncode == 0, errors
+        got = [p for p in pcap.read(path.read_bytes()) if b"capture across: " in p.data and p.data[23] == 17]
+        assert [(p.outbound, p.data[42:]) for p in got] == [
+            (True, b"capture across: x to y"),
+            (False, b"capture across: y to x"),
+        ], got
+        assert lab.ping(cx, ip_y, count=1, wait=1) == 1  # the line was never touched
