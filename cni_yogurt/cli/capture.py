@@ -98,9 +98,16 @@ def capture(
             taps.append(tap_of(partner, outbound=False))
         elif (far := tunnel_tap(seen, Pins.under(bpffs_dir))) is not None:
             taps.append(far)  # its partner is on another node: what it sends arrives by the tunnel
-        tapped = Capture(taps, snaplen, state_dir)  # the loader's header tree, if it laid one out
     except (CaptureError, OSError) as exc:
         print(f"yogurt capture: {exc}", file=sys.stderr)
+        return 1
+    try:
+        tapped = Capture(taps, snaplen, state_dir)  # the loader's header tree, if it laid one out
+    except Exception as exc:  # noqa: BLE001  (bcc says "Failed to compile" as a bare Exception)
+        print(
+            f"yogurt capture: cannot load the capture program: {exc} (yogurt doctor: bcc, headers)",
+            file=sys.stderr,
+        )
         return 1
     stopping: list[int] = []
     signal.signal(signal.SIGTERM, lambda signum, _frame: stopping.append(signum))

@@ -6,8 +6,8 @@ it ends, even by SIGKILL; root only."""
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
-import struct
 import subprocess
 import time
 from collections.abc import Iterator
@@ -173,4 +173,19 @@ def test_an_unknown_end_is_named(phone: Phone, tmp_path: Path) -> None:
     )  # fmt: skip
     assert run.returncode == 1 and "no line 'no-such-line' on this node" in run.stderr, run.stderr
     assert "Traceback" not in run.stderr
-    assert struct.calcsize("=I") == 4
+
+
+def test_a_program_that_does_not_compile_is_named_not_a_traceback(phone: Phone, tmp_path: Path) -> None:
+    broken = tmp_path / "bpf"
+    broken.mkdir()
+    (broken / "yogurt.bpf.c").write_text("")  # the loader's source: not read here (the wire is loaded)
+    (broken / "capture.bpf.c").write_text("int yogurt_capture(struct __sk_buff *skb) { return nonsense; }\n")
+    run = subprocess.run(
+        [*lab.self_command(), "capture", "--end", f"{phone.one.name}/eth0", "-w", str(tmp_path / "no.pcapng"),
+         "--state-dir", phone.conf["stateDir"]],
+        capture_output=True, text=True, check=False, timeout=120,
+        env={**os.environ, "YOGURT_BPF_SOURCE": str(broken / "yogurt.bpf.c")},
+    )  # fmt: skip
+    assert run.returncode == 1 and "cannot load the capture program" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr
+    assert not _captured_now(phone)
