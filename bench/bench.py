@@ -229,13 +229,7 @@ def main() -> int:
                 "seconds": args.wire_seconds,
                 "rr_seconds": args.rr_seconds,
                 "links": [
-                    {
-                        "label": "yogurt line" if i == 0 else "ptp (veth + routing)",
-                        "gbps": w.gbps,
-                        "cpu_s_per_gb": w.cpu_s_per_gb,
-                        "rr_us": w.rr_us,
-                        "rr_p99_us": w.rr_p99_us,
-                    }
+                    {**w.figures(), "label": "yogurt line" if i == 0 else "ptp (veth + routing)"}
                     for i, w in enumerate(wires)
                 ],
             }
@@ -250,16 +244,7 @@ def main() -> int:
                 "rounds": args.wire_rounds,
                 "seconds": args.wire_seconds,
                 "rr_seconds": args.rr_seconds,
-                "links": [
-                    {
-                        "label": w.label,
-                        "gbps": w.gbps,
-                        "cpu_s_per_gb": w.cpu_s_per_gb,
-                        "rr_us": w.rr_us,
-                        "rr_p99_us": w.rr_p99_us,
-                    }
-                    for w in wires
-                ],
+                "links": [w.figures() for w in wires],
             }
         if "across" in only:
             report["across"] = timed(

@@ -78,16 +78,7 @@ class Across:
             "agents_ready_s": round(self.agents_ready_s, 2),
             "load": [round(x, 2) for x in self.load],
             "wireguard": "wireguard-go (userspace)",
-            "links": [
-                {
-                    "label": w.label,
-                    "gbps": w.gbps,
-                    "cpu_s_per_gb": w.cpu_s_per_gb,
-                    "rr_us": w.rr_us,
-                    "rr_p99_us": w.rr_p99_us,
-                }
-                for w in self.wires
-            ],
+            "links": [w.figures() for w in self.wires],
         }
 
 

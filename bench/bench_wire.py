@@ -37,6 +37,16 @@ class Wire:
     rr_p99_us: list[float] = field(default_factory=list)
     servers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
+    def figures(self) -> dict[str, Any]:
+        """What the report keeps of it."""
+        return {
+            "label": self.label,
+            "gbps": self.gbps,
+            "cpu_s_per_gb": self.cpu_s_per_gb,
+            "rr_us": self.rr_us,
+            "rr_p99_us": self.rr_p99_us,
+        }
+
 
 def tools_missing() -> list[str]:
     return [t for t in ("iperf3", "sockperf") if shutil.which(t) is None]
