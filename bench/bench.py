@@ -154,7 +154,7 @@ def main() -> int:
     cni_path = lab.have_host_local()
     if cni_path is None:
         raise BenchError("host-local not found: apt-get install containernetworking-plugins")
-    if "wire" in only and (missing := bench_wire.tools_missing()):
+    if only & {"wire", "capture"} and (missing := bench_wire.tools_missing()):
         raise BenchError(f"{', '.join(missing)} missing: `make bench` installs them")
 
     started = time.perf_counter()
@@ -234,10 +234,11 @@ def main() -> int:
                 ],
             }
         if "capture" in only:
+            said: list[str] = []
             wires = timed(
                 "capture",
                 lambda: bench_capture.bench(
-                    yogurts[0], s, cni_path, args.wire_rounds, args.wire_seconds, args.rr_seconds
+                    yogurts[0], s, cni_path, args.wire_rounds, args.wire_seconds, args.rr_seconds, said
                 ),
             )
             report["capture"] = {
@@ -245,6 +246,7 @@ def main() -> int:
                 "seconds": args.wire_seconds,
                 "rr_seconds": args.rr_seconds,
                 "links": [w.figures() for w in wires],
+                "said": said,
             }
         if "across" in only:
             report["across"] = timed(

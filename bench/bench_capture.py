@@ -24,7 +24,9 @@ SNAPLENS = (262144, 128)
 
 
 @contextlib.contextmanager
-def _capturing(plugin: Plugin, wire: Wire, snaplen: int) -> Iterator[subprocess.Popen[bytes]]:
+def _capturing(
+    plugin: Plugin, wire: Wire, snaplen: int, said: list[str]
+) -> Iterator[subprocess.Popen[bytes]]:
     end = next(e for e in Registry(plugin.state).snapshot().values() if e.netns == wire.client.path)
     proc = subprocess.Popen(
         [*lab.self_command(), "capture", "--end", end.key, "-w", "/dev/null", "-s", str(snaplen),
@@ -42,13 +44,17 @@ def _capturing(plugin: Plugin, wire: Wire, snaplen: int) -> Iterator[subprocess.
     finally:
         proc.terminate()
         _, errors = proc.communicate(timeout=30)
-        log(f"capture -s {snaplen}: {errors.decode().strip().splitlines()[-1]}")
+        said.append(
+            f"-s {snaplen}: {errors.decode().strip().splitlines()[-1].removeprefix('yogurt capture: ')}"
+        )
+        log(f"capture {said[-1]}")
 
 
 def bench(
-    plugin: Plugin, s: Scratch, cni_path: str, rounds: int, seconds: int, rr_seconds: int
+    plugin: Plugin, s: Scratch, cni_path: str, rounds: int, seconds: int, rr_seconds: int, said: list[str]
 ) -> list[Wire]:
-    """[off, on at each snap length], measured in turns on one line."""
+    """[off, on at each snap length], measured in turns on one line; `said` gets what each capture
+    said at its end (packets, and how many the reader lost)."""
     line = _connect(plugin, s, cni_path)
     wires = [Wire("no capture", line.client, line.server, line.address)] + [
         Wire(f"capture -s {n}", line.client, line.server, line.address) for n in SNAPLENS
@@ -60,7 +66,7 @@ def bench(
         for i in range(rounds):
             log(f"capture round {i + 1}/{rounds}")
             for wire, snaplen in zip(wires, (None, *SNAPLENS), strict=True):
-                with _capturing(plugin, line, snaplen) if snaplen else contextlib.nullcontext():
+                with _capturing(plugin, line, snaplen, said) if snaplen else contextlib.nullcontext():
                     _iperf(wire, seconds)
                     _sockperf(wire, rr_seconds)
     return wires

@@ -190,6 +190,7 @@ def markdown(report: dict[str, Any]) -> str:
                 f"| {w['label']} | {_spread(w['gbps'])}{rel[0]} | {_spread(w['cpu_s_per_gb'], 2)}{rel[1]} | "
                 f"{_spread(w['rr_us'])}{rel[2]} | {_spread(w['rr_p99_us'])}{rel[3]} |"
             )
+        out += ["", "Each capture said at its end: " + "; ".join(capture.get("said", [])) + "."]
     if "across" in report:
         out += _across(report["across"], figs.get("across", {}))
     for note in report.get("notes", []):
