@@ -32,7 +32,7 @@
 // bytes of the packet after it.
 struct capture_event {
     u64 ts_ns;    // bpf_ktime_get_ns(): CLOCK_MONOTONIC
-    u32 ifindex;  // the sending end's host-side device
+    u32 ifindex;  // the device it was copied at: a sending end's host side, or the tunnel
     u32 len;      // the packet's length on the wire
     u32 caplen;   // bytes that follow
     u32 pad;
@@ -57,7 +57,8 @@ int yogurt_capture(struct __sk_buff *skb)
 // node's tunnel device.  Copied at the tunnel's ingress, before the receive
 // program, for the one (VNI, outer source) that is this end's line
 // (TUNNEL_VNI, TUNNEL_NODE: the partner node's WireGuard address, host byte
-// order as bpf_skb_get_tunnel_key gives it); recorded as END_IFINDEX's.
+// order as bpf_skb_get_tunnel_key gives it); reported with the tunnel
+// device's ifindex, which tells userspace it came in for the end.
 #ifdef TUNNEL_VNI
 int yogurt_capture_tunnel(struct __sk_buff *skb)
 {
@@ -70,7 +71,7 @@ int yogurt_capture_tunnel(struct __sk_buff *skb)
     if (key.tunnel_id != TUNNEL_VNI || key.remote_ipv4 != TUNNEL_NODE)
         return NEXT;
     event.ts_ns = bpf_ktime_get_ns();
-    event.ifindex = END_IFINDEX;
+    event.ifindex = skb->ifindex;
     event.len = skb->len;
     event.caplen = caplen;
     yogurt_capture_events.perf_submit_skb(skb, caplen, &event, sizeof(event));

@@ -40,12 +40,7 @@ class Tap:
     host_ifindex: int  # the device the link attaches to
     attach_type: int
     outbound: bool  # sent by the captured end (else by its partner, to it)
-    tunnel: tuple[int, int, int] | None = None  # the tunnel's tap: (VNI, partner node, the end's ifindex)
-
-    @property
-    def end_ifindex(self) -> int:
-        """The end its packets are recorded for (what the program reports as ifindex)."""
-        return self.tunnel[2] if self.tunnel else self.host_ifindex
+    tunnel: tuple[int, int] | None = None  # the tunnel device's tap: the line's (VNI, partner node)
 
 
 class CaptureError(RuntimeError):
@@ -77,9 +72,7 @@ def tunnel_tap(end: End, pins: Pins) -> Tap | None:
         return None
     if not backend.tcx_supported():
         raise CaptureError("capture across nodes needs tcx (Linux >= 6.6) on the tunnel device")
-    return Tap(
-        remote.tunnel_ifindex, bpf.TCX_INGRESS, False, (remote.vni, remote.node_ipv4, end.host_ifindex)
-    )
+    return Tap(remote.tunnel_ifindex, bpf.TCX_INGRESS, False, (remote.vni, remote.node_ipv4))
 
 
 class Capture:
@@ -94,14 +87,17 @@ class Capture:
             os.environ["BCC_KERNEL_SOURCE"] = kernel_source
         import bcc  # heavy: LLVM
 
-        self._bcc = bcc
-        self.taps = {tap.host_ifindex: tap for tap in taps}
-        self.module = bcc.BPF(text=source.read_text(encoding="utf-8"), cflags=["-w", f"-DSNAPLEN={snaplen}"])
+        self.taps = {tap.host_ifindex: tap for tap in taps}  # each program reports its device
+        cflags = ["-w", f"-DSNAPLEN={snaplen}"]
+        tunnel = next((tap.tunnel for tap in taps if tap.tunnel), None)
+        if tunnel:  # the tunnel's program copies only this line's packets (bpf/capture.bpf.c)
+            cflags += [f"-DTUNNEL_VNI={tunnel[0]}u", f"-DTUNNEL_NODE={tunnel[1]}u"]
+        self.module = bcc.BPF(text=source.read_text(encoding="utf-8"), cflags=cflags)
         self.links: list[int] = []
         self.lost = 0
         try:
-            program = self.module.load_func(PROGRAM, bcc.BPF.SCHED_CLS)
             for tap in taps:
+                program = self.module.load_func(TUNNEL_PROGRAM if tap.tunnel else PROGRAM, bcc.BPF.SCHED_CLS)
                 self.links.append(
                     bpf.link_create(program.fd, tap.host_ifindex, tap.attach_type, bpf.F_BEFORE)
                 )

@@ -592,10 +592,14 @@ def _on_node(agent: NodeAgent, *argv: str, **kw: Any) -> subprocess.Popen[str]:
 
 def test_a_capture_on_one_node_holds_both_ways_of_a_line_across(cluster: Cluster, tmp_path: Path) -> None:
     """`yogurt capture` of an end whose partner is on the other node: what it sends, copied at its
-    sender, and what arrives for it, copied at the node's tunnel device (capture/tap.py)."""
+    sender, and what arrives for it, copied at the node's tunnel device (capture/tap.py) — not what
+    arrives there for another line."""
     a, b = _agent_of(cluster, 0), _agent_of(cluster, 1)
     path = tmp_path / "across.pcapng"
-    with line_across(cluster, a, b, "cp1", 63) as (cx, cy, ip_x, ip_y):
+    with (
+        line_across(cluster, a, b, "cp1", 63) as (cx, cy, ip_x, ip_y),
+        line_across(cluster, a, b, "cp2", 65) as (ox, oy, other_x, _),
+    ):
         proc = _on_node(a, "capture", "--end", "cp1-x/eth0", "-w", str(path), stderr=subprocess.PIPE)
         try:
 
@@ -607,6 +611,7 @@ def test_a_capture_on_one_node_holds_both_ways_of_a_line_across(cluster: Cluster
             assert wait_until(started, 120), "the capture did not start"
             lab.udp_send(cx, b"capture across: x to y", ip_y, 7311)
             lab.udp_send(cy, b"capture across: y to x", ip_x, 7312)
+            lab.udp_send(oy, b"capture across: another line", other_x, 7313)  # same tunnel, not this line
             time.sleep(1)
         finally:
             proc.send_signal(signal.SIGTERM)
