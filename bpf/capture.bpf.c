@@ -40,7 +40,8 @@ struct capture_event {
 
 BPF_PERF_OUTPUT(yogurt_capture_events);
 
-int yogurt_capture(struct __sk_buff *skb)
+// The packet, cut at SNAPLEN, after its event header, into the perf buffer.
+static __always_inline int copy(struct __sk_buff *skb)
 {
     struct capture_event event = {};
     u32 caplen = skb->len < SNAPLEN ? skb->len : SNAPLEN;
@@ -53,6 +54,11 @@ int yogurt_capture(struct __sk_buff *skb)
     return NEXT;
 }
 
+int yogurt_capture(struct __sk_buff *skb)
+{
+    return copy(skb);
+}
+
 // An end wired across nodes: what its partner sends arrives through the
 // node's tunnel device.  Copied at the tunnel's ingress, before the receive
 // program, for the one (VNI, outer source) that is this end's line
@@ -62,19 +68,12 @@ int yogurt_capture(struct __sk_buff *skb)
 #ifdef TUNNEL_VNI
 int yogurt_capture_tunnel(struct __sk_buff *skb)
 {
-    struct capture_event event = {};
     struct bpf_tunnel_key key = {};
-    u32 caplen = skb->len < SNAPLEN ? skb->len : SNAPLEN;
 
     if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0))
         return NEXT;
     if (key.tunnel_id != TUNNEL_VNI || key.remote_ipv4 != TUNNEL_NODE)
         return NEXT;
-    event.ts_ns = bpf_ktime_get_ns();
-    event.ifindex = skb->ifindex;
-    event.len = skb->len;
-    event.caplen = caplen;
-    yogurt_capture_events.perf_submit_skb(skb, caplen, &event, sizeof(event));
-    return NEXT;
+    return copy(skb);
 }
 #endif
