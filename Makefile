@@ -22,7 +22,11 @@ VM_TESTS = tests/kernel/test_wire.py tests/kernel/test_counters.py tests/kernel/
 	'tests/kernel/test_link_state.py::test_a_line_set_down_loses_carrier_and_passes_nothing_until_up[netkit]' \
 	'tests/kernel/test_link_state.py::test_one_end_down_passes_nothing_either_way_and_only_it_loses_carrier[netkit]' \
 	'tests/kernel/test_capture.py::test_a_capture_holds_exactly_what_the_two_ends_sent_each_way' \
-	'tests/kernel/test_capture.py::test_visible_while_it_runs_and_nothing_left_after_sigkill'
+	'tests/kernel/test_capture.py::test_visible_while_it_runs_and_nothing_left_after_sigkill' \
+	'tests/kernel/test_impair.py::test_loss_drops_the_asked_share_one_way_and_reset_ends_it' \
+	'tests/kernel/test_impair.py::test_duplication_sends_the_asked_share_twice' \
+	'tests/kernel/test_impair.py::test_corrupted_packets_fail_the_receivers_checksum' \
+	'tests/kernel/test_impair.py::test_a_rate_holds_the_wire_within_ten_percent'
 
 # The veth backend on Debian 12's 6.1 (no netkit, no tcx) in a second VM, in auto mode: every ADD must
 # pick veth + clsact by itself. The wire, the verbs, counters, a live line moving to the next release.

@@ -2,4 +2,4 @@
 
 # The release, following semantic versioning: its only home (pyproject.toml reads it from
 # here). What each release changed, and from which releases lines move in place: CHANGELOG.md.
-__version__ = "0.5.2"
+__version__ = "0.6.0"

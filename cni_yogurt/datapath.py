@@ -7,6 +7,7 @@ next to an older one's, and line/moving.py moves live ends across):
     prog_peer prog_veth_peer prog_tunnel prog_primary   loaded once per node, by bcc
     pairs counters mark                        the pairing map, per-end counters, the secret
     remote tunnel_in tunnel_counters           ends wired across nodes (line/remote.py)
+    impair                                     what an end's sends suffer (line/impairment.py)
     links/<host-ifname>_peer|_primary       one pair of links per device
     links/<tunnel-ifname>_tunnel            the tunnel device's receive program (tcx)
 
@@ -29,8 +30,9 @@ from cni_yogurt.kernel import bpf
 
 # 2: the veth sender program (prog_veth_peer); 3: 64-bit mark, counters;
 # 4: the secret in a map, handed on to the next release (upgrade in place);
-# 5: lines across nodes (the tunnel's receive program, remote maps).
-ABI = test_abi() or 5
+# 5: lines across nodes (the tunnel's receive program, remote maps); 6: impairments (the
+# impair map, four more counters).
+ABI = test_abi() or 6
 _KEY = struct.Struct("=I")
 _VALUE = struct.Struct("=II")
 _MARK = struct.Struct("=II")  # struct yogurt_mark: cb[0], cb[1]
@@ -50,11 +52,12 @@ MAPS = {
     "remote": "yogurt_remote",
     "tunnel_in": "yogurt_tunnel_in",
     "tunnel_counters": "yogurt_tunnel_counters",
+    "impair": "yogurt_impair",
 }
 # The tunnel device's link pin: links/<tunnel ifname>_tunnel (never a device of an end's).
 TUNNEL_HOOK = "tunnel"
 # Objects an older release's pin dir lacks: the ABI each arrived with (the rest were in v2).
-_SINCE_ABI = {"mark": 4, "remote": 5, "tunnel_in": 5, "tunnel_counters": 5, "prog_tunnel": 5}
+_SINCE_ABI = {"mark": 4, "remote": 5, "tunnel_in": 5, "tunnel_counters": 5, "prog_tunnel": 5, "impair": 6}
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,10 @@ class Pins:
     def link(self, host_ifname: str, hook: str) -> str:
         # No dots: bpffs refuses names with a '.' (EPERM), reserved for its own files.
         return os.path.join(self.links_dir, f"{host_ifname}_{hook}")
+
+    def has_impair(self) -> bool:
+        """Whether these pins' programs impair what ends send (ABI >= 6)."""
+        return os.path.exists(self.map("impair"))
 
     def has_remote(self) -> bool:
         """Whether these pins have the maps of ends wired across nodes (ABI >= 5)."""
@@ -211,7 +218,9 @@ COUNTER_FIELDS = (
     "drop_unmarked",
     "drop_wrong_sender",
 )
-_COUNTERS = struct.Struct("=5Q")  # struct yogurt_counters, one per possible CPU
+# struct yogurt_counters, one per possible CPU.  Its layout is read by older releases too (a
+# rollback moves ends back, counters and all): new counts go elsewhere (the impair map's).
+_COUNTERS = struct.Struct("=5Q")
 
 
 def possible_cpus() -> int:
@@ -420,3 +429,50 @@ def tunnel_counters(pins: Pins) -> dict[str, int]:
         for i, value in enumerate(_TUNNEL_COUNTERS.unpack_from(raw, cpu * _TUNNEL_COUNTERS.size)):
             totals[i] += value
     return dict(zip(TUNNEL_COUNTER_FIELDS, totals, strict=True))
+
+
+# -- impairments of what an end sends (line/impairment.py) --------------------
+
+# struct yogurt_impair: loss, corrupt, duplicate (fractions of 2^32), reserved, ps_per_byte,
+# burst_ns; then the programs' own: the bucket's clock and what the impairments did.
+_IMPAIR = struct.Struct("=IIIIQQQ4Q")
+IMPAIR_COUNTS = ("lost", "over_rate", "duplicated", "corrupted")
+Thresholds = tuple[int, int, int, int, int]  # loss, corrupt, duplicate, ps_per_byte, burst_ns
+
+
+class ImpairMap:
+    """yogurt_impair: an end's impairments, keyed by its host-side ifindex."""
+
+    def __init__(self, pins: Pins) -> None:
+        self._map = bpf.Map.open_pinned(pins.map("impair"), _KEY.size, _IMPAIR.size)
+
+    def __enter__(self) -> ImpairMap:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._map.close()
+
+    def set(self, host_ifindex: int, thresholds: Thresholds) -> None:
+        """Set an end's impairments; its bucket starts full, its counts go on from where they were."""
+        loss, corrupt, duplicate, ps_per_byte, burst_ns = thresholds
+        raw = self._map.lookup(_KEY.pack(host_ifindex))
+        counts = _IMPAIR.unpack(raw)[-len(IMPAIR_COUNTS) :] if raw is not None else (0,) * len(IMPAIR_COUNTS)
+        value = _IMPAIR.pack(loss, corrupt, duplicate, 0, ps_per_byte, burst_ns, 0, *counts)
+        self._map.update(_KEY.pack(host_ifindex), value)
+
+    def get(self, host_ifindex: int) -> tuple[Thresholds, dict[str, int]] | None:
+        """An end's impairments and what they did so far."""
+        raw = self._map.lookup(_KEY.pack(host_ifindex))
+        if raw is None:
+            return None
+        loss, corrupt, duplicate, _reserved, ps_per_byte, burst_ns, _due, *counts = _IMPAIR.unpack(raw)
+        return (loss, corrupt, duplicate, ps_per_byte, burst_ns), dict(
+            zip(IMPAIR_COUNTS, counts, strict=True)
+        )
+
+    def clear(self, *host_ifindexes: int) -> None:
+        for index in host_ifindexes:
+            self._map.delete(_KEY.pack(index))
+
+    def keys(self) -> list[int]:
+        return [_KEY.unpack(k)[0] for k in self._map.keys()]  # noqa: SIM118  (a bpf.Map, not a dict)

@@ -202,6 +202,7 @@ def add(inv: Invocation) -> Result:
     wanted_mac = attachment.requested_mac(conf.args, conf.runtime_config, env.args)
     pod = attachment.pod_of(env.args)
     starts_down = conf.starts_down()
+    impair = conf.impairment_spec()
     kind = backend.resolve(conf.mode, conf.veth_attach, conf.state_dir)
     attachment.refuse_mac_on(kind.device, wanted_mac)
     cluster = _cluster(inv)
@@ -216,6 +217,7 @@ def add(inv: Invocation) -> Result:
     if pod is not None:
         end.pod_namespace, end.pod_name, end.pod_uid = pod.namespace, pod.name, pod.uid
     end.down = "line" if starts_down else ""
+    end.impair = impair
     undo: list[tuple[str, Callable[[], object]]] = []
     # Both sockets outlive the rollback below, which needs them.
     host, cont = Rtnl(), Rtnl.in_netns(netns_fd)

@@ -13,11 +13,13 @@
 #       failing start), `wg`, and each node's firewall; the agent in cluster mode (its
 #       WireGuard and nftables table); the Kubernetes image copies all three from here
 #   tcpdump  reads what `yogurt capture` writes, in the tests (and for the admin who captures)
+#   iperf3  measures an impaired line's rate in the tests (tests/kernel/test_impair.py)
 #   podman containerd crun busybox-static  the runtime end-to-end tests
 #       (busybox-static is their container image, made on the spot)
 set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive  # iperf3 asks whether to start a daemon: no
 pkgs=(python3-venv python3-bpfcc gcc libc6-dev python3-prometheus-client containernetworking-plugins iproute2 iputils-ping
-    kmod containerd crun busybox-static python3-cryptography nftables tcpdump)
+    kmod containerd crun busybox-static python3-cryptography nftables tcpdump iperf3)
 # podman without its recommends: podman 4 uses its CNI backend, which the test
 # needs, only as long as netavark is not installed.  No etcd-server: installing it starts a
 # system etcd on 2379; the cluster tests unpack its .deb instead (packaging/fetch-etcd.sh).

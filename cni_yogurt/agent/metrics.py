@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 from cni_yogurt import __version__, datapath
 from cni_yogurt.datapath import CounterMap, Pins
+from cni_yogurt.line.impairment import shown
 from cni_yogurt.line.registry import Registry
 
 # (verb, CNI result code: 0 if it succeeded, seconds): what the agent tells the metrics per call.
@@ -79,13 +80,29 @@ class EndCounters:
             "sent, forwarded or injected (unmarked), or from another end than the partner (wrong_sender)",
             labels=[*labels, "reason"],
         )
+        impaired = CounterMetricFamily(
+            "yogurt_end_impaired_packets",
+            "What the end's impairments (`yogurt impair`) did to what it sent: lost, over_rate (both "
+            "dropped), duplicated (a copy sent too), corrupted; since they were first set",
+            labels=[*labels, "how"],
+        )
         for end, counts in self._ends():
             values = [end.line, end.key, end.host_ifname]
             sent.add_metric(values, counts["redirected_packets"])
             sent_bytes.add_metric(values, counts["redirected_bytes"])
             for field, reason in DROP_REASONS.items():
                 dropped.add_metric([*values, reason], counts[field])
-        yield from (sent, sent_bytes, dropped)
+            for how, count in self._impaired(end).items():
+                impaired.add_metric([*values, how], count)
+        yield from (sent, sent_bytes, dropped, impaired)
+
+    def _impaired(self, end: Any) -> dict[str, int]:
+        """What an impaired end's impairments did (line/impairment.py); {} for an end without."""
+        if not end.impair:
+            return {}
+        with contextlib.suppress(OSError):
+            return shown(self.pins, end)["did"] or {}
+        return {}
 
     def _ends(self) -> Iterator[tuple[Any, dict[str, int]]]:
         ends = Registry(self.state_dir).snapshot().values()

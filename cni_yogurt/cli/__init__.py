@@ -61,6 +61,22 @@ def _parser() -> argparse.ArgumentParser:
     link.add_argument("--bpffs-dir", default=DEFAULT_BPFFS_DIR)
     link.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
     link.add_argument("--json", action="store_true", help="machine-readable output")
+    imp = sub.add_parser("impair", help="impair what a line's ends send (loss, corruption, duplicate, rate)")
+    imp.add_argument("action", choices=("set", "show", "reset"))
+    which = imp.add_mutually_exclusive_group(required=False)
+    which.add_argument("--line", metavar="LINE", help="every end of this line on this node")
+    which.add_argument("--end", metavar="CONTAINER/IFNAME", help="one end: what it sends (one way)")
+    imp.add_argument("--loss", type=float, metavar="PERCENT", help="packets dropped")
+    imp.add_argument(
+        "--corruption", type=float, metavar="PERCENT", help="packets with a bit of their IPv4 header flipped"
+    )
+    imp.add_argument("--duplicate", type=float, metavar="PERCENT", help="packets sent twice")
+    imp.add_argument("--rate", type=int, metavar="KBIT", help="at most this many kbit/s (0: no limit)")
+    imp.add_argument("--delay", metavar="MS", help=argparse.SUPPRESS)  # refused, with the reason
+    imp.add_argument("--jitter", metavar="MS", help=argparse.SUPPRESS)
+    imp.add_argument("--bpffs-dir", default=DEFAULT_BPFFS_DIR)
+    imp.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
+    imp.add_argument("--json", action="store_true", help="machine-readable output")
     cap = sub.add_parser("capture", help="copy a line's packets (both ways) into pcapng or pcap; root only")
     which = cap.add_mutually_exclusive_group(required=True)
     which.add_argument("--line", metavar="LINE", help="the line, seen from its first end on this node")
@@ -130,6 +146,13 @@ def main(argv: list[str]) -> int:
         from cni_yogurt.cli.link import link as set_link
 
         return set_link(args.state, args.line, args.end, args.state_dir, args.bpffs_dir, args.json)
+    if args.cmd == "impair":
+        from cni_yogurt.cli.impair import impair
+
+        if args.action != "show" and not (args.line or args.end):
+            parser.error(f"impair {args.action}: --line or --end")
+        given = {k: getattr(args, k) for k in ("loss", "corruption", "duplicate", "rate", "delay", "jitter")}
+        return impair(args.action, args.line, args.end, given, args.state_dir, args.bpffs_dir, args.json)
     if args.cmd == "capture":
         from cni_yogurt.cli.capture import capture
 

@@ -50,6 +50,18 @@ def _captured(end: End) -> bool:
     return captured(tap.host_ifindex, tap.attach_type)
 
 
+def _impair(pins: Pins, end: End) -> dict[str, Any] | None:
+    """An end's impairments (line/impairment.py), None for none."""
+    from cni_yogurt.line.impairment import shown
+
+    if not end.impair:
+        return None
+    try:
+        return shown(pins, end)
+    except OSError as exc:
+        return {"asked": end.impair, "in_force": False, "error": str(exc)}
+
+
 def collect(bpffs_dir: str, state_dir: str) -> dict[str, Any]:
     pins = Pins.under(bpffs_dir)
     registry = Registry(state_dir)  # read only: a damaged file reads as empty, and says so
@@ -87,6 +99,7 @@ def collect(bpffs_dir: str, state_dir: str) -> dict[str, Any]:
                 "problems": problems,
                 "wired_to_ifindex": partner.host_ifindex if partner else None,
                 "captured": _captured(end),
+                "impair": _impair(pins, end),
                 "counters": counts.get(end.host_ifindex),
             }
         )
@@ -151,6 +164,16 @@ def status(bpffs_dir: str, state_dir: str, as_json: bool) -> int:
                 f"  {e['end']:<40} {e['host_ifname']} (ifindex {e['host_ifindex']}, "
                 f"{e['backend']}/{e['attach']}{older}) {attach}{down}"
             )
+            if e["impair"]:
+                asked = " ".join(f"{k}={v:g}" for k, v in e["impair"]["asked"].items())
+                force = "" if e["impair"]["in_force"] else " (NOT in force: yogurt impair set again)"
+                print(f"    IMPAIRED what it sends: {asked}{force} (yogurt impair reset)")
+                did = e["impair"].get("did")
+                if did:
+                    print(
+                        f"    impaired: {did['lost']} lost, {did['over_rate']} over the rate, "
+                        f"{did['duplicated']} duplicated, {did['corrupted']} corrupted"
+                    )
             if e["pod"]:
                 pod = e["pod"]
                 print(

@@ -65,6 +65,21 @@ def link_state(args: Mapping[str, Any], configured: str) -> str:
     return str(value)
 
 
+def impairments(args: Mapping[str, Any], configured: Mapping[str, Any]) -> str:
+    """The end's impairments as End.impair keeps them ("" for none): args.cni.impairments, which
+    replaces the config's `impairments` whole, else the config's."""
+    from cni_yogurt.line.impairment import Impairment, ImpairmentError
+
+    given = _cni_args(args).get("impairments", configured)
+    where = "args.cni.impairments" if "impairments" in _cni_args(args) else "impairments"
+    if not isinstance(given, dict):
+        raise CNIError(Code.INVALID_CONFIG, f"invalid network config: {where}", "must be an object")
+    try:
+        return Impairment.parse(given).spec()
+    except ImpairmentError as exc:
+        raise CNIError(Code.INVALID_CONFIG, f"invalid network config: {where}", str(exc)) from exc
+
+
 def _cni_args(args: Mapping[str, Any]) -> Mapping[str, Any]:
     cni = args.get("cni")
     if cni is None:

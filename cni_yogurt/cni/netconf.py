@@ -18,6 +18,11 @@ Our keys (all optional):
   linkState  "up" (default) or "down": an end starts down (no carrier in the
              container, nothing passes) until `yogurt link up`; args.cni.linkState
              sets it per attachment
+  impairments
+             what each end of this network sends suffers, done in the wire's
+             programs: {"loss": %, "corruption": %, "duplicate": %, "rate":
+             kbit/s} (line/impairment.py); args.cni.impairments replaces it
+             per attachment; `yogurt impair` changes it at run time
   cluster    true: this network's lines span nodes (claimed in etcd, wired
              through the tunnel); served by the node agent started with
              `--cluster <file>`, which holds the store's configuration
@@ -30,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cni_yogurt.cni import version as versions
-from cni_yogurt.cni.attachment import ADDRESS_ARGS, K8S_ARGS, LINK_STATES, line_for, link_state
+from cni_yogurt.cni.attachment import ADDRESS_ARGS, K8S_ARGS, LINK_STATES, impairments, line_for, link_state
 from cni_yogurt.cni.env import CniEnv
 from cni_yogurt.cni.errors import CNIError, Code
 from cni_yogurt.cni.result import Result, parse_result
@@ -74,6 +79,7 @@ class NetConf:
     veth_attach: str = "auto"
     cluster: bool = False
     link_state: str = "up"
+    impairments: dict[str, Any] = field(default_factory=dict)
     # GC only: the attachments the runtime still knows, as (containerID, ifname).
     valid_attachments: tuple[tuple[str, str], ...] | None = None
 
@@ -85,6 +91,10 @@ class NetConf:
     def starts_down(self) -> bool:
         """The new end starts down: args.cni.linkState, else the config's linkState."""
         return link_state(self.args, self.link_state) == "down"
+
+    def impairment_spec(self) -> str:
+        """The new end's impairments (End.impair): args.cni.impairments, else the config's."""
+        return impairments(self.args, self.impairments)
 
 
 def decode(data: bytes) -> dict[str, Any]:
@@ -154,6 +164,7 @@ def parse(obj: dict[str, Any]) -> NetConf:
         veth_attach=_choice(obj, "vethAttach", VETH_ATTACH),
         cluster=_typed(obj, "cluster", bool, False),
         link_state=_choice(obj, "linkState", LINK_STATES),
+        impairments=_typed(obj, "impairments", dict, {}),
         valid_attachments=_valid_attachments(obj),
     )
 

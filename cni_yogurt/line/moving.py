@@ -47,6 +47,7 @@ from cni_yogurt import backend
 from cni_yogurt.datapath import TUNNEL_HOOK, CounterMap, PairMap, Pins, RemoteMap, pinned_link_names, unload
 from cni_yogurt.faults import crash_point
 from cni_yogurt.kernel.netlink import Rtnl
+from cni_yogurt.line import impairment
 from cni_yogurt.line.registry import End, Registry
 
 
@@ -125,6 +126,8 @@ def _prepare_maps(pins: Pins, movers: list[End], live: list[End]) -> None:
                 pairs.wire(pair[0].wire, pair[1].wire)
 
     _carry_remote(pins, movers)
+    for end in movers:
+        impairment.write(pins, end)
 
 
 def _carry_remote(pins: Pins, movers: list[End]) -> None:

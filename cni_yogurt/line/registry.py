@@ -60,6 +60,8 @@ class End:
     # "end" (this end alone), "line" (the whole line: a partner on another node follows), or
     # "partner" (following its line's end on another node, which is "line").
     down: str = ""
+    # Impairments of what it sends (line/impairment.py): their canonical spec, "" for none.
+    impair: str = ""
 
     @property
     def key(self) -> str:
@@ -100,7 +102,7 @@ def _fields(end: End) -> dict[str, Any]:
 
 
 # Fields 0.4.0 (f9b534a) does not know, left out of the file while empty (see _fields).
-_LATER_FIELDS = ("cluster", "pod_namespace", "pod_name", "pod_uid", "down")
+_LATER_FIELDS = ("cluster", "pod_namespace", "pod_name", "pod_uid", "down", "impair")
 
 
 def attachment_key(container_id: str, ifname: str) -> str:

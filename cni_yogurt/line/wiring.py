@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from cni_yogurt.cni.errors import CNIError, Code
-from cni_yogurt.datapath import CounterMap, PairMap, Pins, RemoteMap
-from cni_yogurt.line import naming
+from cni_yogurt.datapath import CounterMap, ImpairMap, PairMap, Pins, RemoteMap
+from cni_yogurt.line import impairment, naming
 from cni_yogurt.line.recovery import adopt
 from cni_yogurt.line.registry import End, Registry, attachment_key, others_on_line
 
@@ -39,6 +39,7 @@ def connect(registry: Registry, pins: Pins, end: End) -> End | None:
     end.ready = True
     with registry.transaction(end.line) as ends:
         ends[end.key] = end
+        impairment.write(pins, end)  # before the first packet can pass
         partner = next((o for o in others_on_line(ends, end) if o.ready), None)
         if partner is not None and not (end.down or partner.down):
             with PairMap(pins) as pairs:
@@ -115,7 +116,8 @@ def _cut(
     keep_counts: bool = False,
 ) -> None:
     """Take ends out of the maps: pairing (both directions), wiring to a remote partner
-    (both directions) and counters (`keep_counts`: not those, the end stays: link state); out
+    (both directions), counters and impairments (`keep_counts`: not those two, the end stays:
+    link state); out
     of this release's maps too, which a move to them that was cut short may have filled."""
     where: dict[Pins, set[int]] = {current: set(indexes)}
     for end in ends:
@@ -134,3 +136,6 @@ def _cut(
             with CounterMap(pins) as counters:
                 for index in found:
                     counters.stop(index)
+            if pins.has_impair():
+                with ImpairMap(pins) as impairs:
+                    impairs.clear(*found)

@@ -33,7 +33,7 @@ import pytest
 
 from cni_yogurt import backend as backends
 from cni_yogurt import health, lab
-from cni_yogurt.datapath import PairMap, Pins, detach, pinned_link_names
+from cni_yogurt.datapath import ImpairMap, PairMap, Pins, detach, pinned_link_names
 from cni_yogurt.kernel.netlink import Rtnl
 from cni_yogurt.line import naming
 from cni_yogurt.line.registry import Registry
@@ -250,7 +250,13 @@ class Node:
         if not self.pins.loaded():
             return {}
         with PairMap(self.pins) as pairs:
-            return {k: v for k, v in pairs.items() if k in self.ifindexes or v.host_ifindex in self.ifindexes}
+            found: dict[Any, Any] = {
+                k: v for k, v in pairs.items() if k in self.ifindexes or v.host_ifindex in self.ifindexes
+            }
+        if self.pins.has_impair():
+            with ImpairMap(self.pins) as impairs:
+                found |= {f"impair {k}": impairs.get(k) for k in impairs.keys() if k in self.ifindexes}  # noqa: SIM118
+        return found
 
     def ends(self) -> dict[str, Any]:
         ours = self.container_ids()

@@ -1,0 +1,217 @@
+"""Impairments in the wire's programs (`yogurt impair`, the config's `impairments`), per backend:
+loss and duplication within statistical bounds of the asked share, corruption counted by the
+receiver as bad IPv4 header checksums, a rate within ±10 % by iperf3, one way only, reset back
+to a clean wire; root only, and nothing left after DEL.
+
+Shares are measured at the receiver (its UDP and IP counters) over N datagrams; each test first
+sends N unimpaired and needs all N to arrive, so a loss the harness made cannot pass for ours.
+A share p measured over N is within 5 standard deviations (sqrt(p(1-p)/N)) of p but for about
+one run in 1.7 million."""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import subprocess
+import time
+from typing import Any
+
+from conftest import BPFFS_DIR, STATE_DIR, Node, Phone
+
+from cni_yogurt import lab
+
+N = 10_000
+PORT = 9  # discard: nobody listens, the receiver counts each datagram as UdpNoPorts
+NOBODY = 65534
+
+
+def yogurt(*argv: str, user: int | None = None) -> subprocess.CompletedProcess[str]:
+    prefix = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"] if user is not None else []
+    return subprocess.run(
+        [*prefix, *lab.self_command(), *argv, "--state-dir", STATE_DIR, "--bpffs-dir", BPFFS_DIR],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def impair(*argv: str) -> None:
+    run = yogurt("impair", *argv)
+    assert run.returncode == 0, run.stderr
+
+
+def counters(ns: lab.Netns) -> dict[str, int]:
+    """The netns's IP and UDP counters (/proc/net/snmp and netstat), as "Udp.NoPorts" etc."""
+    out: dict[str, int] = {}
+    for table in ("/proc/net/snmp", "/proc/net/netstat"):
+        rows = ns.run("cat", table).stdout.splitlines()
+        for names, values in zip(rows[::2], rows[1::2], strict=True):
+            kind, *fields = names.split()
+            out |= {f"{kind[:-1]}.{f}": int(v) for f, v in zip(fields, values.split()[1:], strict=True)}
+    return out
+
+
+def send(p: Phone, n: int = N, size: int = 64) -> dict[str, int]:
+    """n datagrams from the first end to the second; what the receiver's counters gained."""
+    before = counters(p.two)
+    with lab.socket_in(p.one, socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        payload = bytes(size)
+        for _ in range(n):
+            sock.sendto(payload, (p.b4, PORT))
+    time.sleep(0.3)  # the last ones through the receiver's backlog
+    after = counters(p.two)
+    return {k: after[k] - before.get(k, 0) for k in after}
+
+
+def arrived(gained: dict[str, int]) -> int:
+    return gained["Udp.NoPorts"]
+
+
+def within(measured: float, p: float, n: int = N) -> bool:
+    return abs(measured - p) <= 5 * math.sqrt(p * (1 - p) / n)
+
+
+def clean(p: Phone) -> None:
+    """Every datagram arrives: the harness loses none by itself."""
+    got = arrived(send(p))
+    assert got == N, f"{got} of {N} arrived without impairments"
+
+
+def end_one(p: Phone) -> str:
+    return f"{p.one.name}/eth0"
+
+
+def status_of(p: Phone) -> dict[str, Any]:
+    run = yogurt("status", "--json")
+    assert run.returncode == 0, run.stderr
+    ends = {e["end"]: e for e in json.loads(run.stdout)["lines"][p.conf["name"]]}
+    return ends[end_one(p)]
+
+
+def test_loss_drops_the_asked_share_one_way_and_reset_ends_it(node: Node) -> None:
+    p = Phone(node)
+    clean(p)
+    impair("set", "--end", end_one(p), "--loss", "10")
+    got = arrived(send(p))
+    assert within(1 - got / N, 0.10), f"{N - got} of {N} lost, asked 10 %"
+    end = status_of(p)
+    assert end["impair"]["asked"] == {"loss": 10.0} and end["impair"]["in_force"], end["impair"]
+    # The programs' count: what was lost, and the odd ARP or neighbour solicitation it sent too.
+    assert N - got <= end["impair"]["did"]["lost"] <= N - got + 10, end["impair"]
+    # One way: what the second end sends is not impaired.
+    back = _send_back(p)
+    assert back == N, f"{back} of {N} arrived the other way"
+    impair("reset", "--end", end_one(p))
+    clean(p)
+    assert status_of(p)["impair"] is None
+    p.hang_up()
+
+
+def _send_back(p: Phone) -> int:
+    before = counters(p.one)
+    with lab.socket_in(p.two, socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for _ in range(N):
+            sock.sendto(bytes(64), (p.a4, PORT))
+    time.sleep(0.3)
+    return counters(p.one)["Udp.NoPorts"] - before["Udp.NoPorts"]
+
+
+def test_duplication_sends_the_asked_share_twice(node: Node) -> None:
+    p = Phone(node)
+    clean(p)
+    impair("set", "--line", p.conf["name"], "--duplicate", "10")
+    got = arrived(send(p))
+    assert within(got / N - 1, 0.10), f"{got} arrived of {N} sent, asked 10 % twice"
+    assert got - N <= status_of(p)["impair"]["did"]["duplicated"] <= got - N + 10
+    impair("reset", "--line", p.conf["name"])
+    clean(p)
+    p.hang_up()
+
+
+def test_corrupted_packets_fail_the_receivers_checksum(node: Node) -> None:
+    p = Phone(node)
+    clean(p)
+    impair("set", "--end", end_one(p), "--corruption", "10")
+    gained = send(p)
+    bad = gained["IpExt.InCsumErrors"]
+    assert within(bad / N, 0.10), f"{bad} of {N} had a bad checksum, asked 10 % corrupted"
+    assert arrived(gained) == N - bad  # the rest arrived intact
+    assert bad <= status_of(p)["impair"]["did"]["corrupted"] <= bad + 10
+    p.hang_up()
+
+
+def _iperf3(p: Phone, *client: str) -> dict[str, Any]:
+    """iperf3 from the first end to the second for 3 s; the server's JSON (what it received)."""
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", p.two.name, "iperf3", "-s", "-1", "-J", "-B", p.b4],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(0.5)
+        run = p.one.run("iperf3", "-c", p.b4, "-t", "4", "-O", "1", "-J", *client, timeout=60)
+        assert run.returncode == 0, run.stdout[-2000:]
+        out, _ = server.communicate(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    return json.loads(out)
+
+
+def test_a_rate_holds_the_wire_within_ten_percent(node: Node) -> None:
+    p = Phone(node)
+    impair("set", "--end", end_one(p), "--rate", "100000")  # 100 Mbit/s
+    udp = _iperf3(p, "-u", "-b", "300M", "-l", "1400")
+    got = udp["end"]["sum"]
+    # Frames of 1442 bytes (1400 of payload, UDP, IPv4, Ethernet headers): what the rate counts.
+    frames = (got["packets"] - got["lost_packets"]) * 1442 * 8 / got["seconds"]
+    assert 90e6 <= frames <= 110e6, f"{frames / 1e6:.1f} Mbit/s of frames over UDP"
+    tcp = _iperf3(p)["end"]["sum_received"]["bits_per_second"]
+    assert 90e6 <= tcp <= 110e6, f"{tcp / 1e6:.1f} Mbit/s of TCP payload"
+    assert status_of(p)["impair"]["did"]["over_rate"] > 0
+    p.hang_up()
+
+
+def test_impairments_from_the_config_and_per_attachment(node: Node) -> None:
+    conf = node.conf(impairments={"loss": 10})
+    p = Phone(node, conf=conf)
+    got = arrived(send(p))
+    assert within(1 - got / N, 0.10), f"{N - got} of {N} lost, configured 10 %"
+    p.hang_up()
+    # args.cni.impairments (as Multus passes a pod's cni-args) replaces the network's.
+    p = Phone(node, conf={**conf, "args": {"cni": {"impairments": {}}}})
+    clean(p)
+    assert status_of(p)["impair"] is None
+    p.hang_up()
+
+
+def test_bad_impairments_are_refused_and_leave_nothing(node: Node) -> None:
+    for impairments, why in (
+        ({"loss": 101}, "loss"),
+        ({"rate": "fast"}, "rate"),
+        ({"delay": 10}, "delay"),
+        ({"wobble": 1}, "wobble"),
+    ):
+        for conf in (
+            node.conf(impairments=impairments),
+            node.conf(args={"cni": {"impairments": impairments}}),
+        ):
+            run = node.run("ADD", conf, node.netns())
+            assert run.rc != 0 and run.out["code"] == 7, run.out
+            assert why in run.out["details"] and "Traceback" not in run.stderr, run.out
+    assert node.leftovers() == {}
+
+
+def test_impair_is_for_root_alone_and_refuses_a_delay(node: Node) -> None:
+    p = Phone(node)
+    run = yogurt("impair", "set", "--line", p.conf["name"], "--loss", "100", user=NOBODY)
+    assert run.returncode != 0 and "Traceback" not in run.stderr, run.stderr
+    run = yogurt("impair", "set", "--line", p.conf["name"], "--delay", "10")
+    assert run.returncode == 2 and "delay" in run.stderr and "Traceback" not in run.stderr, run.stderr
+    assert yogurt("impair", "set", "--line", "no-such-line", "--loss", "1").returncode == 1
+    assert status_of(p)["impair"] is None
+    assert lab.ping(p.one, p.b4, count=3, wait=1) == 3
+    p.hang_up()
