@@ -26,7 +26,8 @@ VM_TESTS = tests/kernel/test_wire.py tests/kernel/test_counters.py tests/kernel/
 	'tests/kernel/test_impair.py::test_loss_drops_the_asked_share_one_way_and_reset_ends_it' \
 	'tests/kernel/test_impair.py::test_duplication_sends_the_asked_share_twice' \
 	'tests/kernel/test_impair.py::test_corrupted_packets_fail_the_receivers_checksum' \
-	'tests/kernel/test_impair.py::test_a_rate_holds_the_wire_within_ten_percent'
+	'tests/kernel/test_impair.py::test_a_rate_holds_the_wire_within_ten_percent' \
+	'tests/kernel/test_impair.py::test_a_delay_by_netem_inside_the_container_keeps_the_line'
 
 # The veth backend on Debian 12's 6.1 (no netkit, no tcx) in a second VM, in auto mode: every ADD must
 # pick veth + clsact by itself. The wire, the verbs, counters, a live line moving to the next release.

@@ -3,7 +3,7 @@
 Run as root with the venv's python (`make bench` installs iperf3, sockperf and
 matplotlib first):
 
-    .venv/bin/python bench/bench.py [--out DIR] [--only version,verbs,scale,burst,wire,across] ...
+    .venv/bin/python bench/bench.py [--out DIR] [--only version,verbs,scale,...,impair,across] ...
 
 Natively it measures the backend this kernel gives yogurt (netkit where the
 kernel has it, else veth); in the netkit VM (`make bench-vm`) the same code
@@ -22,13 +22,15 @@ runtime does it, plugins taking turns in every round):
   and the 200-ADD burst per mode, against ptp in the same rounds;
   the wire: iperf3 + sockperf between two containers on a line vs two ptp containers;
   capture: the same over one line with no capture and with `yogurt capture` running (bench_capture.py);
+  impairments: the same over a line of the release before (its own wheel, plugin and pins) and lines of
+  this release with no impairment, with an inert one (100 Gbit/s) and with 1 % loss (bench_impair.py);
   across nodes (bench_across.py; needs wireguard-go and an etcd, else left out unless asked for): two
   lab nodes, etcd, an agent per node; a line's wire across them vs the bare WireGuard path between the
   same nodes, and ADD/DEL of a cross-node end vs a node-local end through the same agent.
 
 Writes bench.md, bench.json and bench.png into --out (docs/bench by default).
 Everything it makes (netns `ybn*`, networks `ybench-*`, its own bpffs/state dirs,
-subnets 10.201-211.0.0/16, the node lab's netns `yn-*`) is removed at the end, even after a failure.
+subnets 10.201-212.0.0/16, the node lab's netns `yn-*`) is removed at the end, even after a failure.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ sys.path[:0] = [str(REPO), str(HERE)]  # the checkout's cni_yogurt; the bench_* 
 import bench_across  # noqa: E402
 import bench_agent  # noqa: E402
 import bench_capture  # noqa: E402
+import bench_impair  # noqa: E402
 import bench_report  # noqa: E402
 import bench_verbs  # noqa: E402
 import bench_wire  # noqa: E402
@@ -57,7 +60,7 @@ from bench_verbs import BenchError, Plugin, Samples, log, timed  # noqa: E402
 
 from cni_yogurt import backend, health, lab  # noqa: E402
 
-SECTIONS = ("version", "verbs", "modes", "scale", "burst", "wire", "capture", "across")
+SECTIONS = ("version", "verbs", "modes", "scale", "burst", "wire", "capture", "impair", "across")
 PAUSE = 0.6  # seconds between pod pairs when "spaced out" (the pool refills after 0.25 s idle)
 
 
@@ -154,7 +157,7 @@ def main() -> int:
     cni_path = lab.have_host_local()
     if cni_path is None:
         raise BenchError("host-local not found: apt-get install containernetworking-plugins")
-    if only & {"wire", "capture"} and (missing := bench_wire.tools_missing()):
+    if only & {"wire", "capture", "impair"} and (missing := bench_wire.tools_missing()):
         raise BenchError(f"{', '.join(missing)} missing: `make bench` installs them")
 
     started = time.perf_counter()
@@ -247,6 +250,22 @@ def main() -> int:
                 "rr_seconds": args.rr_seconds,
                 "links": [w.figures() for w in wires],
                 "said": said,
+            }
+        if "impair" in only:
+            did: dict[str, Any] = {}
+            release, wires = timed(
+                "impair",
+                lambda: bench_impair.bench(
+                    yogurts[0], s, cni_path, args.wire_rounds, args.wire_seconds, args.rr_seconds, did
+                ),
+            )
+            report["impair"] = {
+                "rounds": args.wire_rounds,
+                "seconds": args.wire_seconds,
+                "rr_seconds": args.rr_seconds,
+                "release": {"version": release.version, "abi": release.abi, "commit": release.commit},
+                "links": [w.figures() for w in wires],
+                "did": did,
             }
         if "across" in only:
             report["across"] = timed(

@@ -191,6 +191,8 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{_spread(w['rr_us'])}{rel[2]} | {_spread(w['rr_p99_us'])}{rel[3]} |"
             )
         out += ["", "Each capture said at its end: " + "; ".join(capture.get("said", [])) + "."]
+    if "impair" in report:
+        out += _impair(report["impair"])
     if "across" in report:
         out += _across(report["across"], figs.get("across", {}))
     for note in report.get("notes", []):
@@ -203,6 +205,58 @@ ACROSS_GBPS_MIN = 0.9
 ACROSS_RR_MAX = 1.1
 ACROSS_ROWS = ("ADD", "DEL")
 ACROSS_KINDS = ("cross-node end", "local end")
+
+
+def _impair(impair: dict[str, Any]) -> list[str]:
+    """The release before, this release's line with impairments off, with an inert one, with
+    loss; each ÷ the release before, and the impairment path's own cost (inert ÷ off)."""
+    links = impair["links"]
+    base, release = links[0], impair["release"]
+    keys = ("gbps", "cpu_s_per_gb", "rr_us", "rr_p99_us")
+    out = [
+        "",
+        f"Impairments: a line of the release before ({release['version']}, ABI {release['abi']}, "
+        f"{release['commit']}: its own wheel, plugin and pins) and lines of this release, each its own "
+        "pair of containers "
+        f"({impair['rounds']} rounds, in turns; iperf3 one TCP stream {impair['seconds']} s, sockperf "
+        f"{impair['rr_seconds']} s; impairments on what the iperf3 client's end sends; medians, "
+        f"[min–max], ÷ {base['label']}):",
+        "",
+        "| | throughput Gbit/s | CPU s per GB | RR latency µs (avg) | RR p99 µs |",
+        "|---|---|---|---|---|",
+    ]
+    for w in links:
+        rels = [
+            f" ({ratio(_med_or(w[k]), _med_or(base[k]))})" if w is not base and w[k] else "" for k in keys
+        ]
+        out.append(
+            f"| {w['label']} | {_spread(w['gbps'])}{rels[0]} | {_spread(w['cpu_s_per_gb'], 2)}{rels[1]} | "
+            f"{_spread(w['rr_us'])}{rels[2]} | {_spread(w['rr_p99_us'])}{rels[3]} |"
+        )
+    if len(links) >= 3:  # the impairment path itself: inert ÷ off, same release, same rounds
+        off, inert = links[1], links[2]
+        out.append(
+            "| the impairment path: inert ÷ off | "
+            + " | ".join(ratio(_med_or(inert[k]), _med_or(off[k])) for k in keys)
+            + " |"
+        )
+    did = impair.get("did", {})
+    if did:
+        said = []
+        for label, d in did.items():
+            asked = " ".join(
+                f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in d["asked"].items()
+            )
+            counted = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in (d.get("did") or {}).items())
+            said.append(f"{label} ({asked}): {counted or 'nothing counted'}")
+        out += ["", "What the impairments did by the end (`yogurt impair show`): " + "; ".join(said) + "."]
+    if any(not w["rr_us"] for w in links):
+        out += [
+            "",
+            "No request/response figures where requests are lost: sockperf's ping-pong client waits "
+            "for each reply with no timeout, so one lost request ends its observations.",
+        ]
+    return out
 
 
 def _met(ok: bool) -> str:
@@ -264,6 +318,11 @@ def _med(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def _med_or(values: list[float]) -> float | None:
+    """The median, None for none (a figure not measured on that link)."""
+    return statistics.median(values) if values else None
+
+
 def _spread(values: list[float], digits: int = 1) -> str:
     if not values:
         return "—"
@@ -301,6 +360,8 @@ def png(report: dict[str, Any], samples: dict[str, dict[str, list[float]]], path
         panels.append(lambda ax: _violins(ax, series, "ADD latency, ms (exec to exit)", "ADD latency"))
     if wire := report.get("wire"):
         panels += _wire_panels(wire["links"], "")
+    if impair := report.get("impair"):
+        panels += _wire_panels(impair["links"], "impairments: ")
     if across := report.get("across"):
         panels += _wire_panels(across["links"], "across nodes: ")
         kinds = [(k, samples.get("across", {}).get(f"ADD, {k}")) for k in ACROSS_KINDS]
@@ -322,7 +383,10 @@ def png(report: dict[str, Any], samples: dict[str, dict[str, list[float]]], path
         draw(ax)
     for ax in axes[len(panels) :]:
         ax.axis("off")
-    what = "cni-yogurt vs ptp" if series or "wire" in report else "cni-yogurt across nodes"
+    if series or "wire" in report:
+        what = "cni-yogurt vs ptp"
+    else:
+        what = "cni-yogurt impairments" if "impair" in report else "cni-yogurt across nodes"
     fig.suptitle(
         f"{what} — {m['where']}: Linux {m['kernel']}, backend {m['backend']}, {m['cpu']} ×{m['cores']}",
         fontsize=9,
@@ -357,11 +421,13 @@ def _wire_panels(links: list[dict[str, Any]], prefix: str) -> list[Callable[[Any
     """Two bar panels, throughput and request/response latency, one bar per link."""
 
     def bars(ax: Any, key: str, title: str, digits: int) -> None:
-        names = [textwrap.fill(w["label"], 24) for w in links]
-        colors = ["tab:orange", "tab:blue"][: len(names)]
-        meds = [_med(w[key]) for w in links]
-        lo = [m_ - min(w[key]) for m_, w in zip(meds, links, strict=True)]
-        hi = [max(w[key]) - m_ for m_, w in zip(meds, links, strict=True)]
+        palette = ["tab:orange", "tab:blue", "tab:green", "tab:red", "tab:purple"]
+        colors = [c for c, w in zip(palette, links, strict=False) if w[key]]  # a link's colour in each panel
+        shown = [w for w in links if w[key]]  # not a figure measured on every link (impairments)
+        names = [textwrap.fill(w["label"], 24 if len(links) <= 3 else 16) for w in shown]
+        meds = [_med(w[key]) for w in shown]
+        lo = [m_ - min(w[key]) for m_, w in zip(meds, shown, strict=True)]
+        hi = [max(w[key]) - m_ for m_, w in zip(meds, shown, strict=True)]
         ax.bar(names, meds, color=colors, yerr=[lo, hi], capsize=6)
         for i, v in enumerate(meds):
             ax.annotate(

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import copy
 import ctypes
+import fcntl
 import functools
+import ipaddress
 import json
 import os
 import signal
@@ -216,6 +218,7 @@ class IPAM:
 
     def delete(self) -> None:
         self._run("DEL")
+        self._mend()
 
     def release(self, container_id: str, ifname: str) -> None:
         """DEL for another attachment than this invocation's: what GC owes an end it removes,
@@ -229,6 +232,11 @@ class IPAM:
             "CNI_ARGS": "",
         }
         other._run("DEL")
+        other._mend()
+
+    def _mend(self) -> None:
+        if self.type == "host-local":
+            mend_host_local(self._stdin)
 
     def check(self) -> None:
         self._run("CHECK")
@@ -246,6 +254,50 @@ class IPAM:
         since = versions.VERB_SINCE[command]
         if any(versions.at_least(v, since) for v in self._supported_versions(plugin) if _semver(v)):
             self._run(command)
+
+
+HOST_LOCAL_DATA_DIR = "/var/lib/cni/networks"  # host-local's default ipam.dataDir
+
+
+def mend_host_local(stdin: bytes) -> list[str]:
+    """Remove the empty lease files of a host-local killed between creating one and writing its
+    container's id into it — as the delegate dies with the node agent, killed mid-ADD (see
+    _spawn_args): a lease no DEL can release, its address lost to the network for good.  Only
+    under host-local's own lock, which it holds for the whole of an allocation, so a lease being
+    written is never taken for one left empty; if another delegate holds the lock now, the next
+    DEL or GC mends it.  The addresses freed."""
+    try:
+        conf = json.loads(stdin)
+        ipam_conf = conf.get("ipam") or {}
+        directory = os.path.join(str(ipam_conf.get("dataDir") or HOST_LOCAL_DATA_DIR), str(conf["name"]))
+        fd = os.open(os.path.join(directory, "lock"), os.O_RDONLY)
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError, OSError):
+        return []
+    freed = []
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if (
+                    _is_address(entry.name)
+                    and entry.is_file(follow_symlinks=False)
+                    and not entry.stat().st_size
+                ):
+                    os.unlink(entry.path)
+                    freed.append(entry.name)
+    except OSError:  # held by a delegate now (BlockingIOError), or the directory went
+        pass
+    finally:
+        os.close(fd)  # and with it the lock
+    return freed
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _config_version(stdin: bytes) -> str | None:

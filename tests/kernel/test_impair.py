@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import socket
 import subprocess
 import time
 from typing import Any
 
+import pytest
 from conftest import BPFFS_DIR, STATE_DIR, Node, Phone
 
 from cni_yogurt import lab
@@ -214,4 +216,20 @@ def test_impair_is_for_root_alone_and_refuses_a_delay(node: Node) -> None:
     assert yogurt("impair", "set", "--line", "no-such-line", "--loss", "1").returncode == 1
     assert status_of(p)["impair"] is None
     assert lab.ping(p.one, p.b4, count=3, wait=1) == 3
+    p.hang_up()
+
+
+def test_a_delay_by_netem_inside_the_container_keeps_the_line(node: Node) -> None:
+    """What docs/labs.md offers instead of a delay in our programs: netem on the container's own
+    interface holds each packet before our sender marks it, so the line passes, delayed."""
+    p = Phone(node)
+    add = p.one.run("tc", "qdisc", "add", "dev", "eth0", "root", "netem", "delay", "100ms")
+    if add.returncode != 0 and "unknown" in add.stderr.lower():
+        pytest.skip(f"this kernel has no netem qdisc (sch_netem): {add.stderr.strip()}")
+    assert add.returncode == 0, add.stderr
+    ping = p.one.run("ping", "-c", "3", "-i", "0.2", "-W", "2", p.b4)
+    assert ping.returncode == 0, ping.stdout
+    rtt_min = float(re.search(r"= ([\d.]+)/", ping.stdout).group(1))  # type: ignore[union-attr]
+    assert rtt_min >= 100, ping.stdout
+    assert status_of(p)["impair"] is None  # nothing of ours: the container's own queue
     p.hang_up()

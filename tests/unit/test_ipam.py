@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from cni_yogurt.cni import netconf
+from cni_yogurt.cni import ipam, netconf
 from cni_yogurt.cni.env import parse_env
 from cni_yogurt.cni.errors import CNIError, Code
 from cni_yogurt.cni.ipam import IPAM
@@ -441,3 +441,42 @@ def test_a_resident_process_asks_an_older_delegate_its_versions_once(
     delegate(conf, host_local.parent).delete()  # the next call in the same process
     assert execs == ["DEL"]
     assert leases(tmp_path / "ipam") == {}
+
+
+def _host_local_dir(tmp_path: Any) -> tuple[bytes, Any]:
+    stdin = json.dumps(
+        {"cniVersion": "1.0.0", "name": "net1", "ipam": {"type": "host-local", "dataDir": str(tmp_path)}}
+    )
+    directory = tmp_path / "net1"
+    directory.mkdir()
+    (directory / "lock").write_text("")
+    (directory / "10.1.0.2").write_text("container-a\neth0")  # a lease: kept
+    (directory / "10.1.0.3").write_text("")  # a host-local killed between create and write
+    (directory / "fd00::3").write_text("")
+    (directory / "last_reserved_ip.0").write_text("")  # not a lease
+    return stdin.encode(), directory
+
+
+def test_mend_host_local_removes_only_empty_leases(tmp_path: Any) -> None:
+    stdin, directory = _host_local_dir(tmp_path)
+    assert sorted(ipam.mend_host_local(stdin)) == ["10.1.0.3", "fd00::3"]
+    assert sorted(p.name for p in directory.iterdir()) == ["10.1.0.2", "last_reserved_ip.0", "lock"]
+
+
+def test_mend_host_local_waits_for_no_one_and_touches_nothing_while_a_delegate_holds_the_lock(
+    tmp_path: Any,
+) -> None:
+    import fcntl
+
+    stdin, directory = _host_local_dir(tmp_path)
+    with open(directory / "lock") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as host-local holds it for a whole allocation
+        assert ipam.mend_host_local(stdin) == []
+    assert (directory / "10.1.0.3").exists()
+    assert sorted(ipam.mend_host_local(stdin)) == ["10.1.0.3", "fd00::3"]  # once it is free
+
+
+def test_mend_host_local_without_its_directory_does_nothing(tmp_path: Any) -> None:
+    stdin = json.dumps({"name": "net1", "ipam": {"type": "host-local", "dataDir": str(tmp_path)}}).encode()
+    assert ipam.mend_host_local(stdin) == []
+    assert ipam.mend_host_local(b"not json") == []
