@@ -68,7 +68,7 @@ cluster: venv
 # (cni_yogurt/lab/nodes.py), and lines across it through the tunnel programs, per backend the kernel offers.  Root; about 5 s, then about 40 s per backend.  test_cnitool_across.py
 # drives dist/yogurt with cnitool on two nodes: both built here first.  test_agent_owned.py: nodes with
 # an underlay only, a TLS etcd, agents that make their own devices, their outages and restarts.
-# test_release_across.py: the real 0.5.0's and 0.5.1's agents replaced by this release's under live lines, mixed.
+# test_release_across.py: the real 0.5.0's and 0.5.2's agents replaced by this release's under live lines, mixed.
 cluster-net: venv binary cnitool
 	@test -n "$$YOGURT_ETCD" || bash packaging/fetch-etcd.sh >/dev/null
 	YOGURT_REQUIRE_KERNEL=1 $(VENV)/bin/pytest -q tests/cluster/test_nodelab.py tests/cluster/test_wire_across.py \
