@@ -220,6 +220,8 @@ def main() -> int:
                     lambda p=plugin: bench_verbs.burst(p, s, cni_path, args.burst),
                 )
                 report["bursts"][plugin.key] = vars(b)
+        # How the wire sections (wire, capture, impair) measured, as each one's report says.
+        rounds = {"rounds": args.wire_rounds, "seconds": args.wire_seconds, "rr_seconds": args.rr_seconds}
         if "wire" in only:
             wires = timed(
                 "wire",
@@ -228,9 +230,7 @@ def main() -> int:
                 ),
             )
             report["wire"] = {
-                "rounds": args.wire_rounds,
-                "seconds": args.wire_seconds,
-                "rr_seconds": args.rr_seconds,
+                **rounds,
                 "links": [
                     {**w.figures(), "label": "yogurt line" if i == 0 else "ptp (veth + routing)"}
                     for i, w in enumerate(wires)
@@ -245,9 +245,7 @@ def main() -> int:
                 ),
             )
             report["capture"] = {
-                "rounds": args.wire_rounds,
-                "seconds": args.wire_seconds,
-                "rr_seconds": args.rr_seconds,
+                **rounds,
                 "links": [w.figures() for w in wires],
                 "said": said,
             }
@@ -260,9 +258,7 @@ def main() -> int:
                 ),
             )
             report["impair"] = {
-                "rounds": args.wire_rounds,
-                "seconds": args.wire_seconds,
-                "rr_seconds": args.rr_seconds,
+                **rounds,
                 "release": {"version": release.version, "abi": release.abi, "commit": release.commit},
                 "links": [w.figures() for w in wires],
                 "did": did,

@@ -24,6 +24,7 @@ import itertools
 import json
 import os
 import shutil
+import subprocess
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -277,6 +278,18 @@ class Node:
             "IP leases": self.leases(),
         }
         return {k: v for k, v in found.items() if v}
+
+
+def admin_cli(*argv: str, user: int | None = None) -> subprocess.CompletedProcess[str]:
+    """The admin CLI on the tests' node dirs (as `user` if given)."""
+    prefix = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"] if user is not None else []
+    return subprocess.run(
+        [*prefix, *lab.self_command(), *argv, "--state-dir", STATE_DIR, "--bpffs-dir", BPFFS_DIR],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
 
 
 @pytest.fixture

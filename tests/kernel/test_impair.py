@@ -19,24 +19,14 @@ import time
 from typing import Any
 
 import pytest
-from conftest import BPFFS_DIR, STATE_DIR, Node, Phone
+from conftest import Node, Phone
+from conftest import admin_cli as yogurt
 
 from cni_yogurt import lab
 
 N = 10_000
 PORT = 9  # discard: nobody listens, the receiver counts each datagram as UdpNoPorts
 NOBODY = 65534
-
-
-def yogurt(*argv: str, user: int | None = None) -> subprocess.CompletedProcess[str]:
-    prefix = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"] if user is not None else []
-    return subprocess.run(
-        [*prefix, *lab.self_command(), *argv, "--state-dir", STATE_DIR, "--bpffs-dir", BPFFS_DIR],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
 
 
 def impair(*argv: str) -> None:
@@ -225,6 +215,7 @@ def test_a_delay_by_netem_inside_the_container_keeps_the_line(node: Node) -> Non
     p = Phone(node)
     add = p.one.run("tc", "qdisc", "add", "dev", "eth0", "root", "netem", "delay", "100ms")
     if add.returncode != 0 and "unknown" in add.stderr.lower():
+        p.hang_up()
         pytest.skip(f"this kernel has no netem qdisc (sch_netem): {add.stderr.strip()}")
     assert add.returncode == 0, add.stderr
     ping = p.one.run("ping", "-c", "3", "-i", "0.2", "-W", "2", p.b4)

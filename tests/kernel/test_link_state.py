@@ -6,23 +6,11 @@ netkit in the VM."""
 from __future__ import annotations
 
 import json
-import subprocess
 
-from conftest import BPFFS_DIR, STATE_DIR, Node, Phone, addresses
+from conftest import Node, Phone, addresses
+from conftest import admin_cli as yogurt
 
 from cni_yogurt import lab
-
-
-def yogurt(*argv: str, user: int | None = None) -> subprocess.CompletedProcess[str]:
-    """The admin CLI on the tests' node dirs (as `user` if given)."""
-    prefix = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"] if user is not None else []
-    return subprocess.run(
-        [*prefix, *lab.self_command(), *argv, "--state-dir", STATE_DIR, "--bpffs-dir", BPFFS_DIR],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
 
 
 def carrier(ns: lab.Netns) -> bool:
