@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from cni_yogurt import __version__, datapath
+from cni_yogurt.capture.tap import end_captured
 from cni_yogurt.datapath import CounterMap, Pins
 from cni_yogurt.line.impairment import shown
 from cni_yogurt.line.registry import Registry
@@ -65,7 +66,7 @@ class EndCounters:
         self.pins = Pins.under(bpffs_dir)
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         labels = ["line", "end", "host_ifname"]
         sent = CounterMetricFamily(
@@ -86,6 +87,11 @@ class EndCounters:
             "dropped), duplicated (a copy sent too), corrupted; since they were first set",
             labels=[*labels, "how"],
         )
+        captured = GaugeMetricFamily(
+            "yogurt_end_captured",
+            "1 while `yogurt capture` copies what the end sends (its privacy lifted by root on this node)",
+            labels=labels,
+        )
         for end, counts in self._ends():
             values = [end.line, end.key, end.host_ifname]
             sent.add_metric(values, counts["redirected_packets"])
@@ -94,7 +100,8 @@ class EndCounters:
                 dropped.add_metric([*values, reason], counts[field])
             for how, count in self._impaired(end).items():
                 impaired.add_metric([*values, how], count)
-        yield from (sent, sent_bytes, dropped, impaired)
+            captured.add_metric(values, 1 if end_captured(end) else 0)
+        yield from (sent, sent_bytes, dropped, impaired, captured)
 
     def _impaired(self, end: Any) -> dict[str, int]:
         """What an impaired end's impairments did (line/impairment.py); {} for an end without."""

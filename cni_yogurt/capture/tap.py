@@ -135,6 +135,15 @@ class Capture:
             got.clear()
 
 
+def end_captured(end: End) -> bool:
+    """Whether a capture copies what this end sends (`yogurt status`, the agent's metric)."""
+    try:
+        tap = tap_of(end, outbound=True)
+    except CaptureError:
+        return False
+    return captured(tap.host_ifindex, tap.attach_type)
+
+
 def captured(host_ifindex: int, attach_type: int) -> bool:
     """Whether a capture's program is attached at this hook now (for `yogurt status`)."""
     try:

@@ -9,6 +9,7 @@ from typing import Any
 from cni_yogurt import backend, release
 from cni_yogurt.agent import frontend
 from cni_yogurt.agent.report import describe
+from cni_yogurt.capture.tap import end_captured
 from cni_yogurt.datapath import CounterMap, PairMap, Partner, Pins
 from cni_yogurt.kernel.netlink import Rtnl
 from cni_yogurt.line.registry import End, Registry
@@ -37,17 +38,6 @@ def _maps(pins: Pins, ends: list[End]) -> tuple[dict[int, Partner], dict[int, di
     with CounterMap(pins) as counter_map:
         counts = {e.host_ifindex: counter_map.get(e.host_ifindex) for e in ends}
     return pairs, counts
-
-
-def _captured(end: End) -> bool:
-    """Whether `yogurt capture` copies what this end sends (a capture's program at its sender)."""
-    from cni_yogurt.capture.tap import CaptureError, captured, tap_of
-
-    try:
-        tap = tap_of(end, outbound=True)
-    except CaptureError:
-        return False
-    return captured(tap.host_ifindex, tap.attach_type)
 
 
 def _impair(pins: Pins, end: End) -> dict[str, Any] | None:
@@ -98,7 +88,7 @@ def collect(bpffs_dir: str, state_dir: str) -> dict[str, Any]:
                 "attached": not problems and own.loaded(),
                 "problems": problems,
                 "wired_to_ifindex": partner.host_ifindex if partner else None,
-                "captured": _captured(end),
+                "captured": end_captured(end),
                 "impair": _impair(pins, end),
                 "counters": counts.get(end.host_ifindex),
             }

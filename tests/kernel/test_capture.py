@@ -143,6 +143,8 @@ def test_visible_while_it_runs_and_nothing_left_after_sigkill(phone: Phone, tmp_
     where = tap.tap_of(end, outbound=True)
     with capturing(phone, "-w", str(tmp_path / "x.pcapng")) as proc:
         assert tap.captured(where.host_ifindex, where.attach_type)
+        # Both ways of the line: the capture copies at the partner's sender too.
+        assert _captured_metric(phone) == {end.key: 1.0, f"{phone.two.name}/eth0": 1.0}
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
     deadline = time.monotonic() + 10  # the kernel drops the links once the dead process's fds close
@@ -150,7 +152,20 @@ def test_visible_while_it_runs_and_nothing_left_after_sigkill(phone: Phone, tmp_
         time.sleep(0.1)
     assert not tap.captured(where.host_ifindex, where.attach_type)
     assert not _captured_now(phone)
+    assert _captured_metric(phone) == {end.key: 0.0, f"{phone.two.name}/eth0": 0.0}
     assert lab.ping(phone.one, phone.b4) == 2  # the line itself was never touched
+
+
+def _captured_metric(phone: Phone) -> dict[str, float]:
+    """yogurt_end_captured of the phone's ends, as the node agent's collector reports it."""
+    from cni_yogurt.agent.metrics import EndCounters
+
+    mine = {f"{ns.name}/eth0" for ns in (phone.one, phone.two)}
+    found = {}
+    for family in EndCounters(phone.conf["stateDir"], phone.conf["bpffsDir"]).collect():
+        if family.name == "yogurt_end_captured":
+            found |= {s.labels["end"]: s.value for s in family.samples if s.labels["end"] in mine}
+    return found
 
 
 def test_root_only(phone: Phone, tmp_path: Path) -> None:
