@@ -153,16 +153,34 @@ def _iperf3(p: Phone, *client: str) -> dict[str, Any]:
     return json.loads(out)
 
 
+def _udp_frames(p: Phone, bandwidth: str) -> float:
+    """bits/s of frames the receiver got from iperf3 over UDP: 1442-byte frames (1400 of payload,
+    UDP, IPv4, Ethernet headers), which is what the rate counts."""
+    got = _iperf3(p, "-u", "-b", bandwidth, "-l", "1400")["end"]["sum"]
+    return float((got["packets"] - got["lost_packets"]) * 1442 * 8 / got["seconds"])
+
+
+# The rate tested: 100 Mbit/s wherever the line carries 1.3 times that unimpaired (natively, by far);
+# an emulated VM running another test beside this one may carry less (51 Mbit/s seen), and then a
+# rate it can exceed is tested instead, so that the bucket, not the emulator, is what is measured.
+RATES_MBIT = (100, 50, 20, 10)
+
+
 def test_a_rate_holds_the_wire_within_ten_percent(node: Node) -> None:
     p = Phone(node)
-    impair("set", "--end", end_one(p), "--rate", "100000")  # 100 Mbit/s
-    udp = _iperf3(p, "-u", "-b", "300M", "-l", "1400")
-    got = udp["end"]["sum"]
-    # Frames of 1442 bytes (1400 of payload, UDP, IPv4, Ethernet headers): what the rate counts.
-    frames = (got["packets"] - got["lost_packets"]) * 1442 * 8 / got["seconds"]
-    assert 90e6 <= frames <= 110e6, f"{frames / 1e6:.1f} Mbit/s of frames over UDP"
+    capacity = _udp_frames(p, "1G")
+    mbit = next((r for r in RATES_MBIT if capacity >= 1.3 * r * 1e6), None)
+    assert mbit is not None, f"the line carries only {capacity / 1e6:.1f} Mbit/s unimpaired here"
+    impair("set", "--end", end_one(p), "--rate", str(mbit * 1000))
+    frames = _udp_frames(p, f"{3 * mbit}M")
+    assert 0.9 * mbit * 1e6 <= frames <= 1.1 * mbit * 1e6, (
+        f"{frames / 1e6:.1f} Mbit/s of frames over UDP at a rate of {mbit} Mbit/s "
+        f"(unimpaired: {capacity / 1e6:.0f} Mbit/s)"
+    )
     tcp = _iperf3(p)["end"]["sum_received"]["bits_per_second"]
-    assert 90e6 <= tcp <= 110e6, f"{tcp / 1e6:.1f} Mbit/s of TCP payload"
+    assert 0.9 * mbit * 1e6 <= tcp <= 1.1 * mbit * 1e6, (
+        f"{tcp / 1e6:.1f} Mbit/s of TCP payload at {mbit} Mbit/s"
+    )
     assert status_of(p)["impair"]["did"]["over_rate"] > 0
     p.hang_up()
 
