@@ -31,7 +31,7 @@ from cni_yogurt.kernel import bpf
 # 2: the veth sender program (prog_veth_peer); 3: 64-bit mark, counters;
 # 4: the secret in a map, handed on to the next release (upgrade in place);
 # 5: lines across nodes (the tunnel's receive program, remote maps); 6: impairments (the
-# impair map, four more counters).
+# impair map, which also counts what they did: the counters map keeps its layout).
 ABI = test_abi() or 6
 _KEY = struct.Struct("=I")
 _VALUE = struct.Struct("=II")

@@ -73,6 +73,5 @@ def _show(registry: Registry, pins: Pins, line: str | None, end: str | None, as_
         return 0
     for e, s in found:
         state = "" if s["in_force"] else "  (not in force: set it again)"
-        asked = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in s["asked"].items())
-        print(f"{e.key} (line {e.line}): {asked or 'none'}{state}")
+        print(f"{e.key} (line {e.line}): {s['spec'] or 'none'}{state}")
     return 0

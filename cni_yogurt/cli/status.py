@@ -49,7 +49,7 @@ def _impair(pins: Pins, end: End) -> dict[str, Any] | None:
     try:
         return shown(pins, end)
     except OSError as exc:
-        return {"asked": end.impair, "in_force": False, "error": str(exc)}
+        return {"asked": {}, "spec": end.impair, "in_force": False, "did": None, "error": str(exc)}
 
 
 def collect(bpffs_dir: str, state_dir: str) -> dict[str, Any]:
@@ -155,9 +155,8 @@ def status(bpffs_dir: str, state_dir: str, as_json: bool) -> int:
                 f"{e['backend']}/{e['attach']}{older}) {attach}{down}"
             )
             if e["impair"]:
-                asked = " ".join(f"{k}={v:g}" for k, v in e["impair"]["asked"].items())
                 force = "" if e["impair"]["in_force"] else " (NOT in force: yogurt impair set again)"
-                print(f"    IMPAIRED what it sends: {asked}{force} (yogurt impair reset)")
+                print(f"    IMPAIRED what it sends: {e['impair']['spec']}{force} (yogurt impair reset)")
                 did = e["impair"].get("did")
                 if did:
                     print(

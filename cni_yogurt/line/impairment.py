@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from cni_yogurt.datapath import ImpairMap, Pins
+from cni_yogurt.datapath import ImpairMap, Pins, Thresholds
 from cni_yogurt.line.registry import End, Registry
 
 # What a lab's netem users ask for that a queue would have to do (refused, with the reason).
@@ -91,7 +91,7 @@ class Impairment:
     def __bool__(self) -> bool:
         return bool(self.items())
 
-    def thresholds(self) -> tuple[int, int, int, int, int]:
+    def thresholds(self) -> Thresholds:
         """struct yogurt_impair as the programs read it: (loss, corrupt, duplicate) as fractions
         of 2^32, the rate as picoseconds per byte and the bucket's depth in ns."""
         loss, corrupt, duplicate = (_fraction(getattr(self, name)) for name in PERCENT)
@@ -146,12 +146,18 @@ def apply(registry: Registry, pins: Pins, keys: list[str], impairment: Impairmen
 def shown(pins: Pins, end: End) -> dict[str, Any]:
     """What `yogurt status` and `yogurt impair show` say of an end's impairments: asked (the
     registry), whether the map has exactly that (they differ only while a change is cut short,
-    which the next set mends), and what they did: lost, over_rate, duplicated, corrupted."""
+    which the next set mends), and what they did: lost, over_rate, duplicated, corrupted; `spec`
+    is what was asked as people read it (Impairment.spec)."""
     asked = Impairment.from_spec(end.impair) if end.impair else Impairment()
-    found = None
+    found: tuple[Thresholds, dict[str, int]] | None = None
     own = end.pin_dir(pins)
     if end.host_ifindex and own.has_impair():
         with ImpairMap(own) as impairs:
             found = impairs.get(end.host_ifindex)
     in_force = (found[0] if found else None) == (asked.thresholds() if asked else None)
-    return {"asked": dict(asked.items()), "in_force": in_force, "did": found[1] if found else None}
+    return {
+        "asked": dict(asked.items()),
+        "spec": asked.spec(),
+        "in_force": in_force,
+        "did": found[1] if found else None,
+    }
