@@ -23,6 +23,7 @@ VM_TESTS = tests/kernel/test_wire.py tests/kernel/test_counters.py tests/kernel/
 	'tests/kernel/test_link_state.py::test_one_end_down_passes_nothing_either_way_and_only_it_loses_carrier[netkit]' \
 	'tests/kernel/test_capture.py::test_a_capture_holds_exactly_what_the_two_ends_sent_each_way' \
 	'tests/kernel/test_capture.py::test_visible_while_it_runs_and_nothing_left_after_sigkill' \
+	'tests/kernel/test_capture.py::test_drops_are_what_the_guard_dropped_with_why' \
 	'tests/kernel/test_impair.py::test_loss_drops_the_asked_share_one_way_and_reset_ends_it' \
 	'tests/kernel/test_impair.py::test_duplication_sends_the_asked_share_twice' \
 	'tests/kernel/test_impair.py::test_corrupted_packets_fail_the_receivers_checksum' \

@@ -19,6 +19,10 @@
 // take -1 as "run the next program"), so the sender behind it decides.
 //
 // SNAPLEN is defined by the loader (the capture's snap length, >= 1).
+//
+// `--drops` adds a third program, before the end's guard: it copies what the
+// guard is about to drop, with why (GUARD_* below: the loader defines the
+// pin paths of the end's maps, which it opens as they are).
 
 #include <uapi/linux/bpf.h>
 
@@ -35,13 +39,13 @@ struct capture_event {
     u32 ifindex;  // the device it was copied at: a sending end's host side, or the tunnel
     u32 len;      // the packet's length on the wire
     u32 caplen;   // bytes that follow
-    u32 pad;
+    u32 dropped;  // 0: copied at a sender; else why the guard drops it (DROP_*)
 };
 
 BPF_PERF_OUTPUT(yogurt_capture_events);
 
 // The packet, cut at SNAPLEN, after its event header, into the perf buffer.
-static __always_inline int copy(struct __sk_buff *skb)
+static __always_inline int copy(struct __sk_buff *skb, u32 dropped)
 {
     struct capture_event event = {};
     u32 caplen = skb->len < SNAPLEN ? skb->len : SNAPLEN;
@@ -50,13 +54,14 @@ static __always_inline int copy(struct __sk_buff *skb)
     event.ifindex = skb->ifindex;
     event.len = skb->len;
     event.caplen = caplen;
+    event.dropped = dropped;
     yogurt_capture_events.perf_submit_skb(skb, caplen, &event, sizeof(event));
     return NEXT;
 }
 
 int yogurt_capture(struct __sk_buff *skb)
 {
-    return copy(skb);
+    return copy(skb, 0);
 }
 
 // An end wired across nodes: what its partner sends arrives through the
@@ -74,6 +79,55 @@ int yogurt_capture_tunnel(struct __sk_buff *skb)
         return NEXT;
     if (key.tunnel_id != TUNNEL_VNI || key.remote_ipv4 != TUNNEL_NODE)
         return NEXT;
-    return copy(skb);
+    return copy(skb, 0);
+}
+#endif
+
+// What the end's guard (yogurt_primary in bpf/yogurt.bpf.c) will drop,
+// decided as it decides, from the same pinned maps, just before it runs: at
+// netkit's primary hook, or tcx ingress of the container-side veth (before
+// the guard, whether that is a tcx link or a cls_bpf filter).  skb->ifindex
+// is the container-side device, whose ifindex is the end's.  The layouts and
+// sizes are the wire's (this release's: tap.py taps no other's guard).
+#ifdef GUARD_MARK
+#define FROM_TUNNEL 0xffffffff
+#define DROP_UNMARKED 1       // no mark: sent by the host, forwarded or injected
+#define DROP_WRONG_SENDER 2   // marked, but not by this end's partner (any more)
+
+struct yogurt_mark {
+    u32 lo;
+    u32 hi;
+};
+struct yogurt_end {
+    u32 partner_host_ifindex;
+    u32 partner_peer_ifindex;
+};
+struct yogurt_remote {
+    u32 vni;
+    u32 node_ipv4;
+    u32 tunnel_ifindex;
+    u32 flags;
+};
+
+BPF_TABLE_PINNED("array", u32, struct yogurt_mark, yogurt_mark, 1, GUARD_MARK);
+BPF_TABLE_PINNED("hash", u32, struct yogurt_end, yogurt_pairs, 65536, GUARD_PAIRS);
+BPF_TABLE_PINNED("hash", u32, struct yogurt_remote, yogurt_remote, 65536, GUARD_REMOTE);
+
+int yogurt_capture_guard(struct __sk_buff *skb)
+{
+    u32 self = skb->ifindex;
+    u32 sender = skb->cb[2];
+    u32 zero = 0;
+    struct yogurt_mark *mark = yogurt_mark.lookup(&zero);
+    struct yogurt_end *end;
+
+    if (!mark || !(mark->lo | mark->hi) || skb->cb[0] != mark->lo || skb->cb[1] != mark->hi)
+        return copy(skb, DROP_UNMARKED);
+    if (sender == FROM_TUNNEL)
+        return yogurt_remote.lookup(&self) ? NEXT : copy(skb, DROP_WRONG_SENDER);
+    end = yogurt_pairs.lookup(&sender);
+    if (!end || end->partner_peer_ifindex != self)
+        return copy(skb, DROP_WRONG_SENDER);
+    return NEXT;
 }
 #endif

@@ -2,10 +2,14 @@
 
 pcapng (the default) holds one interface per captured end (Ethernet, nanosecond timestamps) and
 marks each packet's direction with `epb_flags` (inbound: the partner sent it to this end;
-outbound: this end sent it).  Classic pcap has no direction field, so its records use the
-Linux "cooked" v2 header (LINKTYPE_LINUX_SLL2), whose packet type says outgoing or to-this-host
-and whose interface index names the end; the Ethernet frame's own header follows as its payload
-type says (ARPHRD_ETHER), so both directions stay told apart in either format.
+outbound: this end sent it).  A packet the end's guard dropped (`yogurt capture --drops`) is
+inbound, with the reason as its comment and the drop as its verdict (`epb_verdict`: eBPF TC,
+TC_ACT_SHOT), which Wireshark shows with the packet; classic pcap has no room for either.
+
+Classic pcap has no direction field, so its records use the Linux "cooked" v2 header
+(LINKTYPE_LINUX_SLL2), whose packet type says outgoing or to-this-host and whose interface index
+names the end; the Ethernet frame's own header follows as its payload type says (ARPHRD_ETHER),
+so both directions stay told apart in either format.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ BLOCK_SHB, BLOCK_IDB, BLOCK_EPB = 0x0A0D0D0A, 0x00000001, 0x00000006
 OPT_END, OPT_COMMENT = 0, 1
 OPT_SHB_USERAPPL = 4
 OPT_IF_NAME, OPT_IF_DESCRIPTION, OPT_IF_TSRESOL = 2, 3, 9
-OPT_EPB_FLAGS = 2
+OPT_EPB_FLAGS, OPT_EPB_VERDICT = 2, 7
+VERDICT_EBPF_TC, TC_ACT_SHOT = 1, 2
 EPB_INBOUND, EPB_OUTBOUND = 0b01, 0b10
 SLL2_HOST, SLL2_OUTGOING = 0, 4  # packet types (to this host, sent by it)
 ARPHRD_ETHER = 1
@@ -35,6 +40,7 @@ class Packet:
     data: bytes  # the captured bytes (an Ethernet frame, maybe cut at the snap length)
     length: int  # the frame's length on the wire
     outbound: bool  # sent by the captured end (else: sent to it by its partner)
+    dropped: str | None = None  # why the end's guard dropped it (else it was on the line)
 
 
 def _pad4(data: bytes) -> bytes:
@@ -91,18 +97,26 @@ class Writer:
     @staticmethod
     def record(fmt: str, packet: Packet, ifindex: int) -> bytes:
         if fmt == "pcap":
+            if packet.dropped:
+                raise ValueError("classic pcap has no room for why a packet was dropped: pcapng")
             cooked = sll2(packet, ifindex)
             sec, nsec = divmod(packet.ts_ns, 1_000_000_000)
             on_wire = packet.length + len(cooked) - len(packet.data)  # the cooked header for the Ethernet one
             head = struct.pack("=IIII", sec, nsec, len(cooked), on_wire)
             return head + cooked
         flags = EPB_OUTBOUND if packet.outbound else EPB_INBOUND
+        options = [_option(OPT_EPB_FLAGS, struct.pack("=I", flags))]
+        if packet.dropped:
+            options += [
+                _option(OPT_COMMENT, f"dropped by the guard: {packet.dropped}".encode()),
+                _option(OPT_EPB_VERDICT, struct.pack("=Bq", VERDICT_EBPF_TC, TC_ACT_SHOT)),
+            ]
         body = (
             struct.pack(
                 "=IIIII", 0, packet.ts_ns >> 32, packet.ts_ns & 0xFFFFFFFF, len(packet.data), packet.length
             )
             + _pad4(packet.data)
-            + _options(_option(OPT_EPB_FLAGS, struct.pack("=I", flags)))
+            + _options(*options)
         )
         return _block(BLOCK_EPB, body)
 
@@ -142,11 +156,22 @@ def read(data: bytes) -> list[Packet]:
         if kind == BLOCK_EPB:
             _, hi, lo, caplen, on_wire = struct.unpack_from("=IIIII", data, at + 8)
             frame = data[at + 28 : at + 28 + caplen]
-            options = at + 28 + caplen + (-caplen % 4)
-            code, size = struct.unpack_from("=HH", data, options)
-            flags = (
-                struct.unpack_from("=I", data, options + 4)[0] if (code, size) == (OPT_EPB_FLAGS, 4) else 0
-            )
-            packets.append(Packet(hi << 32 | lo, frame, on_wire, flags & 0b11 == EPB_OUTBOUND))
+            options = _read_options(data[at + 28 + caplen + (-caplen % 4) : at + length - 4])
+            flags = struct.unpack("=I", options[OPT_EPB_FLAGS])[0] if OPT_EPB_FLAGS in options else 0
+            comment = options.get(OPT_COMMENT, b"").decode()
+            dropped = comment.removeprefix("dropped by the guard: ") if comment else None
+            packets.append(Packet(hi << 32 | lo, frame, on_wire, flags & 0b11 == EPB_OUTBOUND, dropped))
         at += length
     return packets
+
+
+def _read_options(data: bytes) -> dict[int, bytes]:
+    """A block's options by code (the last of each), up to opt_endofopt."""
+    found, at = {}, 0
+    while at + 4 <= len(data):
+        code, size = struct.unpack_from("=HH", data, at)
+        if code == OPT_END:
+            break
+        found[code] = data[at + 4 : at + 4 + size]
+        at += 4 + size + (-size % 4)
+    return found

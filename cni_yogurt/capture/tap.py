@@ -8,6 +8,10 @@ exits, however it exits, they close and the programs detach; the line itself is 
 On veth the tap is a tcx link even where the end's programs are tc filters ("tc", "split"): tcx
 runs before clsact, so it needs Linux >= 6.6 (tcx) or netkit.  bcc is imported here only: a
 capture is an admin's command, never a verb's path.
+
+With `--drops`, a third program sits before the captured end's guard (its netkit primary hook,
+or tcx ingress of its container-side veth, attached from inside the container's netns) and
+copies what the guard is about to drop, with why, deciding from the end's own pinned maps.
 """
 
 from __future__ import annotations
@@ -24,13 +28,20 @@ from cni_yogurt import backend
 from cni_yogurt.capture.pcap import Packet
 from cni_yogurt.datapath import Pins, RemoteMap
 from cni_yogurt.kernel import bpf, headers
+from cni_yogurt.kernel.netns import create_in, open_netns
 from cni_yogurt.line.registry import End
 
 PROGRAM = "yogurt_capture"  # its name in the kernel too: status finds captured ends by it
 TUNNEL_PROGRAM = "yogurt_capture_tunnel"
+GUARD_PROGRAM = "yogurt_capture_guard"
 EVENTS = "yogurt_capture_events"
 SOURCE = "capture.bpf.c"
 _EVENT = struct.Struct("=QIIII")  # struct capture_event
+# Why the guard drops a packet: capture_event.dropped (bpf/capture.bpf.c's DROP_*).
+DROPPED = {
+    1: "unmarked (sent by the host, forwarded or injected)",
+    2: "wrong sender (marked, but not by this end's partner)",
+}
 
 
 @dataclass(frozen=True)
@@ -41,6 +52,14 @@ class Tap:
     attach_type: int
     outbound: bool  # sent by the captured end (else by its partner, to it)
     tunnel: tuple[int, int] | None = None  # the tunnel device's tap: the line's (VNI, partner node)
+    guard: Pins | None = None  # before an end's guard: the pins of its maps (--drops)
+    netns: str | None = None  # where the device is, if not in the host's netns
+
+    @property
+    def reports(self) -> tuple[int, bool]:
+        """How its program's events name it: the ifindex it sees, and whether they are drops
+        (an end's sender and its guard see the same ifindex: both of its devices have it)."""
+        return self.host_ifindex, self.guard is not None
 
 
 class CaptureError(RuntimeError):
@@ -75,6 +94,41 @@ def tunnel_tap(end: End, pins: Pins) -> Tap | None:
     return Tap(remote.tunnel_ifindex, bpf.TCX_INGRESS, False, (remote.vni, remote.node_ipv4))
 
 
+def guard_tap(end: End, pins: Pins) -> Tap:
+    """Before an end's guard: what it drops (`--drops`), for an end on this release's programs,
+    whose guard the capture program decides as (bpf/capture.bpf.c)."""
+    own = end.pin_dir(pins)
+    if own.abi != pins.abi:
+        raise CaptureError(
+            f"{end.key} runs an older release's programs ({own.root}): "
+            "`yogurt upgrade` moves it, then --drops"
+        )
+    kind = backend.BY_ATTACH.get(end.attach)
+    if kind is None:
+        raise CaptureError(f"{end.key}: unknown attach method {end.attach!r}")
+    if kind.device == "netkit":
+        return Tap(end.host_ifindex, bpf.NETKIT_PRIMARY, False, guard=own)
+    if not backend.tcx_supported():
+        raise CaptureError("capture on veth needs tcx (Linux >= 6.6): this kernel has none")
+    return Tap(end.peer_ifindex, bpf.TCX_INGRESS, False, guard=own, netns=end.netns)
+
+
+def _linked(prog_fd: int, tap: Tap) -> int:
+    if tap.netns is None:
+        return bpf.link_create(prog_fd, tap.host_ifindex, tap.attach_type, bpf.F_BEFORE)
+    netns_fd = open_netns(tap.netns)
+    try:
+        return create_in(
+            netns_fd, lambda: bpf.link_create(prog_fd, tap.host_ifindex, tap.attach_type, bpf.F_BEFORE)
+        )
+    finally:
+        os.close(netns_fd)
+
+
+def _program(tap: Tap) -> str:
+    return GUARD_PROGRAM if tap.guard else TUNNEL_PROGRAM if tap.tunnel else PROGRAM
+
+
 class Capture:
     """The program loaded and linked before every tap's sender until `close`."""
 
@@ -87,20 +141,24 @@ class Capture:
             os.environ["BCC_KERNEL_SOURCE"] = kernel_source
         import bcc  # heavy: LLVM
 
-        self.taps = {tap.host_ifindex: tap for tap in taps}  # each program reports its device
+        self.taps = {tap.reports: tap for tap in taps}  # each program reports its device
         cflags = ["-w", f"-DSNAPLEN={snaplen}"]
         tunnel = next((tap.tunnel for tap in taps if tap.tunnel), None)
         if tunnel:  # the tunnel's program copies only this line's packets (bpf/capture.bpf.c)
             cflags += [f"-DTUNNEL_VNI={tunnel[0]}u", f"-DTUNNEL_NODE={tunnel[1]}u"]
+        guard = next((tap.guard for tap in taps if tap.guard), None)
+        if guard:  # the guard's maps, opened as they are pinned (bcc would make a missing one)
+            for name in ("mark", "pairs", "remote"):
+                if not os.path.exists(guard.map(name)):
+                    raise CaptureError(f"{guard.map(name)} is missing: this release's wire is not loaded")
+                cflags.append(f'-DGUARD_{name.upper()}="{guard.map(name)}"')
         self.module = bcc.BPF(text=source.read_text(encoding="utf-8"), cflags=cflags)
         self.links: list[int] = []
         self.lost = 0
         try:
             for tap in taps:
-                program = self.module.load_func(TUNNEL_PROGRAM if tap.tunnel else PROGRAM, bcc.BPF.SCHED_CLS)
-                self.links.append(
-                    bpf.link_create(program.fd, tap.host_ifindex, tap.attach_type, bpf.F_BEFORE)
-                )
+                program = self.module.load_func(_program(tap), bcc.BPF.SCHED_CLS)
+                self.links.append(_linked(program.fd, tap))
         except BaseException:
             self.close()
             raise
@@ -119,10 +177,12 @@ class Capture:
 
         def on_event(_cpu: int, data: int, size: int) -> None:
             raw = ctypes.string_at(data, size)
-            ts, ifindex, length, caplen, _ = _EVENT.unpack_from(raw)
-            tap = self.taps.get(ifindex)
+            ts, ifindex, length, caplen, dropped = _EVENT.unpack_from(raw)
+            tap = self.taps.get((ifindex, bool(dropped)))
             if tap is not None:
-                got.append(Packet(ts + epoch, raw[_EVENT.size : _EVENT.size + caplen], length, tap.outbound))
+                frame = raw[_EVENT.size : _EVENT.size + caplen]
+                why = DROPPED.get(dropped, f"reason {dropped}") if dropped else None
+                got.append(Packet(ts + epoch, frame, length, tap.outbound, why))
 
         def on_lost(count: int) -> None:
             self.lost += count

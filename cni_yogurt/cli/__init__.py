@@ -88,6 +88,9 @@ def _parser() -> argparse.ArgumentParser:
     cap.add_argument("-s", "--snaplen", type=int, default=262144, help="bytes kept of each packet")
     cap.add_argument("-c", "--count", type=int, help="stop after this many packets")
     cap.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
+    cap.add_argument(
+        "--drops", action="store_true", help="also what the end's guard drops, with why (pcapng: as comments)"
+    )
     cap.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
     cap.add_argument("--bpffs-dir", default=DEFAULT_BPFFS_DIR)
     leave = sub.add_parser("leave", help="take this node out of the cluster: its record, devices, firewall")
@@ -158,6 +161,8 @@ def main(argv: list[str]) -> int:
 
         if args.snaplen < 1 or (args.count is not None and args.count < 1):
             parser.error("--snaplen and --count are at least 1")
+        if args.drops and args.format == "pcap":
+            parser.error("--drops writes why as a packet comment, which classic pcap has no room for: pcapng")
         return capture(
             line=args.line,
             end=args.end,
@@ -168,6 +173,7 @@ def main(argv: list[str]) -> int:
             snaplen=args.snaplen,
             count=args.count,
             duration=args.duration,
+            drops=args.drops,
             state_dir=args.state_dir,
             bpffs_dir=args.bpffs_dir,
         )

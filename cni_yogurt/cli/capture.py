@@ -3,6 +3,7 @@
 Seen from one end: what it sent (outbound) and what its partner sent to it (inbound), both read
 at the senders before they redirect, so exactly what the two containers put on the line; for an
 end whose partner is on another node, what arrives for it is copied at the node's tunnel device.
+With --drops, also what the end's guard drops (whatever else tried to reach it), with why.
 Root only, and visible: while it runs, `yogurt status` says the line is captured."""
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from cni_yogurt.capture import pcap
-from cni_yogurt.capture.tap import Capture, CaptureError, Tap, tap_of, tunnel_tap
+from cni_yogurt.capture.tap import Capture, CaptureError, Tap, guard_tap, tap_of, tunnel_tap
 from cni_yogurt.datapath import Pins
 from cni_yogurt.line.registry import End, Registry
 
@@ -75,6 +76,7 @@ def capture(
     snaplen: int,
     count: int | None,
     duration: float | None,
+    drops: bool = False,
     state_dir: str,
     bpffs_dir: str,
 ) -> int:
@@ -98,6 +100,8 @@ def capture(
             taps.append(tap_of(partner, outbound=False))
         elif (far := tunnel_tap(seen, Pins.under(bpffs_dir))) is not None:
             taps.append(far)  # its partner is on another node: what it sends arrives by the tunnel
+        if drops:
+            taps.append(guard_tap(seen, Pins.under(bpffs_dir)))
     except (CaptureError, OSError) as exc:
         print(f"yogurt capture: {exc}", file=sys.stderr)
         return 1
@@ -119,6 +123,7 @@ def capture(
         + (f" and its partner {partner.key}" if partner else "")
         + (f", {count} packets" if count else "")
         + (f", {duration:g} s" if duration else "")
+        + (", what its guard drops" if drops else "")
         + "; Ctrl-C stops",
         file=sys.stderr,
     )

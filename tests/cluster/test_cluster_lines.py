@@ -593,14 +593,17 @@ def _on_node(agent: NodeAgent, *argv: str, **kw: Any) -> subprocess.Popen[str]:
 def test_a_capture_on_one_node_holds_both_ways_of_a_line_across(cluster: Cluster, tmp_path: Path) -> None:
     """`yogurt capture` of an end whose partner is on the other node: what it sends, copied at its
     sender, and what arrives for it, copied at the node's tunnel device (capture/tap.py) — not what
-    arrives there for another line."""
+    arrives there for another line. With --drops: what came through the tunnel for the end passes
+    its guard, and is not reported as dropped (the capture's copy of the guard's verdict)."""
     a, b = _agent_of(cluster, 0), _agent_of(cluster, 1)
     path = tmp_path / "across.pcapng"
     with (
         line_across(cluster, a, b, "cp1", 63) as (cx, cy, ip_x, ip_y),
         line_across(cluster, a, b, "cp2", 65) as (ox, oy, other_x, _),
     ):
-        proc = _on_node(a, "capture", "--end", "cp1-x/eth0", "-w", str(path), stderr=subprocess.PIPE)
+        proc = _on_node(
+            a, "capture", "--end", "cp1-x/eth0", "--drops", "-w", str(path), stderr=subprocess.PIPE
+        )
         try:
 
             def started() -> bool:
@@ -618,8 +621,8 @@ def test_a_capture_on_one_node_holds_both_ways_of_a_line_across(cluster: Cluster
             _, errors = proc.communicate(timeout=30)
         assert proc.returncode == 0, errors
         got = [p for p in pcap.read(path.read_bytes()) if b"capture across: " in p.data and p.data[23] == 17]
-        assert [(p.outbound, p.data[42:]) for p in got] == [
-            (True, b"capture across: x to y"),
-            (False, b"capture across: y to x"),
+        assert [(p.outbound, p.data[42:], p.dropped) for p in got] == [
+            (True, b"capture across: x to y", None),
+            (False, b"capture across: y to x", None),
         ], got
         assert lab.ping(cx, ip_y, count=1, wait=1) == 1  # the line was never touched

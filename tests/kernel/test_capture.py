@@ -14,11 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Node, Phone
+from conftest import Node, Phone, ifindex
 from frames import inject, udp_datagram
 
 from cni_yogurt import lab
 from cni_yogurt.capture import pcap, tap
+from cni_yogurt.datapath import CounterMap
 from cni_yogurt.line.registry import Registry
 
 NOBODY = 65534
@@ -204,3 +205,48 @@ def test_a_program_that_does_not_compile_is_named_not_a_traceback(phone: Phone, 
     assert run.returncode == 1 and "cannot load the capture program" in run.stderr, run.stderr
     assert "Traceback" not in run.stderr
     assert not _captured_now(phone)
+
+
+def test_drops_are_what_the_guard_dropped_with_why(phone: Phone, tmp_path: Path) -> None:
+    """--drops: frames the host sends into the first end's host-side device (with and without
+    PACKET_QDISC_BYPASS) are in the file, each with why, as many as the guard counted, and the
+    line's own packets are not marked as dropped."""
+    path = tmp_path / "drops.pcapng"
+    injected = udp_datagram(phone.b4, phone.a4, 7803, b"yogurt capture: sent by the host")
+    before = _unmarked(phone)
+    with capturing(phone, "-w", str(path), "--drops") as proc:
+        out, back = _sent(phone)
+        for bypass in (False, True):
+            for _ in range(5):
+                inject(None, phone.host_one, injected, phone.mac_one, bypass)
+        time.sleep(0.5)  # the reader's next poll
+    assert proc.returncode == 0
+    assert _unmarked(phone) - before == 10
+    got = _ours(pcap.read(path.read_bytes()))
+    assert [p.data[14:] for p in got if p.dropped is None] == [out, back]
+    drops = [p for p in got if p.dropped is not None]
+    assert len(drops) == 10, [p.dropped for p in got]
+    for packet in drops:
+        assert packet.data[14:] == injected and not packet.outbound
+        assert packet.dropped == tap.DROPPED[1]
+    read = subprocess.run(["tcpdump", "-r", str(path), "-n"], capture_output=True, text=True, check=False)
+    assert read.returncode == 0, read.stderr
+    assert read.stdout.count(f"{phone.b4}.5555 > {phone.a4}.7803: UDP") == 10, read.stdout
+
+
+def _unmarked(phone: Phone) -> int:
+    """What the first end's guard counted as dropped for want of the mark."""
+    with CounterMap(phone.node.pins) as counters:
+        got = counters.get(ifindex(phone.host_one))
+    assert got is not None
+    return got["drop_unmarked"]
+
+
+def test_drops_need_pcapng(phone: Phone, tmp_path: Path) -> None:
+    run = subprocess.run(
+        [*lab.self_command(), "capture", "--end", f"{phone.one.name}/eth0", "-w", str(tmp_path / "x.pcap"),
+         "--format", "pcap", "--drops", "--state-dir", phone.conf["stateDir"]],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert run.returncode == 2 and "pcapng" in run.stderr and "Traceback" not in run.stderr, run.stderr
+    assert not (tmp_path / "x.pcap").exists()

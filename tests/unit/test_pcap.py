@@ -71,3 +71,39 @@ def test_tcpdump_reads_both_formats(fmt: str, tmp_path: Path) -> None:
     assert lines[0].startswith("1796568001.123456")
     if fmt == "pcap":  # SLL2: tcpdump says which way each went
         assert [" Out " in lines[0], " In " in lines[1]] == [True, True], run.stdout
+
+
+DROPPED = pcap.Packet(
+    1_796_568_003_000_000_000, FRAME_IN, len(FRAME_IN), False, "unmarked (sent by the host)"
+)
+
+
+def test_a_drop_reads_back_with_why_and_carries_a_tc_shot_verdict() -> None:
+    out = io.BytesIO()
+    writer = pcap.Writer(out, "pcapng", 65535, "c1/eth0", "d", 42)
+    for packet in [*PACKETS, DROPPED]:
+        writer.write(packet)
+    data = out.getvalue()
+    assert pcap.read(data) == [*PACKETS, DROPPED]
+    record = pcap.Writer.record("pcapng", DROPPED, 42)
+    assert len(record) % 4 == 0 and record[4:8] == record[-4:]
+    comment = b"dropped by the guard: unmarked (sent by the host)"
+    assert (pcap.OPT_COMMENT).to_bytes(2, "little") + len(comment).to_bytes(2, "little") + comment in record
+    # epb_verdict: length 9, type 1 (Linux eBPF TC), then TC_ACT_SHOT as a 64-bit value
+    assert bytes.fromhex("0700 0900 01 0200000000000000") in record
+
+
+def test_classic_pcap_has_no_room_for_a_drop() -> None:
+    writer = pcap.Writer(io.BytesIO(), "pcap", 65535, "c1/eth0", "d", 42)
+    with pytest.raises(ValueError, match="pcapng"):
+        writer.write(DROPPED)
+
+
+def test_tcpdump_reads_a_file_with_drops(tmp_path: Path) -> None:
+    out = io.BytesIO()
+    writer = pcap.Writer(out, "pcapng", 65535, "c1/eth0", "d", 42)
+    for packet in [*PACKETS, DROPPED]:
+        writer.write(packet)
+    (tmp_path / "d.pcapng").write_bytes(out.getvalue())
+    run = subprocess.run(["tcpdump", "-r", str(tmp_path / "d.pcapng"), "-n"], capture_output=True, text=True)
+    assert run.returncode == 0 and len(run.stdout.splitlines()) == 4, run
