@@ -217,11 +217,45 @@ def _iperf3(p: Phone, *client: str) -> dict[str, Any]:
     return json.loads(out)
 
 
-def _udp_frames(p: Phone, bandwidth: str) -> float:
-    """bits/s of frames the receiver got from iperf3 over UDP: 1442-byte frames (1400 of payload,
-    UDP, IPv4, Ethernet headers), which is what the rate counts."""
-    got = _iperf3(p, "-u", "-b", bandwidth, "-l", "1400")["end"]["sum"]
-    return float((got["packets"] - got["lost_packets"]) * 1442 * 8 / got["seconds"])
+FRAME = 1442  # bytes of each iperf3 datagram on the wire: 1400 of payload, UDP, IPv4, Ethernet headers
+
+
+def _udp_window(p: Phone, bandwidth: str) -> tuple[float, float]:
+    """iperf3 over UDP from the first end to the second for 5 s; in its steady middle (from 1.5 s
+    to 4.5 s), the bits/s of frames the sender's IP layer sent and those the receiver's took in —
+    counted before the receiver's socket, whose buffer may overflow on a busy node: that loss
+    is the harness's, not the rate's (CI once measured 87.9 Mbit/s at 100 by iperf3's own count)."""
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", p.two.name, "iperf3", "-s", "-1", "-B", p.b4], stdout=subprocess.DEVNULL
+    )
+    client = None
+    try:
+        time.sleep(0.5)
+        client = subprocess.Popen(
+            ["ip", "netns", "exec", p.one.name, "iperf3", "-c", p.b4, "-u", "-b", bandwidth, "-l", "1400",
+             "-t", "5"],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        time.sleep(1.5)
+        t0, sent0, got0 = (
+            time.monotonic(),
+            counters(p.one)["Ip.OutRequests"],
+            counters(p.two)["Ip.InReceives"],
+        )
+        time.sleep(3)
+        t1, sent1, got1 = (
+            time.monotonic(),
+            counters(p.one)["Ip.OutRequests"],
+            counters(p.two)["Ip.InReceives"],
+        )
+        assert client.wait(30) == 0, "iperf3's client failed"
+        server.wait(30)
+    finally:
+        for proc in (client, server):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return (sent1 - sent0) * FRAME * 8 / (t1 - t0), (got1 - got0) * FRAME * 8 / (t1 - t0)
 
 
 # The rate tested: 100 Mbit/s wherever the line carries 1.3 times that unimpaired (natively, by far);
@@ -232,14 +266,23 @@ RATES_MBIT = (100, 50, 20, 10)
 
 def test_a_rate_holds_the_wire_within_ten_percent(node: Node) -> None:
     p = Phone(node)
-    capacity = _udp_frames(p, "1G")
+    _, capacity = _udp_window(p, "1G")
     mbit = next((r for r in RATES_MBIT if capacity >= 1.3 * r * 1e6), None)
     assert mbit is not None, f"the line carries only {capacity / 1e6:.1f} Mbit/s unimpaired here"
     impair("set", "--end", end_one(p), "--rate", str(mbit * 1000))
-    frames = _udp_frames(p, f"{3 * mbit}M")
+    # A sender starved of CPU offers less than the rate, and then the bucket is not what is
+    # measured: such a pass is run again (at most TRIES in all).
+    for _ in range(TRIES):
+        offered, frames = _udp_window(p, f"{3 * mbit}M")
+        if offered >= 1.5 * mbit * 1e6:
+            break
+    else:
+        raise AssertionError(
+            f"the sender offered only {offered / 1e6:.0f} Mbit/s: too busy a node to measure"
+        )
     assert 0.9 * mbit * 1e6 <= frames <= 1.1 * mbit * 1e6, (
         f"{frames / 1e6:.1f} Mbit/s of frames over UDP at a rate of {mbit} Mbit/s "
-        f"(unimpaired: {capacity / 1e6:.0f} Mbit/s)"
+        f"(offered {offered / 1e6:.0f}; unimpaired: {capacity / 1e6:.0f} Mbit/s)"
     )
     tcp = _iperf3(p)["end"]["sum_received"]["bits_per_second"]
     assert 0.9 * mbit * 1e6 <= tcp <= 1.1 * mbit * 1e6, (
