@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import socket
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,6 +27,7 @@ from conftest import Node, Phone
 from conftest import admin_cli as yogurt
 
 from cni_yogurt import lab
+from cni_yogurt.kernel.netns import create_in, open_netns
 
 N = 10_000
 PORT = 9  # discard: nobody listens, the receiver counts each datagram as UdpNoPorts
@@ -220,15 +223,34 @@ def _iperf3(p: Phone, *client: str) -> dict[str, Any]:
 FRAME = 1442  # bytes of each iperf3 datagram on the wire: 1400 of payload, UDP, IPv4, Ethernet headers
 
 
+def _ip(ns: lab.Netns, counter: str) -> int:
+    """One of the netns's IP counters, read in this process (a thread in the netns reads its
+    /proc/thread-self/net/snmp): microseconds, where a command in the netns takes a second in
+    the emulated VM, and the window read would outlast the traffic it counts."""
+    fd = open_netns(ns.path)
+    try:
+        text = create_in(fd, lambda: Path("/proc/thread-self/net/snmp").read_text(encoding="ascii"))
+    finally:
+        os.close(fd)
+    names, values = (row.split() for row in text.splitlines() if row.startswith("Ip:"))
+    return int(values[names.index(counter)])
+
+
+STEP, SPAN = 0.05, 5  # the window's samples, 50 ms apart; a stall is judged over 5 steps (250 ms)
+
+
 def _udp_window(p: Phone, bandwidth: str) -> tuple[float, float]:
     """iperf3 over UDP from the first end to the second for 5 s; in its steady middle (from 1.5 s
-    to 4.5 s), the bits/s of frames the sender's IP layer sent and those the receiver's took in —
-    counted before the receiver's socket, whose buffer may overflow on a busy node: that loss
-    is the harness's, not the rate's (CI once measured 87.9 Mbit/s at 100 by iperf3's own count)."""
+    to 4.5 s), the least bits/s of frames the sender's IP layer sent in any 250 ms (a sender
+    that stalls longer than the bucket is deep, then bursts to catch up, gets less than the
+    rate from any policer), and the bits/s of those the receiver's took in — counted before the
+    receiver's socket, whose buffer may overflow on a busy node: that loss is the harness's, not
+    the rate's (CI once measured 87.9 Mbit/s at 100 by iperf3's own count)."""
     server = subprocess.Popen(
         ["ip", "netns", "exec", p.two.name, "iperf3", "-s", "-1", "-B", p.b4], stdout=subprocess.DEVNULL
     )
     client = None
+    samples: list[tuple[float, int, int]] = []
     try:
         time.sleep(0.5)
         client = subprocess.Popen(
@@ -237,17 +259,9 @@ def _udp_window(p: Phone, bandwidth: str) -> tuple[float, float]:
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
         time.sleep(1.5)
-        t0, sent0, got0 = (
-            time.monotonic(),
-            counters(p.one)["Ip.OutRequests"],
-            counters(p.two)["Ip.InReceives"],
-        )
-        time.sleep(3)
-        t1, sent1, got1 = (
-            time.monotonic(),
-            counters(p.one)["Ip.OutRequests"],
-            counters(p.two)["Ip.InReceives"],
-        )
+        for _ in range(int(3 / STEP) + 1):
+            samples.append((time.monotonic(), _ip(p.one, "OutRequests"), _ip(p.two, "InReceives")))
+            time.sleep(STEP)
         assert client.wait(30) == 0, "iperf3's client failed"
         server.wait(30)
     finally:
@@ -255,34 +269,41 @@ def _udp_window(p: Phone, bandwidth: str) -> tuple[float, float]:
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    return (sent1 - sent0) * FRAME * 8 / (t1 - t0), (got1 - got0) * FRAME * 8 / (t1 - t0)
+    (t0, _, got0), (t1, _, got1) = samples[0], samples[-1]
+    least = min(
+        (sent1 - sent0) / (u1 - u0)
+        for (u0, sent0, _), (u1, sent1, _) in zip(samples, samples[SPAN:], strict=False)
+    )
+    return least * FRAME * 8, (got1 - got0) * FRAME * 8 / (t1 - t0)
 
 
-# The rate tested: 100 Mbit/s wherever the line carries 1.3 times that unimpaired (natively, by far);
-# an emulated VM running another test beside this one may carry less (51 Mbit/s seen), and then a
-# rate it can exceed is tested instead, so that the bucket, not the emulator, is what is measured.
+# The rate tested: 100 Mbit/s wherever the line carries 3 times that unimpaired (natively, by far),
+# else the largest of 50, 20, 10 it does: the emulated VM carries ~100 Mbit/s, and there a sender
+# asked for 3 times 50 saturated the guest, whose backlog then dropped what the bucket had let
+# through (19.4 Mbit/s reached the receiver at a rate of 50, offered 101). So that the bucket, not
+# the emulator, is what is measured.
 RATES_MBIT = (100, 50, 20, 10)
 
 
 def test_a_rate_holds_the_wire_within_ten_percent(node: Node) -> None:
     p = Phone(node)
     _, capacity = _udp_window(p, "1G")
-    mbit = next((r for r in RATES_MBIT if capacity >= 1.3 * r * 1e6), None)
+    mbit = next((r for r in RATES_MBIT if capacity >= 3 * r * 1e6), None)
     assert mbit is not None, f"the line carries only {capacity / 1e6:.1f} Mbit/s unimpaired here"
     impair("set", "--end", end_one(p), "--rate", str(mbit * 1000))
-    # A sender starved of CPU offers less than the rate, and then the bucket is not what is
-    # measured: such a pass is run again (at most TRIES in all).
+    # A sender starved of CPU, in any 250 ms, offers less than the rate (3 times is asked), and
+    # then the bucket is not what is measured: such a pass is run again (at most TRIES in all).
     for _ in range(TRIES):
         offered, frames = _udp_window(p, f"{3 * mbit}M")
-        if offered >= 1.5 * mbit * 1e6:
+        if offered >= 1.2 * mbit * 1e6:
             break
     else:
         raise AssertionError(
-            f"the sender offered only {offered / 1e6:.0f} Mbit/s: too busy a node to measure"
+            f"the sender offered only {offered / 1e6:.0f} Mbit/s in some 250 ms: too busy a node to measure"
         )
     assert 0.9 * mbit * 1e6 <= frames <= 1.1 * mbit * 1e6, (
         f"{frames / 1e6:.1f} Mbit/s of frames over UDP at a rate of {mbit} Mbit/s "
-        f"(offered {offered / 1e6:.0f}; unimpaired: {capacity / 1e6:.0f} Mbit/s)"
+        f"(offered at least {offered / 1e6:.0f}; unimpaired: {capacity / 1e6:.0f} Mbit/s)"
     )
     tcp = _iperf3(p)["end"]["sum_received"]["bits_per_second"]
     assert 0.9 * mbit * 1e6 <= tcp <= 1.1 * mbit * 1e6, (
