@@ -28,6 +28,7 @@ OPT_SHB_USERAPPL = 4
 OPT_IF_NAME, OPT_IF_DESCRIPTION, OPT_IF_TSRESOL = 2, 3, 9
 OPT_EPB_FLAGS, OPT_EPB_VERDICT = 2, 7
 VERDICT_EBPF_TC, TC_ACT_SHOT = 1, 2
+DROPPED_COMMENT = "dropped by the guard: "  # then why (Packet.dropped)
 EPB_INBOUND, EPB_OUTBOUND = 0b01, 0b10
 SLL2_HOST, SLL2_OUTGOING = 0, 4  # packet types (to this host, sent by it)
 ARPHRD_ETHER = 1
@@ -108,7 +109,7 @@ class Writer:
         options = [_option(OPT_EPB_FLAGS, struct.pack("=I", flags))]
         if packet.dropped:
             options += [
-                _option(OPT_COMMENT, f"dropped by the guard: {packet.dropped}".encode()),
+                _option(OPT_COMMENT, (DROPPED_COMMENT + packet.dropped).encode()),
                 _option(OPT_EPB_VERDICT, struct.pack("=Bq", VERDICT_EBPF_TC, TC_ACT_SHOT)),
             ]
         body = (
@@ -159,7 +160,7 @@ def read(data: bytes) -> list[Packet]:
             options = _read_options(data[at + 28 + caplen + (-caplen % 4) : at + length - 4])
             flags = struct.unpack("=I", options[OPT_EPB_FLAGS])[0] if OPT_EPB_FLAGS in options else 0
             comment = options.get(OPT_COMMENT, b"").decode()
-            dropped = comment.removeprefix("dropped by the guard: ") if comment else None
+            dropped = comment.removeprefix(DROPPED_COMMENT) if comment else None
             packets.append(Packet(hi << 32 | lo, frame, on_wire, flags & 0b11 == EPB_OUTBOUND, dropped))
         at += length
     return packets

@@ -28,7 +28,7 @@ from cni_yogurt import backend
 from cni_yogurt.capture.pcap import Packet
 from cni_yogurt.datapath import Pins, RemoteMap
 from cni_yogurt.kernel import bpf, headers
-from cni_yogurt.kernel.netns import create_in, open_netns
+from cni_yogurt.kernel.netns import run_in
 from cni_yogurt.line.registry import End
 
 PROGRAM = "yogurt_capture"  # its name in the kernel too: status finds captured ends by it
@@ -66,16 +66,22 @@ class CaptureError(RuntimeError):
     pass
 
 
-def tap_of(end: End, outbound: bool) -> Tap:
-    """Where an end's sender sits, as a place for a tcx or netkit link."""
+def _backend_of(end: End) -> backend.Backend:
+    """The end's backend, where a capture can link before its programs: netkit, or veth with tcx."""
     kind = backend.BY_ATTACH.get(end.attach)
     if kind is None:
         raise CaptureError(f"{end.key}: unknown attach method {end.attach!r}")
+    if kind.device == "veth" and not backend.tcx_supported():
+        raise CaptureError("capture on veth needs tcx (Linux >= 6.6): this kernel has none")
+    return kind
+
+
+def tap_of(end: End, outbound: bool) -> Tap:
+    """Where an end's sender sits, as a place for a tcx or netkit link."""
+    kind = _backend_of(end)
     sender = next(h for h in kind.hooks if h.name == "peer")
     if sender.on_container_side:  # never so today: every sender sits on the host side
         raise CaptureError(f"{end.key}: its sender is not on the host side")
-    if kind.device == "veth" and not backend.tcx_supported():
-        raise CaptureError("capture on veth needs tcx (Linux >= 6.6): this kernel has none")
     attach_type = sender.attach_type if sender.linked else bpf.TCX_INGRESS
     return Tap(end.host_ifindex, attach_type, outbound)
 
@@ -103,26 +109,18 @@ def guard_tap(end: End, pins: Pins) -> Tap:
             f"{end.key} runs an older release's programs ({own.root}): "
             "`yogurt upgrade` moves it, then --drops"
         )
-    kind = backend.BY_ATTACH.get(end.attach)
-    if kind is None:
-        raise CaptureError(f"{end.key}: unknown attach method {end.attach!r}")
-    if kind.device == "netkit":
+    if _backend_of(end).device == "netkit":
         return Tap(end.host_ifindex, bpf.NETKIT_PRIMARY, False, guard=own)
-    if not backend.tcx_supported():
-        raise CaptureError("capture on veth needs tcx (Linux >= 6.6): this kernel has none")
     return Tap(end.peer_ifindex, bpf.TCX_INGRESS, False, guard=own, netns=end.netns)
 
 
 def _linked(prog_fd: int, tap: Tap) -> int:
-    if tap.netns is None:
+    """A link before whatever runs at the tap's hook, made in the device's netns (ifindexes are per netns)."""
+
+    def link() -> int:
         return bpf.link_create(prog_fd, tap.host_ifindex, tap.attach_type, bpf.F_BEFORE)
-    netns_fd = open_netns(tap.netns)
-    try:
-        return create_in(
-            netns_fd, lambda: bpf.link_create(prog_fd, tap.host_ifindex, tap.attach_type, bpf.F_BEFORE)
-        )
-    finally:
-        os.close(netns_fd)
+
+    return link() if tap.netns is None else run_in(tap.netns, link)
 
 
 def _program(tap: Tap) -> str:

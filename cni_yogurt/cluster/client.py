@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import socket
 import ssl
 import threading
@@ -165,16 +164,12 @@ class Client:
         else:
             conn = http.client.HTTPConnection(ep.host, ep.port, timeout=timeout)
         if self.netns:
-            from cni_yogurt.kernel.netns import create_in, open_netns
+            from cni_yogurt.kernel.netns import run_in
 
-            plain = conn.connect
+            plain, netns = conn.connect, self.netns
 
             def connect_there() -> None:
-                fd = open_netns(self.netns)
-                try:
-                    create_in(fd, plain)
-                finally:
-                    os.close(fd)
+                run_in(netns, plain)
 
             conn.connect = connect_there  # type: ignore[method-assign]
         return conn

@@ -66,6 +66,15 @@ def create_in(netns_fd: int, factory: Callable[[], T]) -> T:
         os.close(home)
 
 
+def run_in(path: str, factory: Callable[[], T]) -> T:
+    """`create_in` for a netns named by its path (a bind mount, /proc/<pid>/ns/net)."""
+    fd = open_netns(path)
+    try:
+        return create_in(fd, factory)
+    finally:
+        os.close(fd)
+
+
 def new_netns() -> int:
     """A fresh, unnamed netns: an fd is all that keeps it alive (no bind mount), so it and
     every device in it go when the holder closes the fd or dies.  Made from a thread of

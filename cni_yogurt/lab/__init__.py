@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cni_yogurt.kernel.netns import create_in, open_netns
+from cni_yogurt.kernel.netns import run_in
 
 CNI_PATH_DEFAULT = "/usr/lib/cni:/opt/cni/bin"
 
@@ -155,13 +155,7 @@ def socket_in(
     def make() -> socket.socket:
         return socket.socket(family, kind, proto)
 
-    if netns is None:
-        return make()
-    fd = open_netns(netns.path)
-    try:
-        return create_in(fd, make)
-    finally:
-        os.close(fd)
+    return make() if netns is None else run_in(netns.path, make)
 
 
 def _family(address: str) -> int:

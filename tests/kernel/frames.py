@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import struct
 
 from cni_yogurt import lab
-from cni_yogurt.kernel.netns import create_in, open_netns
+from cni_yogurt.kernel.netns import run_in
 
 PACKET_QDISC_BYPASS = 20  # <linux/if_packet.h>: skip the qdisc layer, and with it tc egress
 SOL_PACKET = 263
@@ -44,12 +43,7 @@ def inject(netns: lab.Netns | None, device: str, packet: bytes, dst_mac: str, by
     def make() -> socket.socket:
         return socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
 
-    if netns is None:
-        sock = make()
-    else:
-        fd = open_netns(netns.path)
-        sock = create_in(fd, make)
-        os.close(fd)
+    sock = make() if netns is None else run_in(netns.path, make)
     # With bypass, the frame goes straight to the driver: no qdisc, no tc egress.
     sock.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, int(bypass))
     # The link-layer destination (veth: the container's MAC; netkit, L3, has none).

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import socket
 import subprocess
@@ -27,7 +26,7 @@ from conftest import Node, Phone
 from conftest import admin_cli as yogurt
 
 from cni_yogurt import lab
-from cni_yogurt.kernel.netns import create_in, open_netns
+from cni_yogurt.kernel.netns import run_in
 
 N = 10_000
 PORT = 9  # discard: nobody listens, the receiver counts each datagram as UdpNoPorts
@@ -39,11 +38,18 @@ def impair(*argv: str) -> None:
     assert run.returncode == 0, run.stderr
 
 
+def _tables() -> list[str]:
+    return [Path(f"/proc/thread-self/net/{t}").read_text(encoding="ascii") for t in ("snmp", "netstat")]
+
+
 def counters(ns: lab.Netns) -> dict[str, int]:
-    """The netns's IP and UDP counters (/proc/net/snmp and netstat), as "Udp.NoPorts" etc."""
+    """The netns's IP and UDP counters (/proc/net/snmp and netstat), as "Udp.NoPorts" etc.: read
+    in this process, by a thread in the netns (its /proc/thread-self/net) — microseconds, where a
+    command in the netns takes about a second in the emulated VM, and a window read so would
+    outlast the traffic it counts."""
     out: dict[str, int] = {}
-    for table in ("/proc/net/snmp", "/proc/net/netstat"):
-        rows = ns.run("cat", table).stdout.splitlines()
+    for table in run_in(ns.path, _tables):
+        rows = table.splitlines()
         for names, values in zip(rows[::2], rows[1::2], strict=True):
             kind, *fields = names.split()
             out |= {f"{kind[:-1]}.{f}": int(v) for f, v in zip(fields, values.split()[1:], strict=True)}
@@ -223,19 +229,6 @@ def _iperf3(p: Phone, *client: str) -> dict[str, Any]:
 FRAME = 1442  # bytes of each iperf3 datagram on the wire: 1400 of payload, UDP, IPv4, Ethernet headers
 
 
-def _ip(ns: lab.Netns, counter: str) -> int:
-    """One of the netns's IP counters, read in this process (a thread in the netns reads its
-    /proc/thread-self/net/snmp): microseconds, where a command in the netns takes a second in
-    the emulated VM, and the window read would outlast the traffic it counts."""
-    fd = open_netns(ns.path)
-    try:
-        text = create_in(fd, lambda: Path("/proc/thread-self/net/snmp").read_text(encoding="ascii"))
-    finally:
-        os.close(fd)
-    names, values = (row.split() for row in text.splitlines() if row.startswith("Ip:"))
-    return int(values[names.index(counter)])
-
-
 STEP, SPAN = 0.05, 5  # the window's samples, 50 ms apart; a stall is judged over 5 steps (250 ms)
 
 
@@ -260,7 +253,8 @@ def _udp_window(p: Phone, bandwidth: str) -> tuple[float, float]:
         )  # fmt: skip
         time.sleep(1.5)
         for _ in range(int(3 / STEP) + 1):
-            samples.append((time.monotonic(), _ip(p.one, "OutRequests"), _ip(p.two, "InReceives")))
+            sent, got = counters(p.one)["Ip.OutRequests"], counters(p.two)["Ip.InReceives"]
+            samples.append((time.monotonic(), sent, got))
             time.sleep(STEP)
         assert client.wait(30) == 0, "iperf3's client failed"
         server.wait(30)
